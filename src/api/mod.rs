@@ -1,0 +1,169 @@
+//! The management API under `/api/v1`: admin (workspaces, keys) and links. Lives apart from the
+//! redirect hot path: it authenticates, parses JSON and talks to the store on every call.
+//!
+//! Every error leaves through [`error_response`] as the contract's JSON body; handlers return
+//! `Result<Response, ApiError>` and never panic on input.
+
+pub mod admin;
+pub mod links;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::model::Permission;
+
+pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Entry point for every request whose path starts with `/api/`.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(app, req).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    match segs.as_slice() {
+        ["api", "v1", "workspaces"] => match method {
+            Method::POST => admin::create_workspace(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "workspaces", workspace_id, "keys"] => match method {
+            Method::POST => admin::create_key(app, req, workspace_id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "links"] => match method {
+            Method::POST => links::create(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "links", code] => match method {
+            Method::GET => links::get(app, req, code).await,
+            Method::DELETE => links::disable(app, req, code).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "broadcasts", broadcast_id, "links"] => match method {
+            Method::POST => links::create_broadcast(app, req, broadcast_id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "messages", "shorten"] => match method {
+            Method::POST => links::shorten(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        _ => Err(ApiError::not_found("NOT_FOUND", format!("no route for {path}"))),
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+}
+
+/// Renders an error as the contract's JSON body, logging server-side failures with their `error_id`.
+pub fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
+    let body = err.to_body();
+    if err.status.is_server_error() {
+        tracing::error!(error_id = %body.error_id, code = err.code, message = %err.message, "API request failed");
+    }
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = err.status;
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    response
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    Ok(response)
+}
+
+/// An empty response (`204 No Content`).
+pub fn empty(status: StatusCode) -> ApiResult {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with `413 PAYLOAD_TOO_LARGE`.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(err) => Err(ApiError::invalid_body(format!("could not read the request body: {err}"))),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+/// Parses a JSON body into `T`; anything that is not valid JSON of that shape is `400 INVALID_BODY`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_body("request body must be a JSON object"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON for this route: {e}")))
+}
+
+/// The workspace and permissions behind a request's API key.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub workspace_id: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl Caller {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.permissions.contains(&permission) { Ok(()) } else { Err(ApiError::forbidden(permission.as_str())) }
+    }
+}
+
+/// Authenticates a workspace request and checks one permission: 401 without a valid key, 403 with a
+/// valid key lacking `permission`.
+pub async fn authorize(app: &App, headers: &hyper::HeaderMap, permission: Permission) -> Result<Caller, ApiError> {
+    let raw = crate::auth::presented_credential(headers).ok_or_else(ApiError::unauthorized)?;
+    let record = app
+        .store
+        .get_api_key(&crate::auth::hash_key(raw))
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let caller = Caller { workspace_id: record.workspace_id, permissions: record.permissions };
+    caller.require(permission)?;
+    Ok(caller)
+}
+
+/// Checks the admin bearer token.
+pub fn authorize_admin(app: &App, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+    match crate::auth::presented_credential(headers) {
+        Some(token) if app.admin_token.matches(token) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}

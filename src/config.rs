@@ -1,0 +1,275 @@
+//! Configuration: one `Config` struct, every setting a CLI flag with a `LINKHIT_*` environment twin.
+//!
+//! Values are parsed and validated here, at start-up, so that the rest of the program can trust them
+//! (a bad value stops the process with a message naming the flag, never a panic later). The names and
+//! defaults of the variables fixed by the contract (`LINKHIT_LISTEN`, `LINKHIT_BASE_URL`,
+//! `LINKHIT_REDIS_URL`, `LINKHIT_ADMIN_TOKEN`, `LINKHIT_WEBHOOK_ALLOW_PRIVATE`,
+//! `LINKHIT_WEBHOOK_RETRY_SCHEDULE`) must not change.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The command line of the `linkhit` binary.
+#[derive(Debug, Parser)]
+#[command(name = "linkhit", version, about = "Short-link redirector for SMS platforms", args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve`, accepted without the subcommand too (it is the default).
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server (the default).
+    Serve(Box<Config>),
+}
+
+/// Every setting of the server. Built by clap from flags and `LINKHIT_*` variables, or by tests directly
+/// through [`Config::for_tests`].
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LINKHIT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Public base of short URLs (`short_url` = base + "/" + code). Default: `http://<listen address>`.
+    #[arg(long, env = "LINKHIT_BASE_URL", value_parser = parse_base_url)]
+    pub base_url: Option<String>,
+
+    /// Redis URL (`redis://host:port/db`). Unset: the embedded in-process store (nothing persisted).
+    #[arg(long, env = "LINKHIT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments (or tests) can share one Redis.
+    #[arg(long, env = "LINKHIT_REDIS_PREFIX", default_value = "lh", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
+    /// Timeout of one Redis command, in seconds (fractions allowed). A cache miss waits at most this
+    /// long before answering 503.
+    #[arg(long, env = "LINKHIT_REDIS_TIMEOUT", default_value = "0.5", value_parser = parse_seconds)]
+    pub redis_timeout: Duration,
+
+    /// Bearer token of the admin routes. Unset: one is generated and printed once at start-up.
+    #[arg(long, env = "LINKHIT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Let webhook URLs point at loopback/private addresses (local testing only).
+    #[arg(long, env = "LINKHIT_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// Comma-separated webhook retry delays in seconds (fractions allowed).
+    #[arg(long, env = "LINKHIT_WEBHOOK_RETRY_SCHEDULE", default_value = "1,10,30,90", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: RetrySchedule,
+
+    /// Length of generated link codes (URL-safe alphabet `A-Za-z0-9_-`).
+    #[arg(long, env = "LINKHIT_CODE_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u8).range(6..=32))]
+    pub code_length: u8,
+
+    /// Shortest code the redirector accepts. Default: the code length. Lower it after shortening
+    /// `--code-length` so that links created earlier keep working.
+    #[arg(long, env = "LINKHIT_CODE_MIN_LENGTH", value_parser = clap::value_parser!(u8).range(6..=32))]
+    pub code_min_length: Option<u8>,
+
+    /// Most links held in the in-process redirect cache (about 200 bytes each plus the URL).
+    #[arg(long, env = "LINKHIT_CACHE_CAPACITY", default_value_t = 1_000_000)]
+    pub cache_capacity: usize,
+
+    /// Seconds a cached link is served before it is revalidated in the background (the redirect
+    /// itself never waits for that).
+    #[arg(long, env = "LINKHIT_CACHE_TTL", default_value = "300", value_parser = parse_seconds)]
+    pub cache_ttl: Duration,
+
+    /// Most unknown codes remembered as "not found" (protects the store from random-code floods).
+    #[arg(long, env = "LINKHIT_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub negative_cache_capacity: usize,
+
+    /// Seconds an unknown code is remembered as "not found".
+    #[arg(long, env = "LINKHIT_NEGATIVE_CACHE_TTL", default_value = "2", value_parser = parse_seconds)]
+    pub negative_cache_ttl: Duration,
+
+    /// Most simultaneously open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "LINKHIT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest request head (request line + headers) in bytes.
+    #[arg(long, env = "LINKHIT_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Seconds a client may take to send its request head.
+    #[arg(long, env = "LINKHIT_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// Largest API request body in bytes (all routes but broadcast bulk create).
+    #[arg(long, env = "LINKHIT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest body of `POST /api/v1/broadcasts/{id}/links` in bytes.
+    #[arg(long, env = "LINKHIT_MAX_BULK_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_bulk_body_bytes: usize,
+
+    /// Most recipients in one broadcast bulk create.
+    #[arg(long, env = "LINKHIT_MAX_BULK_RECIPIENTS", default_value_t = 1_000_000)]
+    pub max_bulk_recipients: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "LINKHIT_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Tokio worker threads. Default: one per core.
+    #[arg(long, env = "LINKHIT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+impl Config {
+    /// A configuration with every default, listening nowhere in particular; tests adjust fields.
+    pub fn for_tests() -> Self {
+        let cli = Cli::try_parse_from(["linkhit"]).expect("defaults parse");
+        let mut config = cli.serve;
+        config.admin_token = Some("test-admin-token".to_owned());
+        config
+    }
+
+    /// Checks what clap cannot check field by field. Called once at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(min) = self.code_min_length
+            && min > self.code_length
+        {
+            return Err(format!(
+                "LINKHIT_CODE_MIN_LENGTH ({min}) must not exceed LINKHIT_CODE_LENGTH ({})",
+                self.code_length
+            ));
+        }
+        if self.cache_capacity == 0 {
+            return Err("LINKHIT_CACHE_CAPACITY must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("LINKHIT_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if let Some(token) = &self.admin_token
+            && token.trim().len() < 16
+        {
+            return Err("LINKHIT_ADMIN_TOKEN must be at least 16 characters".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("LINKHIT_MAX_HEADER_BYTES must be at least 8192".into());
+        }
+        if self.worker_threads == Some(0) {
+            return Err("LINKHIT_WORKER_THREADS must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The base of short URLs: the configured one, or `http://` + the address actually bound.
+    pub fn effective_base_url(&self, bound: SocketAddr) -> String {
+        match &self.base_url {
+            Some(base) => base.clone(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+/// Delays between webhook delivery attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+/// Parses `"1,10,30,90"` (seconds, fractions allowed) into delays.
+pub fn parse_schedule(raw: &str) -> Result<RetrySchedule, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(RetrySchedule(Vec::new()));
+    }
+    raw.split(',')
+        .map(|part| parse_seconds(part.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(RetrySchedule)
+}
+
+/// Parses a non-negative number of seconds, fractions allowed (`"0.25"`).
+pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    let secs: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("`{raw}` is not a number of seconds between 0 and one year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_base_url(raw: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!("`{raw}` must be an absolute http(s) URL"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("`{raw}` must not have a query or fragment"));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+fn parse_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("`{raw}` must be 1-64 characters of A-Z a-z 0-9 _ - . :"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let cases: &[(&str, Option<Vec<f64>>)] = &[
+            ("1,10,30,90", Some(vec![1.0, 10.0, 30.0, 90.0])),
+            ("0.1, 0.2", Some(vec![0.1, 0.2])),
+            ("", Some(vec![])),
+            ("1,x", None),
+            ("-1", None),
+            ("NaN", None),
+        ];
+        for (raw, want) in cases {
+            let got = parse_schedule(raw).ok().map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
+            assert_eq!(&got, want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(parse_base_url("https://s.example/").unwrap(), "https://s.example");
+        assert_eq!(parse_base_url("https://example.com/l").unwrap(), "https://example.com/l");
+        assert!(parse_base_url("ftp://x").is_err());
+        assert!(parse_base_url("https://x/?a=1").is_err());
+        assert!(parse_base_url("nope").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["linkhit"]).unwrap();
+        let c = cli.serve;
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.webhook_retry_schedule, parse_schedule("1,10,30,90").unwrap());
+        assert!(!c.webhook_allow_private);
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.code_length, 8);
+    }
+
+    #[test]
+    fn validation_rejects_inconsistent_settings() {
+        let mut c = Config::for_tests();
+        assert!(c.validate().is_ok());
+        c.code_min_length = Some(12);
+        assert!(c.validate().unwrap_err().contains("CODE_MIN_LENGTH"));
+        let mut c = Config::for_tests();
+        c.admin_token = Some("short".into());
+        assert!(c.validate().is_err());
+    }
+}

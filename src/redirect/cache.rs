@@ -1,0 +1,353 @@
+//! The redirect cache: what lets a tap be answered from memory.
+//!
+//! Two bounded maps: links that exist (`links`, the big one, default one million entries) and codes
+//! known not to exist (`missing`, small, entries expire after the negative TTL). Keeping them apart
+//! means a flood of random codes can only churn the small map, never evict real links.
+//!
+//! Eviction is first-in-first-out by insertion: an SMS campaign's links are clicked mostly in the hours
+//! after sending, so the oldest inserted are the least likely to be needed, and FIFO costs O(1) per
+//! insert with no scan. The order queue is touched only when a *new* key is inserted, i.e. on a cache
+//! miss that already waited for the store; a cache hit takes one shard read lock of the `DashMap` and
+//! clones an `Arc`, nothing else.
+//!
+//! Freshness: a cached link is served until it is invalidated (pub/sub from the instance that disabled
+//! it) and revalidated in the background when older than the TTL or loaded before the last
+//! `Invalidation::All` (an epoch bump after the invalidation feed reconnected). Serving a stale entry
+//! while the background refresh runs is deliberate: the recipient never waits for the store.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use hyper::header::HeaderValue;
+
+use crate::model::{Link, LinkKind, LinkState};
+
+/// What the redirector needs of a link, prepared once when the link enters the cache so that a hit
+/// builds its response without parsing or allocating.
+#[derive(Debug)]
+pub struct CachedLink {
+    /// `Location` header value; `None` for an opt-out link without a target.
+    pub location: Option<HeaderValue>,
+    pub kind: LinkKind,
+    /// Unix seconds after which the link answers 410.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    fresh_until: Instant,
+    epoch: u64,
+    refreshing: AtomicBool,
+}
+
+impl CachedLink {
+    /// Whether the link redirects at `now_unix` (not disabled, not expired).
+    #[inline]
+    pub fn is_live(&self, now_unix: impl FnOnce() -> i64) -> bool {
+        !self.disabled && self.expires_at.is_none_or(|at| now_unix() < at)
+    }
+
+    /// Claims the right to run the one background refresh of this entry.
+    pub fn begin_refresh(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// The outcome of a cache lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Serve it.
+    Fresh(std::sync::Arc<CachedLink>),
+    /// Serve it, and revalidate in the background.
+    Stale(std::sync::Arc<CachedLink>),
+    /// Known not to exist (negative entry still valid).
+    Missing,
+    /// Not in the cache: ask the store.
+    Unknown,
+}
+
+/// A `DashMap` with a size bound and FIFO eviction.
+struct Bounded<V> {
+    map: DashMap<Box<str>, V>,
+    /// Insertion order of keys, for eviction. May hold keys already removed (they are skipped).
+    order: Mutex<VecDeque<Box<str>>>,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn insert(&self, key: &str, value: V) {
+        let is_new = match self.map.entry(Box::from(key)) {
+            Entry::Occupied(mut slot) => {
+                slot.insert(value);
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+                true
+            }
+        };
+        // The shard guard is released here: the order lock is never taken while holding a shard
+        // lock, so the two cannot deadlock.
+        if !is_new {
+            return;
+        }
+        let len = self.len.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut order = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        order.push_back(Box::from(key));
+        let mut len = len;
+        while len > self.capacity {
+            let Some(oldest) = order.pop_front() else { break };
+            if self.map.remove(&oldest).is_some() {
+                len = self.len.fetch_sub(1, Ordering::AcqRel) - 1;
+            }
+        }
+        // Keys removed by `remove` linger in the queue; compact when they pile up (rare: only
+        // invalidations remove keys outside eviction).
+        if order.len() > self.capacity * 2 + 1024 {
+            order.retain(|k| self.map.contains_key(k));
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        if self.map.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
+/// The in-process cache of links by code. Shared by every connection; all methods are synchronous and
+/// hold no lock across an `.await`.
+pub struct LinkCache {
+    links: Bounded<std::sync::Arc<CachedLink>>,
+    missing: Bounded<Instant>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    /// Bumped by `Invalidation::All`: entries loaded before are stale.
+    epoch: AtomicU64,
+    /// Bumped by every invalidation: a store read that started before a bump must not be cached.
+    generation: AtomicU64,
+}
+
+impl LinkCache {
+    pub fn new(capacity: usize, ttl: Duration, negative_capacity: usize, negative_ttl: Duration) -> Self {
+        Self {
+            links: Bounded::new(capacity),
+            missing: Bounded::new(negative_capacity),
+            ttl,
+            negative_ttl,
+            epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The hot-path lookup.
+    #[inline]
+    pub fn lookup(&self, code: &str) -> Lookup {
+        if let Some(entry) = self.links.map.get(code) {
+            let link = entry.value().clone();
+            drop(entry);
+            let stale = link.epoch < self.epoch.load(Ordering::Relaxed) || Instant::now() >= link.fresh_until;
+            return if stale { Lookup::Stale(link) } else { Lookup::Fresh(link) };
+        }
+        if self.negative_ttl.is_zero() {
+            return Lookup::Unknown;
+        }
+        match self.missing.map.get(code).map(|until| *until) {
+            Some(until) if Instant::now() < until => Lookup::Missing,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// The generation to pass to [`LinkCache::insert_link`] after reading the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches a link read from the store, unless an invalidation arrived since `generation` was taken
+    /// (the read may predate the change). Returns the prepared entry either way.
+    pub fn insert_link(&self, link: &Link, generation: u64) -> std::sync::Arc<CachedLink> {
+        let cached = std::sync::Arc::new(prepare(link, Instant::now() + self.ttl, self.epoch.load(Ordering::Acquire)));
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.missing.remove(&link.code);
+            self.links.insert(&link.code, cached.clone());
+        }
+        cached
+    }
+
+    /// Remembers that `code` does not exist, for the negative TTL.
+    pub fn insert_missing(&self, code: &str, generation: u64) {
+        if !self.negative_ttl.is_zero() && self.generation.load(Ordering::Acquire) == generation {
+            self.missing.insert(code, Instant::now() + self.negative_ttl);
+        }
+    }
+
+    /// A link was created: forget any "not found" remembered for its code.
+    pub fn created(&self, code: &str) {
+        self.missing.remove(code);
+    }
+
+    /// A link changed: drop it, so the next request reads the store.
+    pub fn invalidate(&self, code: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.links.remove(code);
+        self.missing.remove(code);
+    }
+
+    /// Changes may have been missed: treat every entry as stale (served, then revalidated).
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.missing.map.clear();
+        self.missing.len.store(0, Ordering::Release);
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn missing_len(&self) -> usize {
+        self.missing.len()
+    }
+}
+
+fn prepare(link: &Link, fresh_until: Instant, epoch: u64) -> CachedLink {
+    CachedLink {
+        // Target URLs are validated ASCII at creation; a value that still fails here (a record written
+        // by hand into Redis) is treated as having no target rather than crashing the redirect.
+        location: link.target_url.as_deref().and_then(|u| HeaderValue::from_str(u).ok()),
+        kind: link.kind,
+        expires_at: link.expires_at.map(|at| at.timestamp()),
+        disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
+        fresh_until,
+        epoch,
+        refreshing: AtomicBool::new(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(code: &str) -> Link {
+        Link {
+            code: code.into(),
+            workspace_id: "ws".into(),
+            kind: LinkKind::Redirect,
+            target_url: Some(format!("https://example.com/{code}")),
+            broadcast_id: None,
+            recipient: None,
+            message_id: None,
+            sender: None,
+            message_ref: None,
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            disabled_at: None,
+        }
+    }
+
+    fn cache(capacity: usize) -> LinkCache {
+        LinkCache::new(capacity, Duration::from_secs(60), 4, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn hit_miss_and_negative() {
+        let c = cache(10);
+        assert!(matches!(c.lookup("aaaaaaaa"), Lookup::Unknown));
+        let g = c.generation();
+        c.insert_link(&link("aaaaaaaa"), g);
+        match c.lookup("aaaaaaaa") {
+            Lookup::Fresh(l) => assert_eq!(l.location.as_ref().unwrap(), "https://example.com/aaaaaaaa"),
+            other => panic!("{other:?}"),
+        }
+        c.insert_missing("bbbbbbbb", g);
+        assert!(matches!(c.lookup("bbbbbbbb"), Lookup::Missing));
+        c.created("bbbbbbbb");
+        assert!(matches!(c.lookup("bbbbbbbb"), Lookup::Unknown));
+    }
+
+    #[test]
+    fn bounded_fifo_eviction() {
+        let c = cache(3);
+        for code in ["c1", "c2", "c3", "c4", "c5"] {
+            c.insert_link(&link(code), c.generation());
+        }
+        assert_eq!(c.len(), 3);
+        assert!(matches!(c.lookup("c1"), Lookup::Unknown));
+        assert!(matches!(c.lookup("c2"), Lookup::Unknown));
+        assert!(matches!(c.lookup("c5"), Lookup::Fresh(_)));
+        // Re-inserting an existing key does not grow the cache.
+        c.insert_link(&link("c5"), c.generation());
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn negative_entries_cannot_evict_links() {
+        let c = cache(3);
+        c.insert_link(&link("real"), c.generation());
+        for i in 0..1000 {
+            c.insert_missing(&format!("rand{i}"), c.generation());
+        }
+        assert!(c.missing_len() <= 4);
+        assert!(matches!(c.lookup("real"), Lookup::Fresh(_)));
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let c = cache(10);
+        let before = c.generation();
+        c.invalidate("aaaaaaaa");
+        c.insert_link(&link("aaaaaaaa"), before);
+        assert!(matches!(c.lookup("aaaaaaaa"), Lookup::Unknown));
+    }
+
+    #[test]
+    fn invalidate_all_makes_entries_stale_but_servable() {
+        let c = cache(10);
+        c.insert_link(&link("aaaaaaaa"), c.generation());
+        c.invalidate_all();
+        let Lookup::Stale(l) = c.lookup("aaaaaaaa") else { panic!("expected stale") };
+        assert!(l.begin_refresh());
+        assert!(!l.begin_refresh(), "only one refresh at a time");
+    }
+
+    #[test]
+    fn ttl_expiry_makes_entries_stale() {
+        let c = LinkCache::new(10, Duration::ZERO, 4, Duration::ZERO);
+        c.insert_link(&link("aaaaaaaa"), c.generation());
+        assert!(matches!(c.lookup("aaaaaaaa"), Lookup::Stale(_)));
+        c.insert_missing("bbbbbbbb", c.generation());
+        assert!(matches!(c.lookup("bbbbbbbb"), Lookup::Unknown), "zero negative TTL disables negative caching");
+    }
+
+    #[test]
+    fn expiry_and_disable_are_reflected() {
+        let c = cache(10);
+        let mut l = link("aaaaaaaa");
+        l.expires_at = Some(chrono::Utc::now() + chrono::Duration::seconds(100));
+        let cached = c.insert_link(&l, c.generation());
+        let now = chrono::Utc::now().timestamp();
+        assert!(cached.is_live(|| now));
+        assert!(!cached.is_live(|| now + 200));
+        l.disabled_at = Some(chrono::Utc::now());
+        assert!(!c.insert_link(&l, c.generation()).is_live(|| now));
+    }
+}

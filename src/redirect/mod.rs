@@ -1,0 +1,40 @@
+//! The redirect hot path: `GET`/`HEAD /{code}`. No authentication, no JSON, no store call on a cache hit.
+//!
+//! A click's journey starts here: [`resolve`] (cache, then store) → [`respond`] (302 / 404 / 410 / opt-out
+//! page). Later stages (capture → classify → count → emit → deliver) run after the response, off this path.
+
+pub mod cache;
+pub mod resolve;
+pub mod respond;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response};
+
+use resolve::{Resolved, Resolver};
+use respond::Outcome;
+
+use crate::telemetry::RedirectMetrics;
+
+/// Answers one redirect request for `code` (the path without its leading `/`).
+pub async fn handle(
+    resolver: &Arc<Resolver>,
+    metrics: &RedirectMetrics,
+    method: &Method,
+    code: &str,
+) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        metrics.record(Outcome::MethodNotAllowed);
+        return respond::response(Outcome::MethodNotAllowed, None, method);
+    }
+    let resolved = resolver.resolve(code).await;
+    let outcome = respond::outcome(&resolved, || chrono::Utc::now().timestamp());
+    let link = match &resolved {
+        Resolved::Link(link) => Some(link.as_ref()),
+        _ => None,
+    };
+    metrics.record(outcome);
+    respond::response(outcome, link, method)
+}

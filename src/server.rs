@@ -1,0 +1,89 @@
+//! The HTTP/1.1 server: accept loop, connection limits, top-level dispatch, graceful shutdown.
+//!
+//! Dispatch keeps the hot path apart: `/api/…` goes to the management API, `/healthz`, `/readyz`,
+//! `/metrics` to `ops`, and every other single-segment path to the redirector, which sees only the
+//! method and the code.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::{api, ops, redirect};
+
+/// Serves connections from `listener` until `shutdown` is cancelled, then stops accepting and gives
+/// in-flight requests up to the configured grace period.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(app.config.header_read_timeout)
+        .max_buf_size(app.config.max_header_bytes);
+    let graceful = GracefulShutdown::new();
+    // Past the limit we simply stop accepting: new connections wait in the kernel's backlog instead
+    // of exhausting file descriptors or memory.
+    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req| dispatch(Arc::clone(&app), req));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(app.config.shutdown_grace) => {
+            tracing::warn!("shutdown grace period elapsed with connections still open");
+        }
+    }
+}
+
+async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let response = if path.starts_with("/api/") || path == "/api" {
+        api::handle(&app, req).await
+    } else {
+        match path {
+            "/healthz" => ops::healthz(),
+            "/readyz" => ops::readyz(&app).await,
+            "/metrics" => ops::metrics(&app),
+            _ => {
+                let code = &path[1..];
+                redirect::handle(&app.resolver, &app.redirect_metrics, req.method(), code).await
+            }
+        }
+    };
+    Ok(response)
+}

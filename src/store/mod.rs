@@ -1,0 +1,134 @@
+//! The store: where links, workspaces, API keys and counters live. One trait, two implementations.
+//!
+//! - [`memory::MemoryStore`]: embedded, in-process, the default with no `LINKHIT_REDIS_URL`. Nothing is
+//!   persisted; a restart forgets everything (logged loudly at start-up).
+//! - [`redis::RedisStore`]: shared by any number of instances; survives linkhit restarts.
+//!
+//! Architecture Invariant: only `store::redis` knows the Redis key layout; the rest of the program speaks
+//! in `Link`, `Workspace`, `ApiKeyRecord`.
+//!
+//! The trait is object-safe (`async_trait`) because it is called only on cache misses and from the
+//! management API; the redirect hot path never calls it on a cache hit.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{ApiKeyRecord, Link, LinkCounters, Workspace};
+
+/// Errors of any store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store operation timed out")]
+    Timeout,
+    #[error("corrupt record in store: {0}")]
+    Corrupt(String),
+    #[error("could not find a free code after several attempts")]
+    CodeSpaceExhausted,
+}
+
+/// A change another instance made that this instance's caches must forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// This code changed (disabled): drop it from the cache.
+    Code(String),
+    /// Messages may have been missed (the subscription was (re)established): revalidate everything.
+    All,
+}
+
+/// The persistence interface. Implementations must make `insert_links` atomic per link (a code is
+/// either free and now taken by this link, or taken and left untouched).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"embedded"` or `"redis"`, for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a workspace; ids are random, so a clash is an error, not an overwrite.
+    async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError>;
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Inserts each link whose code is free; returns, per link in order, whether it was inserted.
+    /// A `false` means the code was taken (by an older link or an earlier one in `links`).
+    async fn insert_links(&self, links: &[Link]) -> Result<Vec<bool>, StoreError>;
+
+    async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError>;
+
+    /// Marks a link disabled (idempotent: the first `disabled_at` wins) and tells every instance to
+    /// forget it. Returns the updated link, or `None` if there is no such code.
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError>;
+
+    /// Hit counters of a link (zero if it was never hit).
+    async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError>;
+
+    /// A feed of changes made by other instances, if the store is shared. The feed ends when
+    /// `shutdown` is cancelled.
+    fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store the configuration asks for.
+pub fn open(config: &crate::config::Config) -> Result<SharedStore, StoreError> {
+    match &config.redis_url {
+        None => {
+            tracing::warn!(
+                "using the embedded in-process store: links, counters and webhook queues are NOT persisted \
+                 and are lost when this process stops; set LINKHIT_REDIS_URL for durable storage"
+            );
+            Ok(Arc::new(memory::MemoryStore::default()))
+        }
+        Some(url) => Ok(Arc::new(redis::RedisStore::open(
+            url,
+            &config.redis_prefix,
+            config.redis_timeout,
+        )?)),
+    }
+}
+
+/// Inserts `links`, giving every link whose code was taken a fresh code until all are stored.
+/// This is what makes codes unique: the store's atomic "insert if free", never the odds.
+pub async fn insert_unique(
+    store: &dyn Store,
+    links: &mut [Link],
+    codes: &crate::code::CodePolicy,
+) -> Result<(), StoreError> {
+    /// With 64^8 codes a single retry is already astronomically rare; eight in a row means the code
+    /// space is nearly full (or something is badly wrong) and the caller should hear about it.
+    const MAX_ATTEMPTS: usize = 8;
+    let mut pending: Vec<usize> = (0..links.len()).collect();
+    for attempt in 0..MAX_ATTEMPTS {
+        let inserted = if attempt == 0 {
+            store.insert_links(links).await?
+        } else {
+            let retry: Vec<Link> = pending.iter().map(|&i| links[i].clone()).collect();
+            store.insert_links(&retry).await?
+        };
+        pending = pending
+            .into_iter()
+            .zip(inserted)
+            .filter_map(|(i, fresh)| (!fresh).then_some(i))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("linkhit_code_collisions_total").increment(pending.len() as u64);
+        for &i in &pending {
+            links[i].code = codes.generate();
+        }
+    }
+    Err(StoreError::CodeSpaceExhausted)
+}

@@ -1,0 +1,63 @@
+//! Logging and metrics set-up. The Prometheus recorder is installed once per process (the `metrics`
+//! facade is global by design); every server in the process renders the same registry.
+
+use std::sync::OnceLock;
+
+use metrics::Counter;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::redirect::respond::Outcome;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Initialises `tracing` from `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Counter handles for redirect outcomes, resolved once so the hot path does no registry lookup.
+pub struct RedirectMetrics {
+    counters: [Counter; 6],
+}
+
+impl Default for RedirectMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RedirectMetrics {
+    pub fn new() -> Self {
+        let c = |status: &'static str| metrics::counter!("linkhit_redirects_total", "status" => status);
+        Self { counters: [c("302"), c("200"), c("404"), c("410"), c("503"), c("405")] }
+    }
+
+    #[inline]
+    pub fn record(&self, outcome: Outcome) {
+        let i = match outcome {
+            Outcome::Redirected => 0,
+            Outcome::OptOutPage => 1,
+            Outcome::NotFound => 2,
+            Outcome::Gone => 3,
+            Outcome::Unavailable => 4,
+            Outcome::MethodNotAllowed => 5,
+        };
+        self.counters[i].increment(1);
+    }
+}
