@@ -341,12 +341,11 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
         return Err(ApiError::bad_request("INVALID_TEXT", format!("text is longer than {MAX_TEXT_LEN} characters")));
     }
     // The text decides kind and target of each link.
-    input.common.kind = Value::Null;
+    // Validated as the opt-out link; the URL links copy it with their own kind and target.
+    input.common.kind = Value::String(LinkKind::OptOut.as_str().to_owned());
     input.common.target_url = Value::Null;
     let now = Utc::now();
-    let mut base = input.common.validate(now)?;
-    base.kind = LinkKind::OptOut;
-    base.target_url = None;
+    let base = input.common.validate(now)?;
 
     let pieces = text::split(&message);
     // One link per distinct valid URL, in order of first appearance, then the opt-out link.

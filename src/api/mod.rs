@@ -127,7 +127,8 @@ fn too_large(limit: usize) -> ApiError {
 
 /// Parses a JSON body into `T`; anything that is not valid JSON of that shape is `400 INVALID_BODY`.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // Every route takes an object; serde would otherwise accept `[...]` for a struct.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid_body("request body must be a JSON object"));
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON for this route: {e}")))

@@ -1,0 +1,273 @@
+//! Test harness: real servers on port 0, real `redis-server` processes on free ports, a real HTTP client.
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use linkhit::Config;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (apt-get install redis-server)");
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(server.url())
+                && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open, like a stuck Redis.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// A synchronous connection for assertions on the raw key space.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        signal(self.pid(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// A config for tests: fixed admin token, optionally pointing at `redis`.
+pub fn config(redis: Option<&RedisServer>) -> Config {
+    let mut config = Config::for_tests();
+    config.admin_token = Some(ADMIN.to_owned());
+    config.redis_url = redis.map(RedisServer::url);
+    config
+}
+
+/// A linkhit server running `linkhit::run` on 127.0.0.1:0 inside the test's runtime.
+pub struct TestServer {
+    pub base: String,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(linkhit::run(listener, config, shutdown.clone()));
+        let server = Self { base, shutdown, handle };
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.get(server.url("/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.handle.await.unwrap()
+    }
+}
+
+/// An HTTP client that does not follow redirects (we assert on them).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// One server (and its Redis, for `Backend::Redis`) plus a workspace with an all-permission key.
+pub struct Env {
+    pub server: TestServer,
+    pub redis: Option<RedisServer>,
+    pub http: reqwest::Client,
+    pub workspace_id: String,
+    pub key: String,
+}
+
+impl Env {
+    pub async fn new(backend: Backend) -> Self {
+        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        Self::with_config(config(redis.as_ref()), redis).await
+    }
+
+    pub async fn with_config(config: Config, redis: Option<RedisServer>) -> Self {
+        let server = TestServer::start(config).await;
+        let http = client();
+        let (workspace_id, key) = create_workspace(&http, &server, "acme").await;
+        Self { server, redis, http, workspace_id, key }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    /// `POST` JSON to an API route with this env's key.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.http.post(self.url(path)).bearer_auth(&self.key).json(&body)).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        send(self.http.get(self.url(path)).bearer_auth(&self.key)).await
+    }
+
+    pub async fn create_link(&self, body: Value) -> Value {
+        let (status, link) = self.post("/api/v1/links", body).await;
+        assert_eq!(status, 201, "{link}");
+        link
+    }
+
+    /// `GET /{code}` without following: (status, Location).
+    pub async fn hit(&self, code: &str) -> (u16, Option<String>) {
+        hit(&self.http, &self.server, code).await
+    }
+}
+
+pub async fn hit(http: &reqwest::Client, server: &TestServer, code: &str) -> (u16, Option<String>) {
+    let resp = http.get(server.url(&format!("/{code}"))).send().await.unwrap();
+    let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    (resp.status().as_u16(), location)
+}
+
+/// Sends a request, returning the status and the JSON body (`null` when the body is empty).
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, body)
+}
+
+pub async fn create_workspace(http: &reqwest::Client, server: &TestServer, name: &str) -> (String, String) {
+    let (status, body) =
+        send(http.post(server.url("/api/v1/workspaces")).bearer_auth(ADMIN).json(&json!({ "name": name }))).await;
+    assert_eq!(status, 201, "{body}");
+    (body["workspace_id"].as_str().unwrap().to_owned(), body["api_key"].as_str().unwrap().to_owned())
+}
+
+/// Asserts the contract's error body and returns its code.
+pub fn error_code(status: u16, body: &Value, want_status: u16) -> String {
+    assert_eq!(status, want_status, "{body}");
+    let code = body["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"));
+    assert!(code.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{code}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let id = body["error_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "error_id {id} is not a uuid");
+    let ts = body["timestamp"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts}");
+    code.to_owned()
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` elapses; returns whether it did.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs each listed async test function once per backend.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Embedded).await
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Redis).await
+                }
+            )*
+        }
+    };
+}
