@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand};
 
 /// The command line of the `linkhit` binary.
 #[derive(Debug, Parser)]
-#[command(name = "linkhit", version, about = "Short-link redirector for SMS platforms", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "linkhit",
+    version,
+    about = "Short-link redirector for SMS platforms",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -84,7 +89,11 @@ pub struct Config {
     pub cache_ttl: Duration,
 
     /// Most unknown codes remembered as "not found" (protects the store from random-code floods).
-    #[arg(long, env = "LINKHIT_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "LINKHIT_NEGATIVE_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub negative_cache_capacity: usize,
 
     /// Seconds an unknown code is remembered as "not found".
@@ -194,8 +203,10 @@ pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("`{raw}` is not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
-        return Err(format!("`{raw}` is not a number of seconds between 0 and one year"));
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!(
+            "`{raw}` is not a number of seconds between 0 and one year"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -214,11 +225,15 @@ fn parse_base_url(raw: &str) -> Result<String, String> {
 fn parse_prefix(raw: &str) -> Result<String, String> {
     let ok = !raw.is_empty()
         && raw.len() <= 64
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
     if ok {
         Ok(raw.to_owned())
     } else {
-        Err(format!("`{raw}` must be 1-64 characters of A-Z a-z 0-9 _ - . :"))
+        Err(format!(
+            "`{raw}` must be 1-64 characters of A-Z a-z 0-9 _ - . :"
+        ))
     }
 }
 
@@ -237,15 +252,23 @@ mod tests {
             ("NaN", None),
         ];
         for (raw, want) in cases {
-            let got = parse_schedule(raw).ok().map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
+            let got = parse_schedule(raw)
+                .ok()
+                .map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
             assert_eq!(&got, want, "{raw}");
         }
     }
 
     #[test]
     fn base_urls() {
-        assert_eq!(parse_base_url("https://s.example/").unwrap(), "https://s.example");
-        assert_eq!(parse_base_url("https://example.com/l").unwrap(), "https://example.com/l");
+        assert_eq!(
+            parse_base_url("https://s.example/").unwrap(),
+            "https://s.example"
+        );
+        assert_eq!(
+            parse_base_url("https://example.com/l").unwrap(),
+            "https://example.com/l"
+        );
         assert!(parse_base_url("ftp://x").is_err());
         assert!(parse_base_url("https://x/?a=1").is_err());
         assert!(parse_base_url("nope").is_err());
@@ -256,7 +279,10 @@ mod tests {
         let cli = Cli::try_parse_from(["linkhit"]).unwrap();
         let c = cli.serve;
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.webhook_retry_schedule, parse_schedule("1,10,30,90").unwrap());
+        assert_eq!(
+            c.webhook_retry_schedule,
+            parse_schedule("1,10,30,90").unwrap()
+        );
         assert!(!c.webhook_allow_private);
         assert!(c.redis_url.is_none());
         assert_eq!(c.code_length, 8);

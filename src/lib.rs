@@ -29,7 +29,11 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 
 /// Runs linkhit on `listener` until `shutdown` is cancelled, then drains connections and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let bound = listener.local_addr()?;
     let app = Arc::new(app::App::build(config, bound)?);

@@ -23,14 +23,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);
     }
-    runtime.build().context("starting the tokio runtime")?.block_on(async move {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        linkhit::run(listener, config, shutdown).await
-    })
+    runtime
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(async move {
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            linkhit::run(listener, config, shutdown).await
+        })
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
@@ -38,7 +41,10 @@ async fn watch_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("could not install signal handlers");
             return;
         };

@@ -70,7 +70,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     }
 }
 
-async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn dispatch(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let response = if path.starts_with("/api/") || path == "/api" {
         api::handle(&app, req).await

@@ -24,11 +24,18 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Initialises `tracing` from `RUST_LOG` (default `info`).
+/// Initialises `tracing` from `RUST_LOG` (default `info`), writing to stderr so that stdout carries
+/// only what is meant for the operator's eyes (the generated admin token).
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// Counter handles for redirect outcomes, resolved once so the hot path does no registry lookup.
@@ -44,8 +51,11 @@ impl Default for RedirectMetrics {
 
 impl RedirectMetrics {
     pub fn new() -> Self {
-        let c = |status: &'static str| metrics::counter!("linkhit_redirects_total", "status" => status);
-        Self { counters: [c("302"), c("200"), c("404"), c("410"), c("503"), c("405")] }
+        let c =
+            |status: &'static str| metrics::counter!("linkhit_redirects_total", "status" => status);
+        Self {
+            counters: [c("302"), c("200"), c("404"), c("410"), c("503"), c("405")],
+        }
     }
 
     #[inline]

@@ -28,7 +28,8 @@ pub fn split(text: &str) -> Vec<Piece<'_>> {
         for link in finder.links(chunk) {
             let url = link.as_str();
             let scheme_ok = url.len() > 8
-                && (url[..7].eq_ignore_ascii_case("http://") || url[..8].eq_ignore_ascii_case("https://"));
+                && (url[..7].eq_ignore_ascii_case("http://")
+                    || url[..8].eq_ignore_ascii_case("https://"));
             if !scheme_ok {
                 continue;
             }
@@ -63,15 +64,33 @@ mod tests {
     #[test]
     fn finds_urls_without_trailing_punctuation() {
         let cases: &[(&str, &[&str])] = &[
-            ("Sale! https://shop.example/fall.", &["https://shop.example/fall"]),
-            ("See https://a.example/x, then http://b.example/y!", &["https://a.example/x", "http://b.example/y"]),
+            (
+                "Sale! https://shop.example/fall.",
+                &["https://shop.example/fall"],
+            ),
+            (
+                "See https://a.example/x, then http://b.example/y!",
+                &["https://a.example/x", "http://b.example/y"],
+            ),
             ("(details: https://a.example/p)", &["https://a.example/p"]),
-            ("wiki https://en.wikipedia.org/wiki/Link_(disambiguation) ok", &["https://en.wikipedia.org/wiki/Link_(disambiguation)"]),
-            ("Is it https://a.example/q?x=1&y=2?", &["https://a.example/q?x=1&y=2"]),
+            (
+                "wiki https://en.wikipedia.org/wiki/Link_(disambiguation) ok",
+                &["https://en.wikipedia.org/wiki/Link_(disambiguation)"],
+            ),
+            (
+                "Is it https://a.example/q?x=1&y=2?",
+                &["https://a.example/q?x=1&y=2"],
+            ),
             ("no links here", &[]),
-            ("ftp://files.example/a and mailto:x@y.example are not shortened", &[]),
+            (
+                "ftp://files.example/a and mailto:x@y.example are not shortened",
+                &[],
+            ),
             ("HTTPS://LOUD.EXAMPLE/A", &["HTTPS://LOUD.EXAMPLE/A"]),
-            ("two:https://a.example/1\nhttps://b.example/2", &["https://a.example/1", "https://b.example/2"]),
+            (
+                "two:https://a.example/1\nhttps://b.example/2",
+                &["https://a.example/1", "https://b.example/2"],
+            ),
             ("www.example.com has no scheme", &[]),
         ];
         for (text, want) in cases {

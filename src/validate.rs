@@ -54,7 +54,11 @@ pub fn target_url(raw: &str) -> Result<String, TargetUrlError> {
     // Keep the customer's spelling when it is what the parser would produce anyway (modulo the root
     // `/`), so that the API echoes back what was sent; otherwise redirect to the normalised form, which is
     // guaranteed to be a valid, unambiguous header value.
-    if trimmed == normalised || (normalised.len() == trimmed.len() + 1 && normalised.starts_with(trimmed) && normalised.ends_with('/')) {
+    if trimmed == normalised
+        || (normalised.len() == trimmed.len() + 1
+            && normalised.starts_with(trimmed)
+            && normalised.ends_with('/'))
+    {
         Ok(trimmed.to_owned())
     } else {
         Ok(normalised.to_owned())
@@ -114,7 +118,10 @@ mod tests {
         for raw in bad {
             assert!(target_url(raw).is_err(), "{raw} should be rejected");
         }
-        assert_eq!(target_url(&format!("https://e.com/{}", "a".repeat(5000))), Err(TargetUrlError::TooLong));
+        assert_eq!(
+            target_url(&format!("https://e.com/{}", "a".repeat(5000))),
+            Err(TargetUrlError::TooLong)
+        );
     }
 
     #[test]

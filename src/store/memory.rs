@@ -35,7 +35,10 @@ impl Store for MemoryStore {
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {
         match self.workspaces.entry(workspace.id.clone()) {
-            Entry::Occupied(_) => Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id))),
+            Entry::Occupied(_) => Err(StoreError::Corrupt(format!(
+                "workspace {} exists",
+                workspace.id
+            ))),
             Entry::Vacant(slot) => {
                 slot.insert(workspace.clone());
                 Ok(())
@@ -81,7 +84,11 @@ impl Store for MemoryStore {
         Ok(self.links.get(code).map(|l| l.clone()))
     }
 
-    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
+    async fn disable_link(
+        &self,
+        code: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Link>, StoreError> {
         Ok(self.links.get_mut(code).map(|mut link| {
             link.disabled_at.get_or_insert(at);
             link.clone()
@@ -89,7 +96,11 @@ impl Store for MemoryStore {
     }
 
     async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError> {
-        Ok(self.counters.get(code).map(|c| c.clone()).unwrap_or_default())
+        Ok(self
+            .counters
+            .get(code)
+            .map(|c| c.clone())
+            .unwrap_or_default())
     }
 
     fn invalidations(&self, _shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {

@@ -69,7 +69,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks a link disabled (idempotent: the first `disabled_at` wins) and tells every instance to
     /// forget it. Returns the updated link, or `None` if there is no such code.
-    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError>;
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>)
+    -> Result<Option<Link>, StoreError>;
 
     /// Hit counters of a link (zero if it was never hit).
     async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError>;

@@ -44,7 +44,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
     pub fn link(&self, code: &str) -> String {
         format!("{}:link:{{{code}}}", self.prefix)
@@ -77,7 +79,8 @@ impl RedisStore {
     /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
     /// while Redis is down; `/readyz` tells when it is reachable.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             // Per-command deadlines are applied by `bounded`, with longer ones for bulk work.
@@ -86,7 +89,12 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { client, conn, keys: Keys::new(prefix), timeout })
+        Ok(Self {
+            client,
+            conn,
+            keys: Keys::new(prefix),
+            timeout,
+        })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -107,25 +115,40 @@ impl RedisStore {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, StoreError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = self.bounded(self.timeout, async move { conn.get(key).await }).await?;
-        raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
+        let raw: Option<Vec<u8>> = self
+            .bounded(self.timeout, async move { conn.get(key).await })
+            .await?;
+        raw.map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .transpose()
     }
 
     async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
         let mut pipe = redis::pipe();
         for link in links {
             let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            pipe.cmd("SET").arg(self.keys.link(&link.code)).arg(json).arg("NX");
+            pipe.cmd("SET")
+                .arg(self.keys.link(&link.code))
+                .arg(json)
+                .arg("NX");
         }
         let mut conn = self.conn.clone();
         // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
         let replies: Vec<Value> = self
-            .bounded(self.timeout * 20, async move { pipe.query_async(&mut conn).await })
+            .bounded(self.timeout * 20, async move {
+                pipe.query_async(&mut conn).await
+            })
             .await?;
-        Ok(replies.into_iter().map(|v| matches!(v, Value::Okay)).collect())
+        Ok(replies
+            .into_iter()
+            .map(|v| matches!(v, Value::Okay))
+            .collect())
     }
 }
 
@@ -138,7 +161,9 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = self
-            .bounded(self.timeout, async move { redis::cmd("PING").query_async(&mut conn).await })
+            .bounded(self.timeout, async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
             .await?;
         Ok(())
     }
@@ -153,7 +178,10 @@ impl Store for RedisStore {
         if created {
             Ok(())
         } else {
-            Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id)))
+            Err(StoreError::Corrupt(format!(
+                "workspace {} exists",
+                workspace.id
+            )))
         }
     }
 
@@ -165,8 +193,10 @@ impl Store for RedisStore {
         let json = serde_json::to_vec(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let redis_key = self.keys.api_key(&key.key_hash);
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move { conn.set::<_, _, ()>(redis_key, json).await })
-            .await
+        self.bounded(self.timeout, async move {
+            conn.set::<_, _, ()>(redis_key, json).await
+        })
+        .await
     }
 
     async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -174,7 +204,10 @@ impl Store for RedisStore {
     }
 
     async fn insert_links(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
-        let batches: Vec<_> = links.chunks(INSERT_BATCH).map(|batch| self.insert_batch(batch)).collect();
+        let batches: Vec<_> = links
+            .chunks(INSERT_BATCH)
+            .map(|batch| self.insert_batch(batch))
+            .collect();
         let results: Vec<Result<Vec<bool>, StoreError>> = futures_util::stream::iter(batches)
             .buffered(INSERT_CONCURRENCY)
             .collect()
@@ -187,17 +220,25 @@ impl Store for RedisStore {
         let mut per_broadcast: std::collections::HashMap<(&str, &str), i64> = Default::default();
         for (link, fresh) in links.iter().zip(&inserted) {
             if let (true, Some(broadcast)) = (fresh, &link.broadcast_id) {
-                *per_broadcast.entry((&link.workspace_id, broadcast)).or_default() += 1;
+                *per_broadcast
+                    .entry((&link.workspace_id, broadcast))
+                    .or_default() += 1;
             }
         }
         if !per_broadcast.is_empty() {
             let mut pipe = redis::pipe();
             for ((workspace, broadcast), n) in per_broadcast {
-                pipe.cmd("HINCRBY").arg(self.keys.broadcast(workspace, broadcast)).arg("links").arg(n).ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(self.keys.broadcast(workspace, broadcast))
+                    .arg("links")
+                    .arg(n)
+                    .ignore();
             }
             let mut conn = self.conn.clone();
-            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await })
-                .await?;
+            self.bounded(self.timeout, async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await?;
         }
         Ok(inserted)
     }
@@ -206,7 +247,11 @@ impl Store for RedisStore {
         self.get_json(self.keys.link(code)).await
     }
 
-    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
+    async fn disable_link(
+        &self,
+        code: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Link>, StoreError> {
         let Some(mut link) = self.get_link(code).await? else {
             return Ok(None);
         };
@@ -219,15 +264,19 @@ impl Store for RedisStore {
             let mut conn = self.conn.clone();
             let mut pipe = redis::pipe();
             pipe.cmd("SET").arg(key).arg(json).arg("XX").ignore();
-            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await })
-                .await?;
+            self.bounded(self.timeout, async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await?;
         }
         // Publish even when already disabled: an instance that missed the first message learns now.
         let channel = self.keys.invalidation_channel();
         let code = code.to_owned();
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move { conn.publish::<_, _, i64>(channel, code).await })
-            .await?;
+        self.bounded(self.timeout, async move {
+            conn.publish::<_, _, i64>(channel, code).await
+        })
+        .await?;
         Ok(Some(link))
     }
 
@@ -236,7 +285,13 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let (hits, human_hits, bot_hits): (Option<u64>, Option<u64>, Option<u64>) = self
             .bounded(self.timeout, async move {
-                redis::cmd("HMGET").arg(key).arg("hits").arg("human_hits").arg("bot_hits").query_async(&mut conn).await
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("hits")
+                    .arg("human_hits")
+                    .arg("bot_hits")
+                    .query_async(&mut conn)
+                    .await
             })
             .await?;
         Ok(LinkCounters {
@@ -271,8 +326,14 @@ async fn subscribe_forever(
     let mut backoff = Duration::from_millis(100);
     loop {
         let subscribed = async {
-            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.ok()?.ok()?;
-            tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await.ok()?.ok()?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .ok()?
+                .ok()?;
+            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
+                .await
+                .ok()?
+                .ok()?;
             Some(pubsub)
         }
         .await;
@@ -285,7 +346,9 @@ async fn subscribe_forever(
                 }
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
-                    let Ok(code) = msg.get_payload::<String>() else { continue };
+                    let Ok(code) = msg.get_payload::<String>() else {
+                        continue;
+                    };
                     if tx.send(Invalidation::Code(code)).await.is_err() {
                         return;
                     }

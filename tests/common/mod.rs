@@ -15,7 +15,11 @@ pub const ADMIN: &str = "test-admin-token-0123456789";
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private `redis-server` on a free port, killed on drop.
@@ -31,7 +35,16 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,7 +58,10 @@ impl RedisServer {
             {
                 return server;
             }
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -70,7 +86,10 @@ impl RedisServer {
 
     /// A synchronous connection for assertions on the raw key space.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
@@ -83,7 +102,11 @@ impl Drop for RedisServer {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
@@ -115,7 +138,11 @@ impl TestServer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(linkhit::run(listener, config, shutdown.clone()));
-        let server = Self { base, shutdown, handle };
+        let server = Self {
+            base,
+            shutdown,
+            handle,
+        };
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(10);
         while client.get(server.url("/healthz")).send().await.is_err() {
@@ -164,7 +191,13 @@ impl Env {
         let server = TestServer::start(config).await;
         let http = client();
         let (workspace_id, key) = create_workspace(&http, &server, "acme").await;
-        Self { server, redis, http, workspace_id, key }
+        Self {
+            server,
+            redis,
+            http,
+            workspace_id,
+            key,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -173,7 +206,13 @@ impl Env {
 
     /// `POST` JSON to an API route with this env's key.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        send(self.http.post(self.url(path)).bearer_auth(&self.key).json(&body)).await
+        send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(&self.key)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -193,8 +232,15 @@ impl Env {
 }
 
 pub async fn hit(http: &reqwest::Client, server: &TestServer, code: &str) -> (u16, Option<String>) {
-    let resp = http.get(server.url(&format!("/{code}"))).send().await.unwrap();
-    let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    let resp = http
+        .get(server.url(&format!("/{code}")))
+        .send()
+        .await
+        .unwrap();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
     (resp.status().as_u16(), location)
 }
 
@@ -206,28 +252,54 @@ pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, body)
 }
 
-pub async fn create_workspace(http: &reqwest::Client, server: &TestServer, name: &str) -> (String, String) {
-    let (status, body) =
-        send(http.post(server.url("/api/v1/workspaces")).bearer_auth(ADMIN).json(&json!({ "name": name }))).await;
+pub async fn create_workspace(
+    http: &reqwest::Client,
+    server: &TestServer,
+    name: &str,
+) -> (String, String) {
+    let (status, body) = send(
+        http.post(server.url("/api/v1/workspaces"))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "name": name })),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
-    (body["workspace_id"].as_str().unwrap().to_owned(), body["api_key"].as_str().unwrap().to_owned())
+    (
+        body["workspace_id"].as_str().unwrap().to_owned(),
+        body["api_key"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Asserts the contract's error body and returns its code.
 pub fn error_code(status: u16, body: &Value, want_status: u16) -> String {
     assert_eq!(status, want_status, "{body}");
-    let code = body["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"));
-    assert!(code.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{code}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let code = body["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {body}"));
+    assert!(
+        code.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+        "{code}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     let id = body["error_id"].as_str().unwrap();
-    assert!(uuid::Uuid::parse_str(id).is_ok(), "error_id {id} is not a uuid");
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "error_id {id} is not a uuid"
+    );
     let ts = body["timestamp"].as_str().unwrap();
-    assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+        "timestamp {ts}"
+    );
     code.to_owned()
 }
 

@@ -1,0 +1,175 @@
+//! The `Store` trait's promises, checked identically on the embedded store and on a real Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use linkhit::code::CodePolicy;
+use linkhit::model::{Link, LinkKind};
+use linkhit::store::memory::MemoryStore;
+use linkhit::store::redis::RedisStore;
+use linkhit::store::{Invalidation, SharedStore, insert_unique};
+use tokio_util::sync::CancellationToken;
+
+fn link(code: &str, target: &str) -> Link {
+    Link {
+        code: code.into(),
+        workspace_id: "ws_test".into(),
+        kind: LinkKind::Redirect,
+        target_url: Some(target.into()),
+        broadcast_id: Some("b".into()),
+        recipient: Some("+12025550100".into()),
+        message_id: None,
+        sender: None,
+        message_ref: None,
+        created_at: Utc::now(),
+        expires_at: None,
+        disabled_at: None,
+    }
+}
+
+async fn insert_never_overwrites(store: SharedStore) {
+    let first = link("AAAAAAAA", "https://example.com/first");
+    assert_eq!(
+        store
+            .insert_links(std::slice::from_ref(&first))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    // The same code again, and twice within one batch: only new codes are taken.
+    let batch = vec![
+        link("AAAAAAAA", "https://example.com/second"),
+        link("BBBBBBBB", "https://example.com/b1"),
+        link("BBBBBBBB", "https://example.com/b2"),
+    ];
+    assert_eq!(
+        store.insert_links(&batch).await.unwrap(),
+        vec![false, true, false]
+    );
+    assert_eq!(
+        store
+            .get_link("AAAAAAAA")
+            .await
+            .unwrap()
+            .unwrap()
+            .target_url
+            .as_deref(),
+        Some("https://example.com/first")
+    );
+    assert_eq!(
+        store
+            .get_link("BBBBBBBB")
+            .await
+            .unwrap()
+            .unwrap()
+            .target_url
+            .as_deref(),
+        Some("https://example.com/b1")
+    );
+}
+
+async fn collisions_get_fresh_codes(store: SharedStore) {
+    store
+        .insert_links(&[link("CCCCCCCC", "https://example.com/old")])
+        .await
+        .unwrap();
+    let mut links = vec![
+        link("CCCCCCCC", "https://example.com/new"),
+        link("DDDDDDDD", "https://example.com/d"),
+        link("DDDDDDDD", "https://example.com/d2"),
+    ];
+    insert_unique(store.as_ref(), &mut links, &CodePolicy::new(8, 8))
+        .await
+        .unwrap();
+    assert_ne!(
+        links[0].code, "CCCCCCCC",
+        "the colliding link got a new code"
+    );
+    assert_eq!(links[1].code, "DDDDDDDD");
+    assert_ne!(links[2].code, "DDDDDDDD");
+    for l in &links {
+        assert_eq!(
+            store.get_link(&l.code).await.unwrap().unwrap().target_url,
+            l.target_url
+        );
+    }
+    assert_eq!(
+        store
+            .get_link("CCCCCCCC")
+            .await
+            .unwrap()
+            .unwrap()
+            .target_url
+            .as_deref(),
+        Some("https://example.com/old")
+    );
+}
+
+async fn disable_is_idempotent(store: SharedStore) {
+    store
+        .insert_links(&[link("EEEEEEEE", "https://example.com/e")])
+        .await
+        .unwrap();
+    let t1 = Utc::now();
+    let first = store.disable_link("EEEEEEEE", t1).await.unwrap().unwrap();
+    let second = store
+        .disable_link("EEEEEEEE", t1 + chrono::Duration::seconds(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.disabled_at, second.disabled_at,
+        "the first disable wins"
+    );
+    assert!(store.disable_link("NOTTHERE", t1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn embedded_store_contract() {
+    insert_never_overwrites(Arc::new(MemoryStore::default())).await;
+    collisions_get_fresh_codes(Arc::new(MemoryStore::default())).await;
+    disable_is_idempotent(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_store_contract() {
+    let redis = common::RedisServer::start();
+    let open = |prefix: &str| -> SharedStore {
+        Arc::new(RedisStore::open(&redis.url(), prefix, Duration::from_secs(1)).unwrap())
+    };
+    insert_never_overwrites(open("t1")).await;
+    collisions_get_fresh_codes(open("t2")).await;
+    disable_is_idempotent(open("t3")).await;
+}
+
+#[tokio::test]
+async fn redis_invalidations_reach_subscribers() {
+    let redis = common::RedisServer::start();
+    let a = RedisStore::open(&redis.url(), "inv", Duration::from_secs(1)).unwrap();
+    let b = RedisStore::open(&redis.url(), "inv", Duration::from_secs(1)).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut feed = linkhit::store::Store::invalidations(&b, shutdown.clone()).unwrap();
+    // The first message after subscribing says "you may have missed something".
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .unwrap(),
+        Some(Invalidation::All)
+    );
+    linkhit::store::Store::insert_links(&a, &[link("FFFFFFFF", "https://example.com/f")])
+        .await
+        .unwrap();
+    linkhit::store::Store::disable_link(&a, "FFFFFFFF", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .unwrap(),
+        Some(Invalidation::Code("FFFFFFFF".into()))
+    );
+    shutdown.cancel();
+}
