@@ -5,7 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::click::capture::Capture;
+use crate::click::emit::EventSink;
+use crate::click::journal::Journal;
+use crate::click::pipeline::{Pipeline, Settings};
 
 use crate::auth::AdminToken;
 use crate::code::CodePolicy;
@@ -24,14 +30,57 @@ pub struct App {
     pub admin_token: AdminToken,
     pub prometheus: PrometheusHandle,
     pub redirect_metrics: RedirectMetrics,
+    /// The hot path's hand-off to the click pipeline.
+    pub capture: Capture,
 }
 
 impl App {
     /// Builds the state for a server bound at `bound`. Prints a generated admin token when none is
     /// configured (the only time it is ever shown).
-    pub fn build(config: Config, bound: SocketAddr) -> anyhow::Result<Self> {
+    ///
+    /// Starts the click pipeline (returned, so `run` can flush it at shutdown) unless capture is off.
+    pub fn build(
+        config: Config,
+        bound: SocketAddr,
+        sink: Arc<dyn EventSink>,
+    ) -> anyhow::Result<(Self, Option<Pipeline>)> {
         let prometheus = telemetry::prometheus();
         let store = store::open(&config)?;
+        let rules = crate::config::load_rules(
+            config.extra_human_patterns.as_deref(),
+            config.extra_bot_patterns.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (capture, pipeline) = if config.capture {
+            let journal = Journal::open(&config.journal_dir, config.journal_max_bytes)
+                .with_context(|| {
+                    format!(
+                        "opening the click journal in {}",
+                        config.journal_dir.display()
+                    )
+                })?;
+            let settings = Settings {
+                capture_capacity: config.capture_buffer,
+                batch_size: config.click_batch,
+                flush_interval: config.click_flush_interval,
+                commit_queue: config.commit_queue,
+                recent_clicks: config.recent_clicks,
+                keep_full_ip: config.keep_full_ip,
+                trusted_proxies: config.trusted_proxies.clone(),
+                classifier_memo: 100_000,
+                shutdown_flush: config.shutdown_grace,
+            };
+            let (capture, pipeline) = Pipeline::start(
+                Arc::clone(&store),
+                Arc::new(rules),
+                sink,
+                Some(Arc::new(journal)),
+                settings,
+            );
+            (capture, Some(pipeline))
+        } else {
+            (Capture::disabled(), None)
+        };
         let codes = CodePolicy::new(
             usize::from(config.code_length),
             usize::from(config.code_min_length.unwrap_or(config.code_length)),
@@ -53,7 +102,7 @@ impl App {
                 AdminToken::new(&token)
             }
         };
-        Ok(Self {
+        let app = Self {
             base_url: config.effective_base_url(bound),
             config,
             store,
@@ -61,7 +110,9 @@ impl App {
             admin_token,
             prometheus,
             redirect_metrics: RedirectMetrics::new(),
-        })
+            capture,
+        };
+        Ok((app, pipeline))
     }
 
     /// The public short URL of `code`.

@@ -31,6 +31,34 @@ pub struct Cli {
 pub enum Command {
     /// Start the HTTP server (the default).
     Serve(Box<Config>),
+    /// Read user agents on stdin, print one JSON verdict per line.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    /// File of extra bot user-agent substrings, as for `serve`.
+    #[arg(long, env = "LINKHIT_EXTRA_BOT_PATTERNS")]
+    pub extra_bot_patterns: Option<std::path::PathBuf>,
+    /// File of extra human user-agent substrings, as for `serve`.
+    #[arg(long, env = "LINKHIT_EXTRA_HUMAN_PATTERNS")]
+    pub extra_human_patterns: Option<std::path::PathBuf>,
+}
+
+/// Builds the classification rules from the built-in file and the operator's pattern files.
+pub fn load_rules(
+    extra_human: Option<&std::path::Path>,
+    extra_bot: Option<&std::path::Path>,
+) -> Result<crate::click::classify::Rules, String> {
+    let read = |path: Option<&std::path::Path>| -> Result<String, String> {
+        match path {
+            None => Ok(String::new()),
+            Some(p) => {
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            }
+        }
+    };
+    crate::click::classify::Rules::new(&read(extra_human)?, &read(extra_bot)?)
 }
 
 /// Every setting of the server. Built by clap from flags and `LINKHIT_*` variables, or by tests directly
@@ -128,6 +156,55 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
 
+    /// Record hits (counters, recent clicks, opt-outs, webhooks). `false` only for benchmarking.
+    #[arg(long, env = "LINKHIT_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub capture: bool,
+
+    /// Comma-separated proxy networks (CIDR) whose `X-Forwarded-For` is believed, e.g. the load
+    /// balancer's `10.0.0.0/8`. Empty: the TCP peer is the client.
+    #[arg(long, env = "LINKHIT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Keep full client IP addresses in recent clicks (default: IPv4 /24, IPv6 /48).
+    #[arg(long, env = "LINKHIT_KEEP_FULL_IP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub keep_full_ip: bool,
+
+    /// Directory of the click journal (hits waiting for an unreachable store).
+    #[arg(long, env = "LINKHIT_JOURNAL_DIR", default_value = "linkhit-journal")]
+    pub journal_dir: std::path::PathBuf,
+
+    /// Most bytes the click journal may hold; past it, hits are dropped (with a metric and a log line).
+    #[arg(long, env = "LINKHIT_JOURNAL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub journal_max_bytes: u64,
+
+    /// Hits the capture channel holds between the redirect and the click pipeline.
+    #[arg(long, env = "LINKHIT_CAPTURE_BUFFER", default_value_t = 65_536)]
+    pub capture_buffer: usize,
+
+    /// Hits counted per store round trip.
+    #[arg(long, env = "LINKHIT_CLICK_BATCH", default_value_t = 1_000)]
+    pub click_batch: usize,
+
+    /// Seconds between flushes of a partial batch (keeps stats within a second of the click).
+    #[arg(long, env = "LINKHIT_CLICK_FLUSH_INTERVAL", default_value = "0.2", value_parser = parse_seconds)]
+    pub click_flush_interval: Duration,
+
+    /// Batches waiting for the store before further batches spill to the journal.
+    #[arg(long, env = "LINKHIT_COMMIT_QUEUE", default_value_t = 64)]
+    pub commit_queue: usize,
+
+    /// Recent clicks kept per link for `GET /api/v1/links/{code}/clicks`.
+    #[arg(long, env = "LINKHIT_RECENT_CLICKS", default_value_t = 100)]
+    pub recent_clicks: usize,
+
+    /// File of extra bot user-agent substrings, one per line (`#` comments).
+    #[arg(long, env = "LINKHIT_EXTRA_BOT_PATTERNS")]
+    pub extra_bot_patterns: Option<std::path::PathBuf>,
+
+    /// File of user-agent substrings that are always human, one per line; checked before every bot rule.
+    #[arg(long, env = "LINKHIT_EXTRA_HUMAN_PATTERNS")]
+    pub extra_human_patterns: Option<std::path::PathBuf>,
+
     /// Tokio worker threads. Default: one per core.
     #[arg(long, env = "LINKHIT_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -165,6 +242,12 @@ impl Config {
         }
         if self.max_header_bytes < 8192 {
             return Err("LINKHIT_MAX_HEADER_BYTES must be at least 8192".into());
+        }
+        if self.capture_buffer == 0 || self.click_batch == 0 || self.commit_queue == 0 {
+            return Err("LINKHIT_CAPTURE_BUFFER, LINKHIT_CLICK_BATCH and LINKHIT_COMMIT_QUEUE must be at least 1".into());
+        }
+        if self.click_flush_interval.is_zero() {
+            return Err("LINKHIT_CLICK_FLUSH_INTERVAL must be above 0".into());
         }
         if self.worker_threads == Some(0) {
             return Err("LINKHIT_WORKER_THREADS must be at least 1".into());

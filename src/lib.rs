@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod click;
 pub mod code;
 pub mod config;
 pub mod error;
@@ -34,9 +35,20 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_sink(listener, config, shutdown, Arc::new(click::emit::Discard)).await
+}
+
+/// [`run`] with an explicit destination for click and opt-out events.
+pub async fn run_with_sink(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    sink: Arc<dyn click::emit::EventSink>,
+) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let bound = listener.local_addr()?;
-    let app = Arc::new(app::App::build(config, bound)?);
+    let (app, pipeline) = app::App::build(config, bound, sink)?;
+    let app = Arc::new(app);
     // Background work lives until the connections are drained, then stops.
     let background = CancellationToken::new();
     if let Some(feed) = app.store.invalidations(background.clone()) {
@@ -50,6 +62,10 @@ pub async fn run(
         "linkhit serving"
     );
     server::serve(listener, Arc::clone(&app), shutdown).await;
+    // Connections are drained: nothing captures any more. Count (or journal) what was captured.
+    if let Some(pipeline) = pipeline {
+        pipeline.shutdown().await;
+    }
     background.cancel();
     tracing::info!("linkhit stopped");
     Ok(())

@@ -5,12 +5,13 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use linkhit::config::{Cli, Command};
+use linkhit::config::{ClassifyArgs, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(config)) => *config,
+        Some(Command::Classify(args)) => return classify(&args),
         None => cli.serve,
     };
     linkhit::telemetry::init_tracing();
@@ -34,6 +35,31 @@ fn main() -> anyhow::Result<()> {
             tokio::spawn(watch_signals(shutdown.clone()));
             linkhit::run(listener, config, shutdown).await
         })
+}
+
+/// `linkhit classify`: one user agent per stdin line → one JSON verdict per stdout line.
+fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let rules = linkhit::config::load_rules(
+        args.extra_human_patterns.as_deref(),
+        args.extra_bot_patterns.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut classifier =
+        linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for line in std::io::stdin().lock().lines() {
+        let ua = line.context("reading stdin")?;
+        let verdict = classifier.classify(linkhit::click::classify::Signals {
+            user_agent: Some(&ua),
+            ..Default::default()
+        });
+        let json = serde_json::json!({"user_agent": ua, "class": verdict.class, "reason": &*verdict.reason});
+        writeln!(out, "{json}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

@@ -82,12 +82,38 @@ impl LinkState {
     }
 }
 
-/// Hit counters of one link, as the stores keep them.
+/// Hit counters of one link. A *click* is a human hit: `first_click_at`/`last_click_at` ignore bots.
+/// `unique_clicks` is 1 once the link has a human hit (one link serves one recipient).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkCounters {
+pub struct LinkStats {
     pub hits: u64,
     pub human_hits: u64,
     pub bot_hits: u64,
+    pub unique_clicks: u64,
+    pub first_click_at: Option<DateTime<Utc>>,
+    pub last_click_at: Option<DateTime<Utc>>,
+}
+
+/// Counters of one broadcast: sums over its links, plus `unique_clicks`, the number of distinct
+/// recipients with at least one human hit (exact).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastStats {
+    pub links: u64,
+    pub hits: u64,
+    pub human_hits: u64,
+    pub bot_hits: u64,
+    pub unique_clicks: u64,
+}
+
+/// A recipient who opted out through an opt-out link (the first time counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub recipient: String,
+    pub at: DateTime<Utc>,
+    pub source: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
 }
 
 /// A tenant: every link and key belongs to exactly one workspace.

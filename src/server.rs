@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
             () = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -54,7 +54,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| dispatch(Arc::clone(&app), req));
+        let peer = Some(peer.ip());
+        let service = service_fn(move |req| dispatch(Arc::clone(&app), req, peer));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
@@ -73,6 +74,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
 async fn dispatch(
     app: Arc<App>,
     req: Request<Incoming>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let response = if path.starts_with("/api/") || path == "/api" {
@@ -83,8 +85,16 @@ async fn dispatch(
             "/readyz" => ops::readyz(&app).await,
             "/metrics" => ops::metrics(&app),
             _ => {
-                let code = &path[1..];
-                redirect::handle(&app.resolver, &app.redirect_metrics, req.method(), code).await
+                // The redirector never reads a body; dropping it keeps the connection reusable.
+                let (parts, _body) = req.into_parts();
+                redirect::handle(
+                    &app.resolver,
+                    &app.redirect_metrics,
+                    &app.capture,
+                    &parts,
+                    peer,
+                )
+                .await
             }
         }
     };

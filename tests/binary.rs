@@ -34,6 +34,7 @@ fn sigterm_and_sigint_exit_zero_and_a_generated_token_is_printed_once() {
             .env("LINKHIT_LISTEN", format!("127.0.0.1:{port}"))
             .env_remove("LINKHIT_ADMIN_TOKEN")
             .env_remove("LINKHIT_REDIS_URL")
+            .env("LINKHIT_JOURNAL_DIR", common::temp_dir("binary-journal"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

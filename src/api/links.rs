@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{ApiResult, authorize, empty, json, parse_json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::model::{Link, LinkCounters, LinkKind, Permission, rfc3339};
+use crate::model::{Link, LinkKind, LinkStats, Permission, rfc3339};
 use crate::text::{self, Piece};
 use crate::validate;
 
@@ -206,10 +206,10 @@ struct LinkView<'a> {
     expires_at: Option<String>,
     disabled_at: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    counters: Option<&'a LinkCounters>,
+    counters: Option<super::stats::LinkStatsView>,
 }
 
-fn view<'a>(app: &App, link: &'a Link, counters: Option<&'a LinkCounters>) -> LinkView<'a> {
+fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView<'a> {
     LinkView {
         code: &link.code,
         short_url: app.short_url(&link.code),
@@ -225,7 +225,7 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&'a LinkCounters>) -> Li
         created_at: rfc3339(link.created_at),
         expires_at: link.expires_at.map(rfc3339),
         disabled_at: link.disabled_at.map(rfc3339),
-        counters,
+        counters: counters.map(super::stats::LinkStatsView::from),
     }
 }
 
@@ -478,7 +478,11 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
 }
 
 /// Loads a link of the caller's workspace; another workspace's link is indistinguishable from none.
-async fn owned_link(app: &App, workspace_id: &str, code: &str) -> Result<Link, ApiError> {
+pub(super) async fn owned_link(
+    app: &App,
+    workspace_id: &str,
+    code: &str,
+) -> Result<Link, ApiError> {
     let not_found = || ApiError::not_found("LINK_NOT_FOUND", "no such link");
     if !app.resolver.codes().is_valid(code) {
         return Err(not_found());
@@ -493,7 +497,7 @@ async fn owned_link(app: &App, workspace_id: &str, code: &str) -> Result<Link, A
 pub async fn get(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksRead).await?;
     let link = owned_link(app, &caller.workspace_id, code).await?;
-    let counters = app.store.link_counters(code).await?;
+    let counters = app.store.link_stats(code).await?;
     json(StatusCode::OK, &view(app, &link, Some(&counters)))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod links;
+pub mod stats;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -59,6 +60,22 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
         ["api", "v1", "links", code] => match method {
             Method::GET => links::get(app, req, code).await,
             Method::DELETE => links::disable(app, req, code).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "links", code, "stats"] => match method {
+            Method::GET => stats::link(app, req, code).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "links", code, "clicks"] => match method {
+            Method::GET => stats::clicks(app, req, code).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "broadcasts", broadcast_id, "stats"] => match method {
+            Method::GET => stats::broadcast(app, req, broadcast_id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "opt-outs"] => match method {
+            Method::GET => stats::opt_outs(app, req).await,
             _ => Err(method_not_allowed()),
         },
         ["api", "v1", "broadcasts", broadcast_id, "links"] => match method {

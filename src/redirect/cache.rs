@@ -30,6 +30,11 @@ use crate::model::{Link, LinkKind, LinkState};
 /// builds its response without parsing or allocating.
 #[derive(Debug)]
 pub struct CachedLink {
+    /// What the click pipeline needs to count a hit without reading the store again.
+    pub code: Box<str>,
+    pub workspace_id: Box<str>,
+    pub broadcast_id: Option<Box<str>>,
+    pub recipient: Option<Box<str>>,
     /// `Location` header value; `None` for an opt-out link without a target.
     pub location: Option<HeaderValue>,
     pub kind: LinkKind,
@@ -251,6 +256,10 @@ impl LinkCache {
 
 fn prepare(link: &Link, fresh_until: Instant, epoch: u64) -> CachedLink {
     CachedLink {
+        code: link.code.as_str().into(),
+        workspace_id: link.workspace_id.as_str().into(),
+        broadcast_id: link.broadcast_id.as_deref().map(Box::from),
+        recipient: link.recipient.as_deref().map(Box::from),
         // Target URLs are validated ASCII at creation; a value that still fails here (a record written
         // by hand into Redis) is treated as having no target rather than crashing the redirect.
         location: link

@@ -16,15 +16,23 @@ use hyper::{Method, Response};
 use resolve::{Resolved, Resolver};
 use respond::Outcome;
 
+use std::net::IpAddr;
+
+use hyper::http::request::Parts;
+
+use crate::click::capture::{Capture, Hit};
 use crate::telemetry::RedirectMetrics;
 
 /// Answers one redirect request for `code` (the path without its leading `/`).
 pub async fn handle(
     resolver: &Arc<Resolver>,
     metrics: &RedirectMetrics,
-    method: &Method,
-    code: &str,
+    capture: &Capture,
+    request: &Parts,
+    peer: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
+    let method = &request.method;
+    let code = request.uri.path().get(1..).unwrap_or_default();
     if method != Method::GET && method != Method::HEAD {
         metrics.record(Outcome::MethodNotAllowed);
         return respond::response(Outcome::MethodNotAllowed, None, method);
@@ -36,5 +44,15 @@ pub async fn handle(
         _ => None,
     };
     metrics.record(outcome);
+    // Every answered GET/HEAD of a live link is a hit; classification happens off this path.
+    if let (Outcome::Redirected | Outcome::OptOutPage, Resolved::Link(link)) = (outcome, &resolved)
+    {
+        capture.record(Hit::from_request(
+            Arc::clone(link),
+            method == Method::HEAD,
+            &request.headers,
+            peer,
+        ));
+    }
     respond::response(outcome, link, method)
 }

@@ -3,6 +3,9 @@
 //! `DashMap` shards its locks, and no guard is held across an `.await` (every method is synchronous
 //! inside its `async` wrapper).
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -11,16 +14,46 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
-use crate::model::{ApiKeyRecord, Link, LinkCounters, Workspace};
+use crate::click::{ClickRecord, ClickTally};
+use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
 
 #[derive(Default)]
 pub struct MemoryStore {
     links: DashMap<String, Link>,
-    counters: DashMap<String, LinkCounters>,
+    /// Click counters, behind one lock: they are written by one committer task in batches.
+    clicks: Mutex<ClickState>,
     /// Links per (workspace, broadcast).
     broadcast_links: DashMap<(String, String), u64>,
     workspaces: DashMap<String, Workspace>,
     keys: DashMap<String, ApiKeyRecord>,
+}
+
+#[derive(Default)]
+struct ClickState {
+    links: HashMap<String, LinkAgg>,
+    broadcasts: HashMap<(String, String), BroadcastAgg>,
+    /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
+    opt_outs: HashMap<String, (Vec<OptOut>, HashSet<String>)>,
+}
+
+#[derive(Default)]
+struct LinkAgg {
+    stats: LinkStats,
+    recent: VecDeque<ClickRecord>,
+}
+
+#[derive(Default)]
+struct BroadcastAgg {
+    hits: u64,
+    human_hits: u64,
+    bot_hits: u64,
+    recipients: HashSet<String>,
+}
+
+impl MemoryStore {
+    fn click_state(&self) -> std::sync::MutexGuard<'_, ClickState> {
+        self.clicks.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[async_trait]
@@ -95,16 +128,148 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError> {
+    async fn record_clicks(
+        &self,
+        clicks: &[ClickRecord],
+        recent: usize,
+    ) -> Result<Vec<ClickTally>, StoreError> {
+        let mut state = self.click_state();
+        let mut first_in_broadcast = vec![false; clicks.len()];
+        let mut opted_out = vec![false; clicks.len()];
+        for (i, click) in clicks.iter().enumerate() {
+            let human = click.is_human();
+            let agg = state.links.entry(click.code.clone()).or_default();
+            agg.stats.hits += 1;
+            if human {
+                agg.stats.human_hits += 1;
+                agg.stats.unique_clicks = 1;
+                agg.stats.first_click_at = Some(
+                    agg.stats
+                        .first_click_at
+                        .map_or(click.at, |t| t.min(click.at)),
+                );
+                agg.stats.last_click_at = Some(
+                    agg.stats
+                        .last_click_at
+                        .map_or(click.at, |t| t.max(click.at)),
+                );
+            } else {
+                agg.stats.bot_hits += 1;
+            }
+            if recent > 0 {
+                agg.recent.push_front(click.clone());
+                agg.recent.truncate(recent);
+            }
+            if let Some(broadcast) = &click.broadcast_id {
+                let b = state
+                    .broadcasts
+                    .entry((click.workspace_id.clone(), broadcast.clone()))
+                    .or_default();
+                b.hits += 1;
+                if human {
+                    b.human_hits += 1;
+                    if let Some(recipient) = &click.recipient {
+                        first_in_broadcast[i] = b.recipients.insert(recipient.clone());
+                    }
+                } else {
+                    b.bot_hits += 1;
+                }
+            }
+            if human
+                && click.kind == crate::model::LinkKind::OptOut
+                && let Some(recipient) = &click.recipient
+            {
+                let (list, seen) = state
+                    .opt_outs
+                    .entry(click.workspace_id.clone())
+                    .or_default();
+                if seen.insert(recipient.clone()) {
+                    list.push(opt_out_of(click, recipient));
+                    opted_out[i] = true;
+                }
+            }
+        }
+        let human_after: HashMap<&str, u64> = clicks
+            .iter()
+            .map(|c| {
+                (
+                    c.code.as_str(),
+                    state.links.get(&c.code).map_or(0, |a| a.stats.human_hits),
+                )
+            })
+            .collect();
+        Ok(super::tallies(
+            clicks,
+            &human_after,
+            &first_in_broadcast,
+            &opted_out,
+        ))
+    }
+
+    async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         Ok(self
-            .counters
+            .click_state()
+            .links
             .get(code)
-            .map(|c| c.clone())
+            .map(|a| a.stats.clone())
+            .unwrap_or_default())
+    }
+
+    async fn broadcast_stats(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastStats>, StoreError> {
+        let key = (workspace_id.to_owned(), broadcast_id.to_owned());
+        let Some(links) = self.broadcast_links.get(&key).map(|n| *n) else {
+            return Ok(None);
+        };
+        let state = self.click_state();
+        let agg = state.broadcasts.get(&key);
+        Ok(Some(BroadcastStats {
+            links,
+            hits: agg.map_or(0, |b| b.hits),
+            human_hits: agg.map_or(0, |b| b.human_hits),
+            bot_hits: agg.map_or(0, |b| b.bot_hits),
+            unique_clicks: agg.map_or(0, |b| b.recipients.len() as u64),
+        }))
+    }
+
+    async fn recent_clicks(
+        &self,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<ClickRecord>, StoreError> {
+        Ok(self
+            .click_state()
+            .links
+            .get(code)
+            .map(|a| a.recent.iter().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError> {
+        Ok(self
+            .click_state()
+            .opt_outs
+            .get(workspace_id)
+            .map(|(list, _)| list.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default())
     }
 
     fn invalidations(&self, _shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
         // One process, one cache: the API invalidates it directly.
         None
+    }
+}
+
+/// The opt-out recorded for a human hit on an opt-out link.
+pub(crate) fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
+    OptOut {
+        recipient: recipient.to_owned(),
+        at: click.at,
+        source: "link".to_owned(),
+        code: click.code.clone(),
+        broadcast_id: click.broadcast_id.clone(),
     }
 }

@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{ApiKeyRecord, Link, LinkCounters, Workspace};
+use crate::click::{ClickRecord, ClickTally};
+use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
 
 /// Errors of any store operation.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +73,31 @@ pub trait Store: Send + Sync + 'static {
     async fn disable_link(&self, code: &str, at: DateTime<Utc>)
     -> Result<Option<Link>, StoreError>;
 
-    /// Hit counters of a link (zero if it was never hit).
-    async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError>;
+    /// Counts a batch of classified hits: per-link and per-broadcast counters, unique recipients, the
+    /// capped list of recent clicks per link (`recent` newest kept), and opt-outs (human hits on opt-out
+    /// links with a recipient). Returns one tally per click, in order.
+    async fn record_clicks(
+        &self,
+        clicks: &[ClickRecord],
+        recent: usize,
+    ) -> Result<Vec<ClickTally>, StoreError>;
+
+    /// Counters of a link (zeros if it was never hit).
+    async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError>;
+
+    /// Counters of a broadcast of a workspace; `None` if it has no links.
+    async fn broadcast_stats(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastStats>, StoreError>;
+
+    /// The most recent clicks of a link, newest first.
+    async fn recent_clicks(&self, code: &str, limit: usize)
+    -> Result<Vec<ClickRecord>, StoreError>;
+
+    /// Opt-outs of a workspace, newest first.
+    async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError>;
 
     /// A feed of changes made by other instances, if the store is shared. The feed ends when
     /// `shutdown` is cancelled.
@@ -132,4 +156,53 @@ pub async fn insert_unique(
         }
     }
     Err(StoreError::CodeSpaceExhausted)
+}
+
+/// Per-click tallies for a batch, given what the store answered per link and per broadcast. Shared by
+/// both stores so that they agree on the meaning of `human_hits` and `first_click`.
+///
+/// - `human_after[code]`: the link's human hits after the whole batch;
+/// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
+///   recipient to the broadcast's unique set;
+/// - `opted_out[i]`: whether click `i` recorded a new opt-out.
+pub fn tallies(
+    clicks: &[ClickRecord],
+    human_after: &std::collections::HashMap<&str, u64>,
+    first_in_broadcast: &[bool],
+    opted_out: &[bool],
+) -> Vec<ClickTally> {
+    let mut human_in_batch: std::collections::HashMap<&str, u64> = Default::default();
+    for c in clicks.iter().filter(|c| c.is_human()) {
+        *human_in_batch.entry(c.code.as_str()).or_default() += 1;
+    }
+    let mut seen: std::collections::HashMap<&str, u64> = Default::default();
+    clicks
+        .iter()
+        .enumerate()
+        .map(|(i, click)| {
+            let after = human_after.get(click.code.as_str()).copied().unwrap_or(0);
+            let before = after.saturating_sub(
+                human_in_batch
+                    .get(click.code.as_str())
+                    .copied()
+                    .unwrap_or(0),
+            );
+            let so_far = seen.entry(click.code.as_str()).or_default();
+            if click.is_human() {
+                *so_far += 1;
+            }
+            let human_hits = before + *so_far;
+            let first_click = click.is_human()
+                && if click.broadcast_id.is_some() && click.recipient.is_some() {
+                    first_in_broadcast[i]
+                } else {
+                    human_hits == 1
+                };
+            ClickTally {
+                human_hits,
+                first_click,
+                opted_out: opted_out[i],
+            }
+        })
+        .collect()
 }

@@ -8,8 +8,11 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `hits`, `human_hits`, `bot_hits` |
-//! | `P:bc:{WS:BROADCAST}` | hash | `links` (count of links created in the broadcast) |
+//! | `P:cnt:{CODE}` | hash | `hits`, `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms) |
+//! | `P:clicks:{CODE}` | list | recent clicks as JSON, newest first, capped |
+//! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
+//! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
+//! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
 //! | `P:ws:{WS}` | string | the workspace as JSON |
 //! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
 //! | `P:invalidate` | pub/sub channel | codes whose cached copies must be dropped |
@@ -17,6 +20,7 @@
 //! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
 //! never into a hung request.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,13 +32,59 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
-use crate::model::{ApiKeyRecord, Link, LinkCounters, Workspace};
+use crate::click::{ClickRecord, ClickTally};
+use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkKind, LinkStats, OptOut, Workspace};
 
 /// Links per pipeline round trip in bulk inserts: large enough to amortise the round trip, small
 /// enough that one batch never comes near the command timeout.
 const INSERT_BATCH: usize = 2_000;
 /// Pipelines in flight at once during a bulk insert.
 const INSERT_CONCURRENCY: usize = 4;
+
+/// Deadline of one click-counting pipeline. Long on purpose: a retry after a timeout could count a batch
+/// twice if Redis executed it late (a hung Redis executes queued commands when it resumes), so the
+/// committer waits rather than retries; the capture side spills to the journal meanwhile.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts one link's hits of a batch. KEYS: counters hash, recent list. ARGV: hits, human hits, bot
+/// hits, earliest and latest human click (unix ms, 0 = none), recent cap, then click JSONs oldest first.
+/// Returns the link's human hits after the batch.
+const LINK_SCRIPT: &str = r"
+local human = tonumber(ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
+local after = redis.call('HINCRBY', KEYS[1], 'human_hits', human)
+if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[3]) end
+if human > 0 then
+  local first = redis.call('HGET', KEYS[1], 'first_click_at')
+  if (not first) or tonumber(first) > tonumber(ARGV[4]) then redis.call('HSET', KEYS[1], 'first_click_at', ARGV[4]) end
+  local last = redis.call('HGET', KEYS[1], 'last_click_at')
+  if (not last) or tonumber(last) < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], 'last_click_at', ARGV[5]) end
+end
+local cap = tonumber(ARGV[6])
+if cap > 0 and #ARGV > 6 then
+  for i = 7, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+  redis.call('LTRIM', KEYS[2], 0, cap - 1)
+end
+return after
+";
+
+/// Counts one broadcast's hits of a batch. KEYS: counters hash, unique-recipients set (same hash tag).
+/// ARGV: hits, human hits, bot hits, then the recipients of human hits in order. Returns, per
+/// recipient argument, 1 if it was new to the set.
+const BROADCAST_SCRIPT: &str = r"
+redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'human_hits', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[3])
+local added = {}
+local new = 0
+for i = 4, #ARGV do
+  local a = redis.call('SADD', KEYS[2], ARGV[i])
+  added[#added + 1] = a
+  new = new + a
+end
+if new > 0 then redis.call('HINCRBY', KEYS[1], 'unique_clicks', new) end
+return added
+";
 
 /// Key names. The only place that knows them.
 #[derive(Debug, Clone)]
@@ -56,6 +106,15 @@ impl Keys {
     }
     pub fn broadcast(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bc:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn broadcast_uniques(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bcu:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn recent_clicks(&self, code: &str) -> String {
+        format!("{}:clicks:{{{code}}}", self.prefix)
+    }
+    pub fn opt_outs(&self, workspace_id: &str) -> String {
+        format!("{}:optout:{{{workspace_id}}}", self.prefix)
     }
     pub fn workspace(&self, id: &str) -> String {
         format!("{}:ws:{{{id}}}", self.prefix)
@@ -280,25 +339,232 @@ impl Store for RedisStore {
         Ok(Some(link))
     }
 
-    async fn link_counters(&self, code: &str) -> Result<LinkCounters, StoreError> {
+    async fn record_clicks(
+        &self,
+        clicks: &[ClickRecord],
+        recent: usize,
+    ) -> Result<Vec<ClickTally>, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        // Group by link and by broadcast, keeping batch order inside each group.
+        let mut links: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut link_index: HashMap<&str, usize> = HashMap::new();
+        let mut broadcasts: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+        let mut broadcast_index: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, click) in clicks.iter().enumerate() {
+            let g = *link_index.entry(&click.code).or_insert_with(|| {
+                links.push((&click.code, Vec::new()));
+                links.len() - 1
+            });
+            links[g].1.push(i);
+            if let Some(b) = &click.broadcast_id {
+                let key = (click.workspace_id.as_str(), b.as_str());
+                let g = *broadcast_index.entry(key).or_insert_with(|| {
+                    broadcasts.push((key, Vec::new()));
+                    broadcasts.len() - 1
+                });
+                broadcasts[g].1.push(i);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (code, members) in &links {
+            let human: Vec<&ClickRecord> = members
+                .iter()
+                .map(|&i| &clicks[i])
+                .filter(|c| c.is_human())
+                .collect();
+            let first = human
+                .iter()
+                .map(|c| c.at.timestamp_millis())
+                .min()
+                .unwrap_or(0);
+            let last = human
+                .iter()
+                .map(|c| c.at.timestamp_millis())
+                .max()
+                .unwrap_or(0);
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(LINK_SCRIPT)
+                .arg(2)
+                .arg(self.keys.counters(code))
+                .arg(self.keys.recent_clicks(code))
+                .arg(members.len())
+                .arg(human.len())
+                .arg(members.len() - human.len())
+                .arg(first)
+                .arg(last)
+                .arg(recent);
+            let skip = members.len().saturating_sub(recent);
+            for &i in members.iter().skip(skip) {
+                cmd.arg(serde_json::to_vec(&clicks[i]).map_err(corrupt)?);
+            }
+        }
+        for ((workspace, broadcast), members) in &broadcasts {
+            let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(BROADCAST_SCRIPT)
+                .arg(2)
+                .arg(self.keys.broadcast(workspace, broadcast))
+                .arg(self.keys.broadcast_uniques(workspace, broadcast))
+                .arg(members.len())
+                .arg(human)
+                .arg(members.len() - human);
+            for &i in members {
+                if let (true, Some(recipient)) = (clicks[i].is_human(), &clicks[i].recipient) {
+                    cmd.arg(recipient);
+                }
+            }
+        }
+        let mut opt_out_clicks = Vec::new();
+        for (i, click) in clicks.iter().enumerate() {
+            if let (true, LinkKind::OptOut, Some(recipient)) =
+                (click.is_human(), click.kind, &click.recipient)
+            {
+                let record = crate::store::memory::opt_out_of(click, recipient);
+                pipe.cmd("HSETNX")
+                    .arg(self.keys.opt_outs(&click.workspace_id))
+                    .arg(recipient)
+                    .arg(serde_json::to_vec(&record).map_err(corrupt)?);
+                opt_out_clicks.push(i);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = self
+            .bounded(
+                COMMIT_TIMEOUT,
+                async move { pipe.query_async(&mut conn).await },
+            )
+            .await?;
+        let mut replies = replies.into_iter();
+        let bad = |what: &str| StoreError::Corrupt(format!("unexpected reply to {what}"));
+
+        let mut human_after: HashMap<&str, u64> = HashMap::new();
+        for (code, _) in &links {
+            let after = as_int(replies.next()).ok_or_else(|| bad("the link script"))?;
+            human_after.insert(code, after.max(0) as u64);
+        }
+        let mut first_in_broadcast = vec![false; clicks.len()];
+        for (_, members) in &broadcasts {
+            let Some(Value::Array(added)) = replies.next() else {
+                return Err(bad("the broadcast script"));
+            };
+            let mut added = added.into_iter();
+            for &i in members {
+                if clicks[i].is_human() && clicks[i].recipient.is_some() {
+                    first_in_broadcast[i] = as_int(added.next()) == Some(1);
+                }
+            }
+        }
+        let mut opted_out = vec![false; clicks.len()];
+        for i in opt_out_clicks {
+            opted_out[i] = as_int(replies.next()) == Some(1);
+        }
+        Ok(super::tallies(
+            clicks,
+            &human_after,
+            &first_in_broadcast,
+            &opted_out,
+        ))
+    }
+
+    async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         let key = self.keys.counters(code);
         let mut conn = self.conn.clone();
-        let (hits, human_hits, bot_hits): (Option<u64>, Option<u64>, Option<u64>) = self
+        type Row = (
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let (hits, human_hits, bot_hits, first, last): Row = self
             .bounded(self.timeout, async move {
                 redis::cmd("HMGET")
                     .arg(key)
-                    .arg("hits")
-                    .arg("human_hits")
-                    .arg("bot_hits")
+                    .arg(&[
+                        "hits",
+                        "human_hits",
+                        "bot_hits",
+                        "first_click_at",
+                        "last_click_at",
+                    ])
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(LinkCounters {
+        let human_hits = human_hits.unwrap_or(0);
+        Ok(LinkStats {
             hits: hits.unwrap_or(0),
-            human_hits: human_hits.unwrap_or(0),
+            human_hits,
             bot_hits: bot_hits.unwrap_or(0),
+            unique_clicks: u64::from(human_hits > 0),
+            first_click_at: first.and_then(DateTime::from_timestamp_millis),
+            last_click_at: last.and_then(DateTime::from_timestamp_millis),
         })
+    }
+
+    async fn broadcast_stats(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastStats>, StoreError> {
+        let key = self.keys.broadcast(workspace_id, broadcast_id);
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, u64> = self
+            .bounded(self.timeout, async move { conn.hgetall(key).await })
+            .await?;
+        if fields.get("links").copied().unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        let get = |name: &str| fields.get(name).copied().unwrap_or(0);
+        Ok(Some(BroadcastStats {
+            links: get("links"),
+            hits: get("hits"),
+            human_hits: get("human_hits"),
+            bot_hits: get("bot_hits"),
+            unique_clicks: get("unique_clicks"),
+        }))
+    }
+
+    async fn recent_clicks(
+        &self,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<ClickRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.recent_clicks(code);
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<u8>> = self
+            .bounded(self.timeout, async move {
+                conn.lrange(key, 0, limit as isize - 1).await
+            })
+            .await?;
+        raw.iter()
+            .map(|bytes| {
+                serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError> {
+        let key = self.keys.opt_outs(workspace_id);
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<u8>> = self
+            .bounded(self.timeout, async move { conn.hvals(key).await })
+            .await?;
+        let mut all = raw
+            .iter()
+            .map(|bytes| {
+                serde_json::from_slice::<OptOut>(bytes)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.truncate(limit);
+        Ok(all)
     }
 
     fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
@@ -312,6 +578,13 @@ impl Store for RedisStore {
                 .await;
         });
         Some(rx)
+    }
+}
+
+fn as_int(value: Option<Value>) -> Option<i64> {
+    match value? {
+        Value::Int(n) => Some(n),
+        _ => None,
     }
 }
 

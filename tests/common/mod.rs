@@ -122,7 +122,17 @@ pub fn config(redis: Option<&RedisServer>) -> Config {
     let mut config = Config::for_tests();
     config.admin_token = Some(ADMIN.to_owned());
     config.redis_url = redis.map(RedisServer::url);
+    config.journal_dir = temp_dir("journal");
     config
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("linkhit-test-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A linkhit server running `linkhit::run` on 127.0.0.1:0 inside the test's runtime.

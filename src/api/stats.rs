@@ -1,0 +1,140 @@
+//! Stats routes (`stats.read`): link and broadcast counters, recent clicks, opt-outs.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+
+use super::{ApiResult, authorize, json};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::model::{LinkStats, Permission, rfc3339};
+
+/// Link counters as the API shows them (timestamps as RFC 3339 with milliseconds).
+#[derive(Debug, Serialize)]
+pub struct LinkStatsView {
+    pub hits: u64,
+    pub human_hits: u64,
+    pub bot_hits: u64,
+    pub unique_clicks: u64,
+    pub first_click_at: Option<String>,
+    pub last_click_at: Option<String>,
+}
+
+impl From<&LinkStats> for LinkStatsView {
+    fn from(s: &LinkStats) -> Self {
+        Self {
+            hits: s.hits,
+            human_hits: s.human_hits,
+            bot_hits: s.bot_hits,
+            unique_clicks: s.unique_clicks,
+            first_click_at: s.first_click_at.map(rfc3339),
+            last_click_at: s.last_click_at.map(rfc3339),
+        }
+    }
+}
+
+/// Parses `?limit=N` (1..=max, default `default`).
+fn limit(req: &Request<Incoming>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(default.min(max));
+    };
+    for pair in query.split('&') {
+        if let Some(raw) = pair.strip_prefix("limit=") {
+            return match raw.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_request(
+                    "INVALID_LIMIT",
+                    format!("limit must be an integer from 1 to {max}"),
+                )),
+            };
+        }
+    }
+    Ok(default.min(max))
+}
+
+/// `GET /api/v1/links/{code}/stats`
+pub async fn link(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let link = super::links::owned_link(app, &caller.workspace_id, code).await?;
+    let stats = app.store.link_stats(&link.code).await?;
+    #[derive(Serialize)]
+    struct Out<'a> {
+        code: &'a str,
+        #[serde(flatten)]
+        stats: LinkStatsView,
+    }
+    json(
+        StatusCode::OK,
+        &Out {
+            code: &link.code,
+            stats: LinkStatsView::from(&stats),
+        },
+    )
+}
+
+/// `GET /api/v1/broadcasts/{broadcast_id}/stats`
+pub async fn broadcast(app: &App, req: Request<Incoming>, broadcast_id: &str) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let stats = app
+        .store
+        .broadcast_stats(&caller.workspace_id, broadcast_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("BROADCAST_NOT_FOUND", "no links in this broadcast"))?;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "broadcast_id": broadcast_id,
+            "links": stats.links,
+            "hits": stats.hits,
+            "human_hits": stats.human_hits,
+            "bot_hits": stats.bot_hits,
+            "unique_clicks": stats.unique_clicks,
+        }),
+    )
+}
+
+/// `GET /api/v1/links/{code}/clicks?limit=50`: newest first.
+pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let max = app.config.recent_clicks.max(1);
+    let limit = limit(&req, 50, max)?;
+    let link = super::links::owned_link(app, &caller.workspace_id, code).await?;
+    let clicks = app.store.recent_clicks(&link.code, limit).await?;
+    let clicks: Vec<_> = clicks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "at": rfc3339(c.at),
+                "class": c.class.as_str(),
+                "reason": c.reason,
+                "user_agent": c.user_agent,
+                "ip": c.ip,
+                "method": c.method,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "code": link.code, "clicks": clicks }),
+    )
+}
+
+/// `GET /api/v1/opt-outs?limit=1000`: newest first.
+pub async fn opt_outs(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let limit = limit(&req, 1000, 100_000)?;
+    let opt_outs = app.store.opt_outs(&caller.workspace_id, limit).await?;
+    let opt_outs: Vec<_> = opt_outs
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "recipient": o.recipient,
+                "at": rfc3339(o.at),
+                "source": o.source,
+                "code": o.code,
+                "broadcast_id": o.broadcast_id,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "opt_outs": opt_outs }))
+}
