@@ -562,7 +562,7 @@ impl Store for RedisStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.sort_by_key(|o| std::cmp::Reverse(o.at));
         all.truncate(limit);
         Ok(all)
     }

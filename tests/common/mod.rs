@@ -144,10 +144,22 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        Self::start_with_sink(config, std::sync::Arc::new(linkhit::click::emit::Discard)).await
+    }
+
+    pub async fn start_with_sink(
+        config: Config,
+        sink: std::sync::Arc<dyn linkhit::click::emit::EventSink>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(linkhit::run(listener, config, shutdown.clone()));
+        let handle = tokio::spawn(linkhit::run_with_sink(
+            listener,
+            config,
+            shutdown.clone(),
+            sink,
+        ));
         let server = Self {
             base,
             shutdown,
@@ -235,6 +247,27 @@ impl Env {
         link
     }
 
+    /// Polls a JSON route until `want` holds, failing the test after `within`.
+    pub async fn poll_json(
+        &self,
+        path: &str,
+        within: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, body) = self.get_json(path).await;
+            if want(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} not as expected within {within:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /{code}` without following: (status, Location).
     pub async fn hit(&self, code: &str) -> (u16, Option<String>) {
         hit(&self.http, &self.server, code).await
@@ -252,6 +285,22 @@ pub async fn hit(http: &reqwest::Client, server: &TestServer, code: &str) -> (u1
         .get("location")
         .map(|v| v.to_str().unwrap().to_owned());
     (resp.status().as_u16(), location)
+}
+
+pub const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+pub const ANDROID: &str = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+pub const IMESSAGE_PREVIEW: &str = "facebookexternalhit/1.1 Facebot Twitterbot/1.0";
+pub const WHATSAPP: &str = "WhatsApp/2.23.20.0 A";
+
+/// `GET /{code}` with a user agent; returns the status.
+pub async fn tap(http: &reqwest::Client, server: &TestServer, code: &str, user_agent: &str) -> u16 {
+    http.get(server.url(&format!("/{code}")))
+        .header("user-agent", user_agent)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// Sends a request, returning the status and the JSON body (`null` when the body is empty).
