@@ -46,7 +46,7 @@ python3 loadtest/create_links.py --base "http://127.0.0.1:$PORT" --admin-token "
   --links "$LINKS" --out "$OUT/codes.txt" | tee "$OUT/create.json"
 
 # Warm the cache with one pass so the measured run is cache hits only.
-CODES_FILE="$OUT/codes.txt" wrk -t1 -c16 -d3s -s loadtest/random_codes.lua "http://127.0.0.1:$PORT" >/dev/null
+CODES_FILE="$OUT/codes.txt" wrk -t1 -c16 -d3s -s loadtest/random_codes.lua "http://127.0.0.1:$PORT" >"$OUT/warmup.txt"
 
 ticks() { awk '{print $14+$15}' "/proc/$LH/stat"; }
 CPU0=$(ticks)
@@ -56,9 +56,23 @@ CODES_FILE="$OUT/codes.txt" BOT_PERCENT=$BOT_PERCENT wrk -t"$THREADS" -c"$CONNEC
 CPU1=$(ticks)
 REQS=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
 HZ=$(getconf CLK_TCK)
-python3 - "$CPU0" "$CPU1" "$REQS" "$HZ" "$LH" <<'PY'
-import sys
+WARM=$(awk '/requests in/ {print $1}' "$OUT/warmup.txt")
+API_KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_key"])' "$OUT/create.json")
+python3 - "$CPU0" "$CPU1" "$REQS" "$HZ" "$LH" "$WARM" "$PORT" "$API_KEY" "${LINKHIT_CAPTURE:-true}" <<'PY'
+import json, sys, time, urllib.request
 c0, c1, reqs, hz, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+warm, port, key, capture = int(sys.argv[6]), sys.argv[7], sys.argv[8], sys.argv[9] == "true"
 rss = next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
 print(f"linkhit CPU per request: {(c1 - c0) / hz / reqs * 1e6:.2f} us   RSS: {int(rss) // 1024} MiB")
+if capture:
+    # Every request was a hit: the counters must reach warm-up + measured requests.
+    expected, started, hits = warm + reqs, time.monotonic(), 0
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/broadcasts/loadtest/stats",
+                                 headers={"Authorization": f"Bearer {key}"})
+    while time.monotonic() - started < 120:
+        hits = json.load(urllib.request.urlopen(req))["hits"]
+        if hits >= expected:
+            break
+        time.sleep(0.05)
+    print(f"hits counted: {hits} of {expected} requests, counters caught up {time.monotonic() - started:.2f} s after wrk ended")
 PY

@@ -102,15 +102,19 @@ impl Pipeline {
 }
 
 /// Turns a captured hit into a classified, owned record.
-fn record(classifier: &mut Classifier, hit: Hit, settings: &Settings) -> ClickRecord {
+fn record(
+    classifier: &mut Classifier,
+    hit: Hit,
+    settings: &Settings,
+    tally: &mut HitTally,
+) -> ClickRecord {
     let user_agent = hit.user_agent.as_ref().and_then(|v| v.to_str().ok());
     let verdict = classifier.classify(Signals {
         user_agent,
         head: hit.head,
         prefetch: hit.prefetch,
     });
-    metrics::counter!("linkhit_hits_total", "class" => verdict.class.as_str(), "reason" => verdict.reason.to_string())
-        .increment(1);
+    tally.add(verdict.class, &verdict.reason);
     let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
     let ip = capture::client_ip(hit.peer, forwarded, &settings.trusted_proxies)
         .map(|ip: IpAddr| {
@@ -146,43 +150,74 @@ async fn intake(
     stop: CancellationToken,
 ) {
     let depth = metrics::gauge!("linkhit_capture_queue_depth");
-    let mut hits = Vec::with_capacity(settings.batch_size);
     let mut batch: Vec<ClickRecord> = Vec::with_capacity(settings.batch_size);
-    let mut tick = tokio::time::interval(settings.flush_interval);
+    let mut tally = HitTally::default();
+    let mut last_flush = tokio::time::Instant::now();
+    // Polled on a short timer rather than woken per hit: a receiver parked in `recv` costs every
+    // redirect a cross-thread wake-up (measured: several µs of CPU per hit at 60k hits/s), while a
+    // sleeping one costs the sender nothing.
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL.min(settings.flush_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
     loop {
         tokio::select! {
-            received = rx.recv_many(&mut hits, settings.batch_size) => {
-                if received == 0 {
+            _ = tick.tick() => {}
+            () = stop.cancelled(), if !stopping => {
+                // No new hits after this; take what is already captured, then finish.
+                rx.close();
+                stopping = true;
+            }
+        }
+        depth.set((rx.max_capacity() - rx.capacity()) as f64);
+        loop {
+            match rx.try_recv() {
+                Ok(hit) => {
+                    batch.push(record(&mut classifier, hit, &settings, &mut tally));
+                    if batch.len() >= settings.batch_size {
+                        hand_off(&commit_tx, std::mem::take(&mut batch), journal.as_ref()).await;
+                        last_flush = tokio::time::Instant::now();
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    stopping = true;
                     break;
                 }
-                for hit in hits.drain(..) {
-                    batch.push(record(&mut classifier, hit, &settings));
-                }
-                if batch.len() >= settings.batch_size {
-                    hand_off(&commit_tx, std::mem::take(&mut batch), journal.as_ref()).await;
-                }
             }
-            _ = tick.tick() => {
-                depth.set((rx.max_capacity() - rx.capacity()) as f64);
-                if !batch.is_empty() {
-                    hand_off(&commit_tx, std::mem::take(&mut batch), journal.as_ref()).await;
-                }
-            }
-            () = stop.cancelled() => {
-                // No new hits after this; take what is already captured.
-                rx.close();
-                while let Some(hit) = rx.recv().await {
-                    batch.push(record(&mut classifier, hit, &settings));
-                }
-                break;
-            }
+        }
+        tally.publish();
+        if stopping {
+            break;
+        }
+        if !batch.is_empty() && last_flush.elapsed() >= settings.flush_interval {
+            hand_off(&commit_tx, std::mem::take(&mut batch), journal.as_ref()).await;
+            last_flush = tokio::time::Instant::now();
         }
     }
     if !batch.is_empty() {
         // Shutting down: waiting for room is fine now, the committer spills what it cannot count.
         if let Err(mpsc::error::SendError(batch)) = commit_tx.send(batch).await {
             spill(journal.as_ref(), batch).await;
+        }
+    }
+}
+
+/// How often intake drains the capture channel.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Hits per (class, reason) since the last publish: one metrics update per reason per drain instead
+/// of a registry lookup per hit.
+#[derive(Default)]
+struct HitTally(std::collections::HashMap<(super::Class, Arc<str>), u64>);
+
+impl HitTally {
+    fn add(&mut self, class: super::Class, reason: &Arc<str>) {
+        *self.0.entry((class, Arc::clone(reason))).or_default() += 1;
+    }
+
+    fn publish(&mut self) {
+        for ((class, reason), n) in self.0.drain() {
+            metrics::counter!("linkhit_hits_total", "class" => class.as_str(), "reason" => reason.to_string()).increment(n);
         }
     }
 }

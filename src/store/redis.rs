@@ -128,6 +128,9 @@ impl Keys {
 }
 
 pub struct RedisStore {
+    /// SHA1 of [`LINK_SCRIPT`] and [`BROADCAST_SCRIPT`], for `EVALSHA`.
+    link_script: String,
+    broadcast_script: String,
     client: redis::Client,
     conn: ConnectionManager,
     keys: Keys,
@@ -136,7 +139,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
-    /// while Redis is down; `/readyz` tells when it is reachable.
+    /// while Redis is down; `/readyz` tells when it is reachable. Must be called inside a Tokio runtime.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
@@ -149,6 +152,8 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
+            link_script: redis::Script::new(LINK_SCRIPT).get_hash().to_owned(),
+            broadcast_script: redis::Script::new(BROADCAST_SCRIPT).get_hash().to_owned(),
             client,
             conn,
             keys: Keys::new(prefix),
@@ -366,6 +371,15 @@ impl Store for RedisStore {
             }
         }
         let mut pipe = redis::pipe();
+        // Loading the scripts at the head of every pipeline costs two cheap commands and makes the
+        // `EVALSHA`s below safe after a Redis restart or `SCRIPT FLUSH`, with no retry logic (a retried
+        // pipeline could count twice). `EVAL` instead would make Redis hash the script text once per
+        // link, which halves throughput.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(LINK_SCRIPT).ignore();
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(BROADCAST_SCRIPT)
+            .ignore();
         for (code, members) in &links {
             let human: Vec<&ClickRecord> = members
                 .iter()
@@ -383,8 +397,8 @@ impl Store for RedisStore {
                 .max()
                 .unwrap_or(0);
             let cmd = pipe
-                .cmd("EVAL")
-                .arg(LINK_SCRIPT)
+                .cmd("EVALSHA")
+                .arg(&self.link_script)
                 .arg(2)
                 .arg(self.keys.counters(code))
                 .arg(self.keys.recent_clicks(code))
@@ -402,8 +416,8 @@ impl Store for RedisStore {
         for ((workspace, broadcast), members) in &broadcasts {
             let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
             let cmd = pipe
-                .cmd("EVAL")
-                .arg(BROADCAST_SCRIPT)
+                .cmd("EVALSHA")
+                .arg(&self.broadcast_script)
                 .arg(2)
                 .arg(self.keys.broadcast(workspace, broadcast))
                 .arg(self.keys.broadcast_uniques(workspace, broadcast))

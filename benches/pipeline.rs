@@ -1,0 +1,112 @@
+//! Counting throughput: `record_clicks` batches into the embedded store and into a real Redis
+//! (a private `redis-server` started on a free port). Reports hits per second via criterion's
+//! throughput.
+//!
+//! Run: `cargo bench --bench pipeline` (needs `redis-server` on PATH).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use linkhit::click::{Class, ClickRecord};
+use linkhit::model::LinkKind;
+use linkhit::store::SharedStore;
+use linkhit::store::memory::MemoryStore;
+use linkhit::store::redis::RedisStore;
+
+const BATCH: usize = 1_000;
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> (Redis, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH");
+    let url = format!("redis://127.0.0.1:{port}/");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Redis(child), url)
+}
+
+/// A batch like real traffic: 1,000 hits over 500 links of 5 broadcasts, 70% human.
+fn batch() -> Vec<ClickRecord> {
+    (0..BATCH)
+        .map(|i| ClickRecord {
+            code: format!("code{:04}", i % 500),
+            workspace_id: "ws_bench".into(),
+            broadcast_id: Some(format!("b{}", i % 5)),
+            recipient: Some(format!("+1202555{:04}", i % 500)),
+            kind: LinkKind::Redirect,
+            at: Utc::now(),
+            class: if i % 10 < 7 { Class::Human } else { Class::Bot },
+            reason: "browser:Safari".into(),
+            method: "GET".into(),
+            user_agent: Some(
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
+                    .into(),
+            ),
+            ip: Some("203.0.113.0".into()),
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_redis, url) = start_redis();
+    let _runtime = rt.enter(); // the Redis connection manager is bound to a runtime
+    let stores: Vec<(&str, SharedStore)> = vec![
+        ("embedded", Arc::new(MemoryStore::default())),
+        (
+            "redis",
+            Arc::new(RedisStore::open(&url, "bench", Duration::from_secs(5)).unwrap()),
+        ),
+    ];
+    let clicks = batch();
+    let mut group = c.benchmark_group("record_clicks");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, store) in &stores {
+        group.bench_function(*name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { store.record_clicks(&clicks, 100).await.unwrap() })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);
