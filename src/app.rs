@@ -1,25 +1,39 @@
 //! The application state shared by every connection: configuration, store, resolver, credentials,
-//! metrics. Built once by `run`, passed explicitly (no globals besides the metrics recorder, which the
-//! `metrics` crate makes process-wide by design).
+//! metrics, the click pipeline's capture handle and the webhook machinery. Built once by `run`, passed
+//! explicitly (no globals besides the metrics recorder, which the `metrics` crate makes process-wide by
+//! design).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::AdminToken;
 use crate::click::capture::Capture;
 use crate::click::emit::EventSink;
 use crate::click::journal::Journal;
 use crate::click::pipeline::{Pipeline, Settings};
-
-use crate::auth::AdminToken;
 use crate::code::CodePolicy;
 use crate::config::Config;
 use crate::redirect::cache::LinkCache;
 use crate::redirect::resolve::Resolver;
 use crate::store::{self, SharedStore};
 use crate::telemetry::{self, RedirectMetrics};
+use crate::webhook::deliver::Deliverer;
+use crate::webhook::outbox::Outbox;
+use crate::webhook::queue::{MemoryQueue, Queue, RedisQueue};
+use crate::webhook::worker::{SettingsCache, Worker, WorkerConfig};
+
+/// How long webhook settings are cached; a change made on another instance applies within this.
+const SETTINGS_TTL: Duration = Duration::from_secs(2);
+
+/// What the webhook routes need.
+pub struct Webhooks {
+    pub settings: Arc<SettingsCache>,
+    pub deliverer: Arc<Deliverer>,
+}
 
 pub struct App {
     pub config: Config,
@@ -32,26 +46,75 @@ pub struct App {
     pub redirect_metrics: RedirectMetrics,
     /// The hot path's hand-off to the click pipeline.
     pub capture: Capture,
+    pub webhooks: Webhooks,
+}
+
+/// The background parts `run` starts and stops around the server.
+pub struct Background {
+    pub pipeline: Option<Pipeline>,
+    pub worker: Option<Arc<Worker>>,
 }
 
 impl App {
     /// Builds the state for a server bound at `bound`. Prints a generated admin token when none is
-    /// configured (the only time it is ever shown).
-    ///
-    /// Starts the click pipeline (returned, so `run` can flush it at shutdown) unless capture is off.
+    /// configured (the only time it is ever shown). Events go to `sink` when given (tests), otherwise
+    /// to the webhook outbox.
     pub fn build(
         config: Config,
         bound: SocketAddr,
-        sink: Arc<dyn EventSink>,
-    ) -> anyhow::Result<(Self, Option<Pipeline>)> {
+        sink: Option<Arc<dyn EventSink>>,
+    ) -> anyhow::Result<(Self, Background)> {
         let prometheus = telemetry::prometheus();
         let store = store::open(&config)?;
+        let base_url = config.effective_base_url(bound);
         let rules = crate::config::load_rules(
             config.extra_human_patterns.as_deref(),
             config.extra_bot_patterns.as_deref(),
         )
         .map_err(anyhow::Error::msg)?;
-        let (capture, pipeline) = if config.capture {
+
+        let settings = Arc::new(SettingsCache::new(Arc::clone(&store), SETTINGS_TTL));
+        let deliverer = Arc::new(Deliverer::new(
+            config.webhook_timeout,
+            config.webhook_allow_private,
+        )?);
+        let queue: Arc<dyn Queue> = match &config.redis_url {
+            None => Arc::new(MemoryQueue::default()),
+            Some(url) => {
+                let consumer = format!("linkhit-{}", uuid::Uuid::new_v4());
+                Arc::new(RedisQueue::open(
+                    url,
+                    &config.redis_prefix,
+                    &consumer,
+                    config.webhook_claim_idle,
+                )?)
+            }
+        };
+        let worker = config.role.delivers().then(|| {
+            Worker::new(
+                Arc::clone(&queue),
+                Arc::clone(&store),
+                Arc::clone(&deliverer),
+                Arc::clone(&settings),
+                WorkerConfig {
+                    concurrency: config.webhook_concurrency,
+                    per_endpoint: config.webhook_endpoint_concurrency,
+                    schedule: config.webhook_retry_schedule.0.clone(),
+                    claim_interval: config.webhook_claim_idle / 2,
+                    log_cap: config.webhook_log_limit,
+                },
+            )
+        });
+        let sink = sink.unwrap_or_else(|| {
+            Arc::new(Outbox::new(
+                Arc::clone(&queue),
+                Arc::clone(&store),
+                Arc::clone(&settings),
+                base_url.clone(),
+            ))
+        });
+
+        let (capture, pipeline) = if config.capture && config.role.serves() {
             let journal = Journal::open(&config.journal_dir, config.journal_max_bytes)
                 .with_context(|| {
                     format!(
@@ -59,7 +122,7 @@ impl App {
                         config.journal_dir.display()
                     )
                 })?;
-            let settings = Settings {
+            let pipeline_settings = Settings {
                 capture_capacity: config.capture_buffer,
                 batch_size: config.click_batch,
                 flush_interval: config.click_flush_interval,
@@ -75,12 +138,13 @@ impl App {
                 Arc::new(rules),
                 sink,
                 Some(Arc::new(journal)),
-                settings,
+                pipeline_settings,
             );
             (capture, Some(pipeline))
         } else {
             (Capture::disabled(), None)
         };
+
         let codes = CodePolicy::new(
             usize::from(config.code_length),
             usize::from(config.code_min_length.unwrap_or(config.code_length)),
@@ -103,7 +167,7 @@ impl App {
             }
         };
         let app = Self {
-            base_url: config.effective_base_url(bound),
+            base_url,
             config,
             store,
             resolver,
@@ -111,8 +175,12 @@ impl App {
             prometheus,
             redirect_metrics: RedirectMetrics::new(),
             capture,
+            webhooks: Webhooks {
+                settings,
+                deliverer,
+            },
         };
-        Ok((app, pipeline))
+        Ok((app, Background { pipeline, worker }))
     }
 
     /// The public short URL of `code`.

@@ -205,6 +205,36 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_EXTRA_HUMAN_PATTERNS")]
     pub extra_human_patterns: Option<std::path::PathBuf>,
 
+    /// What this instance does: `all` (default), `redirect` (redirects, API, click pipeline; events are
+    /// queued for workers elsewhere) or `worker` (webhook delivery only; serves just the ops endpoints).
+    /// Split roles need Redis.
+    #[arg(long, env = "LINKHIT_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+
+    /// Seconds one webhook request may take.
+    #[arg(long, env = "LINKHIT_WEBHOOK_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub webhook_timeout: Duration,
+
+    /// Webhook requests in flight at once, all endpoints together.
+    #[arg(long, env = "LINKHIT_WEBHOOK_CONCURRENCY", default_value_t = 256)]
+    pub webhook_concurrency: usize,
+
+    /// Webhook requests in flight at once to one endpoint (scheme, host, port).
+    #[arg(
+        long,
+        env = "LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY",
+        default_value_t = 16
+    )]
+    pub webhook_endpoint_concurrency: usize,
+
+    /// Seconds a delivery may stay unacknowledged before another worker takes it over (Redis).
+    #[arg(long, env = "LINKHIT_WEBHOOK_CLAIM_IDLE", default_value = "60", value_parser = parse_seconds)]
+    pub webhook_claim_idle: Duration,
+
+    /// Delivery log entries kept per workspace.
+    #[arg(long, env = "LINKHIT_WEBHOOK_LOG_LIMIT", default_value_t = 1_000)]
+    pub webhook_log_limit: usize,
+
     /// Tokio worker threads. Default: one per core.
     #[arg(long, env = "LINKHIT_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -249,6 +279,15 @@ impl Config {
         if self.click_flush_interval.is_zero() {
             return Err("LINKHIT_CLICK_FLUSH_INTERVAL must be above 0".into());
         }
+        if self.role != Role::All && self.redis_url.is_none() {
+            return Err("LINKHIT_ROLE=redirect or worker needs LINKHIT_REDIS_URL: split roles share the outbox through Redis".into());
+        }
+        if self.webhook_concurrency == 0 || self.webhook_endpoint_concurrency == 0 {
+            return Err("LINKHIT_WEBHOOK_CONCURRENCY and LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1".into());
+        }
+        if self.webhook_timeout.is_zero() {
+            return Err("LINKHIT_WEBHOOK_TIMEOUT must be above 0".into());
+        }
         if self.worker_threads == Some(0) {
             return Err("LINKHIT_WORKER_THREADS must be at least 1".into());
         }
@@ -261,6 +300,25 @@ impl Config {
             Some(base) => base.clone(),
             None => format!("http://{bound}"),
         }
+    }
+}
+
+/// What an instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Redirect,
+    Worker,
+}
+
+impl Role {
+    /// Serves redirects and the API, and runs the click pipeline.
+    pub fn serves(self) -> bool {
+        matches!(self, Role::All | Role::Redirect)
+    }
+    /// Runs webhook delivery workers.
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod validate;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -29,44 +30,63 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Runs linkhit on `listener` until `shutdown` is cancelled, then drains connections and returns.
+/// Runs linkhit on `listener` until `shutdown` is cancelled, then drains connections, flushes the click
+/// pipeline, lets webhook deliveries in flight finish, and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with_sink(listener, config, shutdown, Arc::new(click::emit::Discard)).await
+    serve(listener, config, shutdown, None).await
 }
 
-/// [`run`] with an explicit destination for click and opt-out events.
+/// [`run`] with click and opt-out events sent to `sink` instead of the webhook outbox (tests).
 pub async fn run_with_sink(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
     sink: Arc<dyn click::emit::EventSink>,
 ) -> anyhow::Result<()> {
+    serve(listener, config, shutdown, Some(sink)).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    sink: Option<Arc<dyn click::emit::EventSink>>,
+) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let bound = listener.local_addr()?;
-    let (app, pipeline) = app::App::build(config, bound, sink)?;
+    let grace = config.shutdown_grace;
+    let (app, background) = app::App::build(config, bound, sink)?;
     let app = Arc::new(app);
     // Background work lives until the connections are drained, then stops.
-    let background = CancellationToken::new();
-    if let Some(feed) = app.store.invalidations(background.clone()) {
+    let stop_background = CancellationToken::new();
+    if let Some(feed) = app.store.invalidations(stop_background.clone()) {
         tokio::spawn(Arc::clone(&app.resolver).follow(feed));
     }
+    let worker = background
+        .worker
+        .map(|w| w.spawn(stop_background.clone(), grace));
     tracing::info!(
         listen = %bound,
         base_url = %app.base_url,
         store = app.store.name(),
+        role = ?app.config.role,
         version = env!("CARGO_PKG_VERSION"),
         "linkhit serving"
     );
     server::serve(listener, Arc::clone(&app), shutdown).await;
-    // Connections are drained: nothing captures any more. Count (or journal) what was captured.
-    if let Some(pipeline) = pipeline {
+    // Connections are drained: nothing captures any more. Count (or journal) what was captured, which
+    // also queues its webhook events; then stop the workers (in-flight attempts get the grace period).
+    if let Some(pipeline) = background.pipeline {
         pipeline.shutdown().await;
     }
-    background.cancel();
+    stop_background.cancel();
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     tracing::info!("linkhit stopped");
     Ok(())
 }

@@ -77,7 +77,10 @@ async fn dispatch(
     peer: Option<std::net::IpAddr>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
-    let response = if path.starts_with("/api/") || path == "/api" {
+    let is_ops = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let response = if !app.config.role.serves() && !is_ops {
+        worker_only()
+    } else if path.starts_with("/api/") || path == "/api" {
         api::handle(&app, req).await
     } else {
         match path {
@@ -99,4 +102,13 @@ async fn dispatch(
         }
     };
     Ok(response)
+}
+
+/// What a `LINKHIT_ROLE=worker` instance answers outside the ops endpoints.
+fn worker_only() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        b"This linkhit instance only delivers webhooks (LINKHIT_ROLE=worker).\n",
+    )));
+    *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+    response
 }

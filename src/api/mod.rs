@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod links;
 pub mod stats;
+pub mod webhooks;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -72,6 +73,19 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
         },
         ["api", "v1", "broadcasts", broadcast_id, "stats"] => match method {
             Method::GET => stats::broadcast(app, req, broadcast_id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "webhooks"] => match method {
+            Method::PUT => webhooks::put(app, req).await,
+            Method::GET => webhooks::get(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "webhooks", "test"] => match method {
+            Method::POST => webhooks::test(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "webhooks", "logs"] => match method {
+            Method::GET => webhooks::logs(app, req).await,
             _ => Err(method_not_allowed()),
         },
         ["api", "v1", "opt-outs"] => match method {

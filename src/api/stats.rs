@@ -34,7 +34,11 @@ impl From<&LinkStats> for LinkStatsView {
 }
 
 /// Parses `?limit=N` (1..=max, default `default`).
-fn limit(req: &Request<Incoming>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(super) fn limit(
+    req: &Request<Incoming>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     let Some(query) = req.uri().query() else {
         return Ok(default.min(max));
     };

@@ -1,7 +1,6 @@
 //! Stage 6: hand counted human clicks and opt-outs to whoever delivers them (the webhook outbox).
 //!
-//! The hand-off is synchronous and must not block: implementations queue and return. Bot hits never
-//! reach this stage.
+//! Bot hits never reach this stage.
 
 use std::sync::Mutex;
 
@@ -19,24 +18,28 @@ pub enum Event {
     OptOut { click: ClickRecord },
 }
 
-/// Receives events after they were counted.
+/// Receives events after they were counted. The committer awaits `emit`, so a slow sink slows
+/// counting (and capture spills to the journal) rather than losing events.
+#[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    fn emit(&self, events: Vec<Event>);
+    async fn emit(&self, events: Vec<Event>);
 }
 
-/// Drops events: the sink until webhooks are configured.
+/// Drops events (capture without webhooks, benchmarks).
 pub struct Discard;
 
+#[async_trait::async_trait]
 impl EventSink for Discard {
-    fn emit(&self, _events: Vec<Event>) {}
+    async fn emit(&self, _events: Vec<Event>) {}
 }
 
-/// Keeps events in memory; for tests and the `fields` preview.
+/// Keeps events in memory; for tests.
 #[derive(Default)]
 pub struct Collect(pub Mutex<Vec<Event>>);
 
+#[async_trait::async_trait]
 impl EventSink for Collect {
-    fn emit(&self, events: Vec<Event>) {
+    async fn emit(&self, events: Vec<Event>) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

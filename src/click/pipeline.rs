@@ -294,7 +294,7 @@ impl Committer {
             Some(tallies) => {
                 let events = emit::events(&batch, &tallies);
                 if !events.is_empty() {
-                    self.sink.emit(events);
+                    self.sink.emit(events).await;
                 }
                 true
             }
@@ -376,7 +376,7 @@ impl Committer {
                             .increment(now.len() as u64);
                         let events = emit::events(now, &tallies);
                         if !events.is_empty() {
-                            self.sink.emit(events);
+                            self.sink.emit(events).await;
                         }
                         rest = later;
                     }

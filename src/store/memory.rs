@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Invalidation, Store, StoreError};
 use crate::click::{ClickRecord, ClickTally};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
+use crate::webhook::DeliveryLog;
+use crate::webhook::settings::WebhookSettings;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -26,6 +28,9 @@ pub struct MemoryStore {
     broadcast_links: DashMap<(String, String), u64>,
     workspaces: DashMap<String, Workspace>,
     keys: DashMap<String, ApiKeyRecord>,
+    webhook_settings: DashMap<String, WebhookSettings>,
+    /// Per workspace, newest first.
+    webhook_logs: DashMap<String, VecDeque<DeliveryLog>>,
 }
 
 #[derive(Default)]
@@ -254,6 +259,52 @@ impl Store for MemoryStore {
             .opt_outs
             .get(workspace_id)
             .map(|(list, _)| list.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Option<WebhookSettings>, StoreError> {
+        Ok(self.webhook_settings.get(workspace_id).map(|s| s.clone()))
+    }
+
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError> {
+        self.webhook_settings
+            .insert(workspace_id.to_owned(), settings.clone());
+        Ok(())
+    }
+
+    async fn append_webhook_logs(
+        &self,
+        workspace_id: &str,
+        entries: &[DeliveryLog],
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        let mut logs = self
+            .webhook_logs
+            .entry(workspace_id.to_owned())
+            .or_default();
+        for entry in entries {
+            logs.push_front(entry.clone());
+        }
+        logs.truncate(cap);
+        Ok(())
+    }
+
+    async fn webhook_logs(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        Ok(self
+            .webhook_logs
+            .get(workspace_id)
+            .map(|l| l.iter().take(limit).cloned().collect())
             .unwrap_or_default())
     }
 

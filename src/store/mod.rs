@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::click::{ClickRecord, ClickTally};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
+use crate::webhook::DeliveryLog;
+use crate::webhook::settings::WebhookSettings;
 
 /// Errors of any store operation.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Opt-outs of a workspace, newest first.
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError>;
+
+    /// A workspace's webhook settings (`None` if never configured).
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Option<WebhookSettings>, StoreError>;
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError>;
+
+    /// Appends delivery log entries (oldest first in `entries`), keeping the newest `cap`.
+    async fn append_webhook_logs(
+        &self,
+        workspace_id: &str,
+        entries: &[DeliveryLog],
+        cap: usize,
+    ) -> Result<(), StoreError>;
+    /// Delivery log entries, newest first.
+    async fn webhook_logs(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError>;
 
     /// A feed of changes made by other instances, if the store is shared. The feed ends when
     /// `shutdown` is cancelled.

@@ -13,6 +13,10 @@
 //! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
 //! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
+//! | `P:whcfg:{WS}` | string | the workspace's webhook settings as JSON (secrets included) |
+//! | `P:whlog:{WS}` | list | webhook delivery log entries as JSON, newest first, capped |
+//!
+//! The webhook outbox (stream, retry set, dead letters) is `webhook::queue`'s business.
 //! | `P:ws:{WS}` | string | the workspace as JSON |
 //! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
 //! | `P:invalidate` | pub/sub channel | codes whose cached copies must be dropped |
@@ -34,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Invalidation, Store, StoreError};
 use crate::click::{ClickRecord, ClickTally};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkKind, LinkStats, OptOut, Workspace};
+use crate::webhook::DeliveryLog;
+use crate::webhook::settings::WebhookSettings;
 
 /// Links per pipeline round trip in bulk inserts: large enough to amortise the round trip, small
 /// enough that one batch never comes near the command timeout.
@@ -112,6 +118,12 @@ impl Keys {
     }
     pub fn recent_clicks(&self, code: &str) -> String {
         format!("{}:clicks:{{{code}}}", self.prefix)
+    }
+    pub fn webhook_settings(&self, workspace_id: &str) -> String {
+        format!("{}:whcfg:{{{workspace_id}}}", self.prefix)
+    }
+    pub fn webhook_logs(&self, workspace_id: &str) -> String {
+        format!("{}:whlog:{{{workspace_id}}}", self.prefix)
     }
     pub fn opt_outs(&self, workspace_id: &str) -> String {
         format!("{}:optout:{{{workspace_id}}}", self.prefix)
@@ -579,6 +591,77 @@ impl Store for RedisStore {
         all.sort_by_key(|o| std::cmp::Reverse(o.at));
         all.truncate(limit);
         Ok(all)
+    }
+
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Option<WebhookSettings>, StoreError> {
+        self.get_json(self.keys.webhook_settings(workspace_id))
+            .await
+    }
+
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = self.keys.webhook_settings(workspace_id);
+        let mut conn = self.conn.clone();
+        self.bounded(self.timeout, async move {
+            conn.set::<_, _, ()>(key, json).await
+        })
+        .await
+    }
+
+    async fn append_webhook_logs(
+        &self,
+        workspace_id: &str,
+        entries: &[DeliveryLog],
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.webhook_logs(workspace_id);
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let json = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            pipe.cmd("LPUSH").arg(&key).arg(json).ignore();
+        }
+        pipe.cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(cap.max(1) as i64 - 1)
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.bounded(self.timeout, async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn webhook_logs(
+        &self,
+        workspace_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.webhook_logs(workspace_id);
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<u8>> = self
+            .bounded(self.timeout, async move {
+                conn.lrange(key, 0, limit as isize - 1).await
+            })
+            .await?;
+        raw.iter()
+            .map(|bytes| {
+                serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {

@@ -187,6 +187,8 @@ impl TestServer {
 
 /// An HTTP client that does not follow redirects (we assert on them).
 pub fn client() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider; linkhit installs ring's at start-up.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))

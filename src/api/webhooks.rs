@@ -1,0 +1,183 @@
+//! Webhook routes: configure (`webhooks.write`), read (`webhooks.read`), send a test event, read the
+//! delivery log.
+
+use chrono::Utc;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{Value, json};
+
+use super::{ApiResult, authorize, json, read_body};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::model::{Permission, rfc3339};
+use crate::webhook::payload::{self, Facts};
+use crate::webhook::settings::apply_update;
+use crate::webhook::{DeliveryLog, EventKind, Job};
+
+/// `PUT /api/v1/webhooks`: partial update; answers the stored configuration, secrets masked.
+pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let bytes = read_body(req, app.config.max_body_bytes).await?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?;
+    let current = app
+        .store
+        .get_webhook_settings(&caller.workspace_id)
+        .await?
+        .unwrap_or_default();
+    let mut next = apply_update(&current, &body, app.config.webhook_allow_private)
+        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    next.updated_at = Some(Utc::now());
+    app.store
+        .put_webhook_settings(&caller.workspace_id, &next)
+        .await?;
+    app.webhooks.settings.invalidate(&caller.workspace_id);
+    tracing::info!(workspace_id = %caller.workspace_id, "webhook settings updated");
+    json(StatusCode::OK, &next.masked())
+}
+
+/// `GET /api/v1/webhooks`
+pub async fn get(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
+    let settings = app
+        .store
+        .get_webhook_settings(&caller.workspace_id)
+        .await?
+        .unwrap_or_default();
+    json(StatusCode::OK, &settings.masked())
+}
+
+/// `POST /api/v1/webhooks/test` `{"type": "click" | "opt_out"}`: one sample event, sent now, logged,
+/// answered with the attempt's outcome.
+pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let bytes = read_body(req, app.config.max_body_bytes).await?;
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?
+    };
+    let kind = match body.get("type") {
+        None | Some(Value::Null) => EventKind::Click,
+        Some(Value::String(t)) if t == "click" => EventKind::Click,
+        Some(Value::String(t)) if t == "opt_out" => EventKind::OptOut,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "INVALID_TYPE",
+                "type must be \"click\" or \"opt_out\"",
+            ));
+        }
+    };
+    let settings = app
+        .store
+        .get_webhook_settings(&caller.workspace_id)
+        .await?
+        .unwrap_or_default();
+    let url = match kind {
+        EventKind::Click => settings.click_url.clone(),
+        EventKind::OptOut => settings.opt_out_url.clone(),
+    }
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "WEBHOOK_NOT_CONFIGURED",
+            format!("no {}_url is configured", kind.as_str()),
+        )
+    })?;
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let occurred_at = rfc3339(Utc::now());
+    let short_url = app.short_url("SAMPLE00");
+    let facts = Facts {
+        event_id: &event_id,
+        occurred_at: &occurred_at,
+        code: "SAMPLE00",
+        short_url: &short_url,
+        target_url: Some("https://example.com/sample"),
+        broadcast_id: Some("sample_broadcast"),
+        recipient: Some("+15555550100"),
+        message_id: Some("sample-message-id"),
+        sender: Some("SAMPLE"),
+        message_ref: Some("sample-ref"),
+        user_agent: Some(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+        ),
+        ip: Some("203.0.113.0"),
+        hits: 1,
+        first_click: true,
+        workspace_id: &caller.workspace_id,
+    };
+    let body = payload::render(
+        settings.format,
+        &settings.effective_click_fields(),
+        kind,
+        &facts,
+    );
+    let job = Job {
+        event_id: event_id.clone(),
+        workspace_id: caller.workspace_id.clone(),
+        kind,
+        payload: body.to_string(),
+        attempt: 0,
+        created_at: Utc::now(),
+    };
+    let attempt = app
+        .webhooks
+        .deliverer
+        .attempt(&settings, &caller.workspace_id, &url, &job)
+        .await;
+    let entry = DeliveryLog {
+        event_id: event_id.clone(),
+        kind,
+        url: url.clone(),
+        attempt: 1,
+        payload: job.payload.clone(),
+        response_code: attempt.status,
+        response_time_ms: attempt.elapsed_ms,
+        error: attempt.error.clone(),
+        at: Utc::now(),
+        outcome: "test".to_owned(),
+        next_attempt_at: None,
+    };
+    app.store
+        .append_webhook_logs(&caller.workspace_id, &[entry], app.config.webhook_log_limit)
+        .await?;
+    json(
+        StatusCode::OK,
+        &json!({
+            "event_id": event_id,
+            "type": kind.as_str(),
+            "url": url,
+            "success": attempt.succeeded(),
+            "response_code": attempt.status,
+            "response_time_ms": attempt.elapsed_ms,
+            "error": attempt.error,
+            "payload": body,
+        }),
+    )
+}
+
+/// `GET /api/v1/webhooks/logs?limit=10`: one entry per attempt, newest first.
+pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
+    let limit = super::stats::limit(&req, 10, app.config.webhook_log_limit.max(1))?;
+    let logs = app.store.webhook_logs(&caller.workspace_id, limit).await?;
+    let logs: Vec<Value> = logs
+        .iter()
+        .map(|l| {
+            json!({
+                "event_id": l.event_id,
+                "type": l.kind.as_str(),
+                "url": l.url,
+                "attempt": l.attempt,
+                "payload": serde_json::from_str::<Value>(&l.payload).unwrap_or_else(|_| Value::String(l.payload.clone())),
+                "response_code": l.response_code,
+                "response_time_ms": l.response_time_ms,
+                "error": l.error,
+                "at": rfc3339(l.at),
+                "outcome": l.outcome,
+                "next_attempt_at": l.next_attempt_at.map(rfc3339),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &json!({ "logs": logs }))
+}

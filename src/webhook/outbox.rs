@@ -1,0 +1,168 @@
+//! Stage 7: accept counted events for delivery. Implements `click::emit::EventSink`.
+//!
+//! For each event: does the workspace want it (channel URL set and enabled; `unique_clicks_only`
+//! keeps only the first human hit of a broadcast recipient — links without a broadcast always
+//! deliver)? If so, render the payload in the workspace's format, give it an event id, and push the
+//! job to the queue. Store or queue errors are retried for a few seconds (the pipeline's committer
+//! waits meanwhile, so capture spills to the journal instead of piling up), then the event is dropped
+//! with `linkhit_webhook_events_total{outcome="dropped"}` and an error log line.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::payload::{self, Facts};
+use super::queue::Queue;
+use super::worker::SettingsCache;
+use super::{EventKind, Job};
+use crate::click::emit::{Event, EventSink};
+use crate::model::{Link, rfc3339};
+use crate::store::SharedStore;
+
+pub struct Outbox {
+    queue: Arc<dyn Queue>,
+    store: SharedStore,
+    settings: Arc<SettingsCache>,
+    base_url: String,
+    /// Links by code, for the payload facts the click record does not carry.
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl Outbox {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        store: SharedStore,
+        settings: Arc<SettingsCache>,
+        base_url: String,
+    ) -> Self {
+        Self {
+            queue,
+            store,
+            settings,
+            base_url,
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn link(&self, code: &str) -> Option<Arc<Link>> {
+        if let Some(link) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(code)
+        {
+            return Some(Arc::clone(link));
+        }
+        let link = Arc::new(patiently(|| self.store.get_link(code)).await.ok()??);
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.len() >= 10_000 {
+            links.clear();
+        }
+        links.insert(code.to_owned(), Arc::clone(&link));
+        Some(link)
+    }
+
+    /// Turns one event into a job, or `None` when the workspace does not want it.
+    async fn job(&self, event: &Event) -> Result<Option<Job>, String> {
+        let (kind, click, tally) = match event {
+            Event::Click { click, tally } => (EventKind::Click, click, Some(tally)),
+            Event::OptOut { click } => (EventKind::OptOut, click, None),
+        };
+        let settings = patiently(|| self.settings.get(&click.workspace_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        if settings.url_for(kind).is_none() {
+            return Ok(None);
+        }
+        if let Some(tally) = tally
+            && settings.unique_clicks_only
+            && click.broadcast_id.is_some()
+            && !tally.first_click
+        {
+            return Ok(None);
+        }
+        let link = self.link(&click.code).await;
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let occurred_at = rfc3339(click.at);
+        let short_url = format!("{}/{}", self.base_url, click.code);
+        let facts = Facts {
+            event_id: &event_id,
+            occurred_at: &occurred_at,
+            code: &click.code,
+            short_url: &short_url,
+            target_url: link.as_ref().and_then(|l| l.target_url.as_deref()),
+            broadcast_id: click.broadcast_id.as_deref(),
+            recipient: click.recipient.as_deref(),
+            message_id: link.as_ref().and_then(|l| l.message_id.as_deref()),
+            sender: link.as_ref().and_then(|l| l.sender.as_deref()),
+            message_ref: link.as_ref().and_then(|l| l.message_ref.as_deref()),
+            user_agent: click.user_agent.as_deref(),
+            ip: click.ip.as_deref(),
+            hits: tally.map_or(0, |t| t.human_hits),
+            first_click: tally.is_some_and(|t| t.first_click),
+            workspace_id: &click.workspace_id,
+        };
+        let body = payload::render(
+            settings.format,
+            &settings.effective_click_fields(),
+            kind,
+            &facts,
+        );
+        Ok(Some(Job {
+            event_id,
+            workspace_id: click.workspace_id.clone(),
+            kind,
+            payload: body.to_string(),
+            attempt: 0,
+            created_at: chrono::Utc::now(),
+        }))
+    }
+}
+
+#[async_trait]
+impl EventSink for Outbox {
+    async fn emit(&self, events: Vec<Event>) {
+        let mut jobs = Vec::with_capacity(events.len());
+        for event in &events {
+            match self.job(event).await {
+                Ok(Some(job)) => {
+                    metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => "queued").increment(1);
+                    jobs.push(job);
+                }
+                Ok(None) => metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped").increment(1),
+                Err(err) => {
+                    metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped").increment(1);
+                    tracing::error!(error = %err, "dropping a webhook event: its settings could not be read");
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(err) = patiently(|| self.queue.push(&jobs)).await {
+            metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped").increment(jobs.len() as u64);
+            tracing::error!(error = %err, events = jobs.len(), "dropping webhook events: the outbox is unreachable");
+        }
+    }
+}
+
+/// Retries a fallible operation for about three seconds.
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    mut op: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(err) => {
+                tracing::warn!(error = %err, "webhook outbox: retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    op().await
+}

@@ -1,0 +1,422 @@
+//! Delivery workers: pull jobs from the outbox, deliver, then acknowledge, reschedule or dead-letter.
+//!
+//! Concurrency is bounded twice: a global semaphore (`LINKHIT_WEBHOOK_CONCURRENCY`) and one per
+//! endpoint (scheme, host and port; `LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY`). A job whose endpoint is
+//! saturated is *not* waited for — it goes back to the retry set for a second, without counting an
+//! attempt — so a slow or dead receiver can never occupy the global slots that other workspaces' events
+//! need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::deliver::{Attempt, Deliverer};
+use super::queue::{Lease, Queue};
+use super::settings::WebhookSettings;
+use super::{DeliveryLog, Job};
+use crate::store::{SharedStore, StoreError};
+
+/// How long a job whose endpoint is saturated waits before it is offered again.
+const DEFER: Duration = Duration::from_secs(1);
+
+/// When the next attempt is due after `attempts_made` failed attempts, or `None` to dead-letter.
+/// `Retry-After` (429/503) wins over the schedule; otherwise the schedule's delay varies by up to ±10 %
+/// (`jitter` in `[-1, 1]`) so that retries of a burst do not arrive as a burst.
+pub fn next_delay(
+    schedule: &[Duration],
+    attempts_made: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Option<Duration> {
+    let index = usize::try_from(attempts_made).ok()?.checked_sub(1)?;
+    let base = *schedule.get(index)?;
+    if let Some(delay) = retry_after {
+        return Some(delay);
+    }
+    Some(base.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0)))
+}
+
+/// Webhook settings by workspace, cached briefly: a change made on another instance applies within the
+/// TTL, one made on this instance at once (`invalidate`).
+pub struct SettingsCache {
+    store: SharedStore,
+    ttl: Duration,
+    map: DashMap<String, (Instant, Arc<WebhookSettings>)>,
+}
+
+impl SettingsCache {
+    pub fn new(store: SharedStore, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            map: DashMap::new(),
+        }
+    }
+
+    pub async fn get(&self, workspace_id: &str) -> Result<Arc<WebhookSettings>, StoreError> {
+        if let Some(entry) = self.map.get(workspace_id)
+            && entry.0.elapsed() < self.ttl
+        {
+            return Ok(Arc::clone(&entry.1));
+        }
+        let settings = Arc::new(
+            self.store
+                .get_webhook_settings(workspace_id)
+                .await?
+                .unwrap_or_default(),
+        );
+        if self.map.len() > 100_000 {
+            self.map.clear();
+        }
+        self.map.insert(
+            workspace_id.to_owned(),
+            (Instant::now(), Arc::clone(&settings)),
+        );
+        Ok(settings)
+    }
+
+    pub fn invalidate(&self, workspace_id: &str) {
+        self.map.remove(workspace_id);
+    }
+}
+
+/// Tuning of the workers.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub per_endpoint: usize,
+    pub schedule: Vec<Duration>,
+    pub claim_interval: Duration,
+    pub log_cap: usize,
+}
+
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    store: SharedStore,
+    deliverer: Arc<Deliverer>,
+    settings: Arc<SettingsCache>,
+    config: WorkerConfig,
+    global: Arc<Semaphore>,
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        store: SharedStore,
+        deliverer: Arc<Deliverer>,
+        settings: Arc<SettingsCache>,
+        config: WorkerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            global: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            queue,
+            store,
+            deliverer,
+            settings,
+            config,
+            endpoints: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs until `shutdown`, then waits up to `grace` for attempts in flight (unfinished Redis leases
+    /// are reclaimed by the next worker).
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let maintenance = tokio::spawn(Arc::clone(&self).maintain(shutdown.clone()));
+            shutdown
+                .run_until_cancelled(Arc::clone(&self).pull_loop())
+                .await;
+            maintenance.abort();
+            let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(grace, self.global.acquire_many(all)).await;
+        })
+    }
+
+    async fn pull_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Ok(first) = Arc::clone(&self.global).acquire_owned().await else {
+                return;
+            };
+            let room = self.global.available_permits() + 1;
+            match self.queue.pull(room.min(256)).await {
+                Ok(leases) => {
+                    backoff = Duration::from_millis(100);
+                    self.dispatch(leases, Some(first));
+                }
+                Err(err) => {
+                    drop(first);
+                    metrics::counter!("linkhit_webhook_queue_errors_total").increment(1);
+                    tracing::warn!(error = %err, "cannot read the webhook outbox; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        leases: Vec<Lease>,
+        mut first: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        for lease in leases {
+            let permit = match first.take() {
+                Some(p) => p,
+                // Pulled no more than the free permits, but reclaimed leases may exceed them: wait.
+                None => match Arc::clone(&self.global).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let this = Arc::clone(self);
+                        tokio::spawn(async move {
+                            if let Ok(p) = Arc::clone(&this.global).acquire_owned().await {
+                                this.handle(lease).await;
+                                drop(p);
+                            }
+                        });
+                        continue;
+                    }
+                },
+            };
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.handle(lease).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Promotes due retries, reclaims abandoned leases, publishes queue metrics.
+    async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut promote = tokio::time::interval(Duration::from_millis(100));
+        let mut reclaim =
+            tokio::time::interval(self.config.claim_interval.max(Duration::from_millis(100)));
+        let mut stats = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = promote.tick() => {
+                    if let Err(err) = self.queue.promote().await {
+                        tracing::debug!(error = %err, "promoting webhook retries failed");
+                    }
+                }
+                _ = reclaim.tick() => match self.queue.reclaim(100).await {
+                    Ok(leases) if !leases.is_empty() => {
+                        tracing::info!(jobs = leases.len(), "reclaimed webhook jobs abandoned by a stopped worker");
+                        self.dispatch(leases, None);
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(error = %err, "reclaiming webhook jobs failed"),
+                },
+                _ = stats.tick() => if let Ok(s) = self.queue.stats().await {
+                    metrics::gauge!("linkhit_webhook_outbox_ready").set(s.ready as f64);
+                    metrics::gauge!("linkhit_webhook_outbox_scheduled").set(s.scheduled as f64);
+                    metrics::gauge!("linkhit_webhook_outbox_oldest_age_seconds").set(s.oldest_age_secs);
+                },
+            }
+        }
+    }
+
+    fn endpoint_slots(&self, url: &str) -> Arc<Semaphore> {
+        let key = url::Url::parse(url)
+            .map(|u| {
+                format!(
+                    "{}://{}:{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
+            .unwrap_or_else(|_| url.to_owned());
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            endpoints
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_endpoint.max(1)))),
+        )
+    }
+
+    async fn handle(&self, lease: Lease) {
+        let job = &lease.job;
+        let settings = match self.settings.get(&job.workspace_id).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read webhook settings; deferring delivery");
+                self.reschedule(&lease, job, DEFER).await;
+                return;
+            }
+        };
+        let Some(url) = settings.url_for(job.kind).map(str::to_owned) else {
+            // The channel was switched off after the event was accepted.
+            self.log(
+                job,
+                "",
+                job.attempt,
+                None,
+                "cancelled",
+                Some("webhook channel disabled".into()),
+                None,
+            )
+            .await;
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "cancelled")
+                .increment(1);
+            let _ = self.queue.ack(&lease).await;
+            return;
+        };
+        let Ok(_slot) = self.endpoint_slots(&url).try_acquire_owned() else {
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "deferred")
+                .increment(1);
+            self.reschedule(&lease, job, DEFER).await;
+            return;
+        };
+        let attempt = self
+            .deliverer
+            .attempt(&settings, &job.workspace_id, &url, job)
+            .await;
+        metrics::histogram!("linkhit_webhook_attempt_seconds")
+            .record(attempt.elapsed_ms as f64 / 1000.0);
+        let number = job.attempt + 1;
+        if attempt.succeeded() {
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "delivered")
+                .increment(1);
+            self.log_attempt(job, &url, number, &attempt, "delivered", None)
+                .await;
+            if let Err(err) = self.queue.ack(&lease).await {
+                tracing::warn!(error = %err, event_id = %job.event_id, "delivered but not acknowledged; it may be sent again");
+            }
+            return;
+        }
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        match next_delay(&self.config.schedule, number, attempt.retry_after, jitter) {
+            Some(delay) => {
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "failed")
+                    .increment(1);
+                let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                self.log_attempt(job, &url, number, &attempt, "retry_scheduled", Some(due))
+                    .await;
+                let next = Job {
+                    attempt: number,
+                    ..job.clone()
+                };
+                if let Err(err) = self.queue.retry(&lease, &next, due).await {
+                    tracing::warn!(error = %err, event_id = %job.event_id, "could not schedule a retry; the lease will be reclaimed");
+                }
+            }
+            None => {
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "dead_lettered")
+                    .increment(1);
+                metrics::counter!("linkhit_webhook_dead_letters_total").increment(1);
+                tracing::warn!(event_id = %job.event_id, workspace_id = %job.workspace_id, attempts = number, "webhook dead-lettered");
+                self.log_attempt(job, &url, number, &attempt, "dead_lettered", None)
+                    .await;
+                if let Err(err) = self.queue.dead_letter(&lease).await {
+                    tracing::warn!(error = %err, event_id = %job.event_id, "could not dead-letter; the lease will be reclaimed");
+                }
+            }
+        }
+    }
+
+    async fn reschedule(&self, lease: &Lease, job: &Job, delay: Duration) {
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if let Err(err) = self.queue.retry(lease, job, due).await {
+            tracing::warn!(error = %err, "could not defer a webhook job; the lease will be reclaimed");
+        }
+    }
+
+    async fn log_attempt(
+        &self,
+        job: &Job,
+        url: &str,
+        number: u32,
+        a: &Attempt,
+        outcome: &str,
+        next: Option<chrono::DateTime<Utc>>,
+    ) {
+        let entry = DeliveryLog {
+            event_id: job.event_id.clone(),
+            kind: job.kind,
+            url: url.to_owned(),
+            attempt: number,
+            payload: job.payload.clone(),
+            response_code: a.status,
+            response_time_ms: a.elapsed_ms,
+            error: a.error.clone(),
+            at: Utc::now(),
+            outcome: outcome.to_owned(),
+            next_attempt_at: next,
+        };
+        if let Err(err) = self
+            .store
+            .append_webhook_logs(&job.workspace_id, &[entry], self.config.log_cap)
+            .await
+        {
+            tracing::warn!(error = %err, "could not write a webhook log entry");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn log(
+        &self,
+        job: &Job,
+        url: &str,
+        number: u32,
+        status: Option<u16>,
+        outcome: &str,
+        error: Option<String>,
+        next: Option<chrono::DateTime<Utc>>,
+    ) {
+        let attempt = Attempt {
+            status,
+            elapsed_ms: 0,
+            error,
+            retry_after: None,
+        };
+        self.log_attempt(job, url, number, &attempt, outcome, next)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule() {
+        let s: Vec<Duration> = [1, 10, 30, 90].map(Duration::from_secs).to_vec();
+        let cases = [
+            (1, None, 0.0, Some(Duration::from_secs(1))),
+            (2, None, 0.0, Some(Duration::from_secs(10))),
+            (4, None, 0.0, Some(Duration::from_secs(90))),
+            (5, None, 0.0, None),
+            (0, None, 0.0, None),
+            (1, None, 1.0, Some(Duration::from_millis(1100))),
+            (2, None, -1.0, Some(Duration::from_secs(9))),
+            (
+                2,
+                Some(Duration::from_secs(120)),
+                0.5,
+                Some(Duration::from_secs(120)),
+            ),
+            (5, Some(Duration::from_secs(1)), 0.0, None),
+        ];
+        for (attempts, retry_after, jitter, want) in cases {
+            assert_eq!(
+                next_delay(&s, attempts, retry_after, jitter),
+                want,
+                "{attempts} {retry_after:?} {jitter}"
+            );
+        }
+        assert_eq!(
+            next_delay(&[], 1, None, 0.0),
+            None,
+            "an empty schedule dead-letters at once"
+        );
+    }
+}
