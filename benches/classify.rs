@@ -13,19 +13,13 @@ use linkhit::click::classify::{Classifier, Rules, Signals};
 const CORPUS: &str = include_str!("../tests/data/user_agents.tsv");
 
 fn bench(c: &mut Criterion) {
-    let agents: Vec<&str> = CORPUS
-        .lines()
-        .filter_map(|l| l.splitn(3, '\t').nth(2))
-        .collect();
+    let agents: Vec<&str> = CORPUS.lines().filter_map(|l| l.splitn(3, '\t').nth(2)).collect();
     let rules = Arc::new(Rules::builtin());
     let mut i = 0usize;
     c.bench_function("classify/cold_corpus_mix", |b| {
         b.iter(|| {
             i = (i + 1) % agents.len();
-            black_box(rules.classify(Signals {
-                user_agent: Some(black_box(agents[i])),
-                ..Default::default()
-            }))
+            black_box(rules.classify(Signals { user_agent: Some(black_box(agents[i])), ..Default::default() }))
         })
     });
     let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
@@ -36,10 +30,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("classify/memoised_corpus_mix", |b| {
         b.iter(|| {
             i = (i + 1) % agents.len();
-            black_box(classifier.classify(Signals {
-                user_agent: Some(black_box(agents[i])),
-                ..Default::default()
-            }))
+            black_box(classifier.classify(Signals { user_agent: Some(black_box(agents[i])), ..Default::default() }))
         })
     });
 }

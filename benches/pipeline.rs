@@ -28,20 +28,9 @@ impl Drop for Redis {
 }
 
 fn start_redis() -> (Redis, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH");
@@ -68,37 +57,26 @@ fn batch() -> Vec<ClickRecord> {
             class: if i % 10 < 7 { Class::Human } else { Class::Bot },
             reason: "browser:Safari".into(),
             method: "GET".into(),
-            user_agent: Some(
-                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
-                    .into(),
-            ),
+            user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15".into()),
             ip: Some("203.0.113.0".into()),
         })
         .collect()
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (_redis, url) = start_redis();
     let _runtime = rt.enter(); // the Redis connection manager is bound to a runtime
     let stores: Vec<(&str, SharedStore)> = vec![
         ("embedded", Arc::new(MemoryStore::default())),
-        (
-            "redis",
-            Arc::new(RedisStore::open(&url, "bench", Duration::from_secs(5)).unwrap()),
-        ),
+        ("redis", Arc::new(RedisStore::open(&url, "bench", Duration::from_secs(5)).unwrap())),
     ];
     let clicks = batch();
     let mut group = c.benchmark_group("record_clicks");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, store) in &stores {
         group.bench_function(*name, |b| {
-            b.to_async(&rt)
-                .iter(|| async { store.record_clicks(&clicks, 100).await.unwrap() })
+            b.to_async(&rt).iter(|| async { store.record_clicks(&clicks, 100).await.unwrap() })
         });
     }
     group.finish();

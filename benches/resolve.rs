@@ -21,9 +21,7 @@ const LINKS: usize = 1_000_000;
 
 fn link(code: String) -> Link {
     Link {
-        target_url: Some(format!(
-            "https://shop.example.com/fall-campaign?utm_source=sms&c={code}"
-        )),
+        target_url: Some(format!("https://shop.example.com/fall-campaign?utm_source=sms&c={code}")),
         code,
         workspace_id: "ws_bench".into(),
         kind: LinkKind::Redirect,
@@ -40,12 +38,7 @@ fn link(code: String) -> Link {
 
 fn bench(c: &mut Criterion) {
     let policy = CodePolicy::new(8, 8);
-    let cache = LinkCache::new(
-        LINKS,
-        Duration::from_secs(3600),
-        100_000,
-        Duration::from_secs(3600),
-    );
+    let cache = LinkCache::new(LINKS, Duration::from_secs(3600), 100_000, Duration::from_secs(3600));
     let codes: Vec<String> = (0..LINKS).map(|_| policy.generate()).collect();
     for code in &codes {
         cache.insert_link(&link(code.clone()), cache.generation());
@@ -54,14 +47,8 @@ fn bench(c: &mut Criterion) {
     for code in &missing {
         cache.insert_missing(code, cache.generation());
     }
-    let resolver = Arc::new(Resolver::new(
-        cache,
-        Arc::new(MemoryStore::default()),
-        policy,
-    ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let resolver = Arc::new(Resolver::new(cache, Arc::new(MemoryStore::default()), policy));
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 
     let mut i = 0usize;
     c.bench_function("code/is_valid", |b| {

@@ -67,27 +67,17 @@ impl App {
         let prometheus = telemetry::prometheus();
         let store = store::open(&config)?;
         let base_url = config.effective_base_url(bound);
-        let rules = crate::config::load_rules(
-            config.extra_human_patterns.as_deref(),
-            config.extra_bot_patterns.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let rules =
+            crate::config::load_rules(config.extra_human_patterns.as_deref(), config.extra_bot_patterns.as_deref())
+                .map_err(anyhow::Error::msg)?;
 
         let settings = Arc::new(SettingsCache::new(Arc::clone(&store), SETTINGS_TTL));
-        let deliverer = Arc::new(Deliverer::new(
-            config.webhook_timeout,
-            config.webhook_allow_private,
-        )?);
+        let deliverer = Arc::new(Deliverer::new(config.webhook_timeout, config.webhook_allow_private)?);
         let queue: Arc<dyn Queue> = match &config.redis_url {
             None => Arc::new(MemoryQueue::default()),
             Some(url) => {
                 let consumer = format!("linkhit-{}", uuid::Uuid::new_v4());
-                Arc::new(RedisQueue::open(
-                    url,
-                    &config.redis_prefix,
-                    &consumer,
-                    config.webhook_claim_idle,
-                )?)
+                Arc::new(RedisQueue::open(url, &config.redis_prefix, &consumer, config.webhook_claim_idle)?)
             }
         };
         let worker = config.role.delivers().then(|| {
@@ -106,22 +96,12 @@ impl App {
             )
         });
         let sink = sink.unwrap_or_else(|| {
-            Arc::new(Outbox::new(
-                Arc::clone(&queue),
-                Arc::clone(&store),
-                Arc::clone(&settings),
-                base_url.clone(),
-            ))
+            Arc::new(Outbox::new(Arc::clone(&queue), Arc::clone(&store), Arc::clone(&settings), base_url.clone()))
         });
 
         let (capture, pipeline) = if config.capture && config.role.serves() {
             let journal = Journal::open(&config.journal_dir, config.journal_max_bytes)
-                .with_context(|| {
-                    format!(
-                        "opening the click journal in {}",
-                        config.journal_dir.display()
-                    )
-                })?;
+                .with_context(|| format!("opening the click journal in {}", config.journal_dir.display()))?;
             let pipeline_settings = Settings {
                 capture_capacity: config.capture_buffer,
                 batch_size: config.click_batch,
@@ -133,13 +113,8 @@ impl App {
                 classifier_memo: 100_000,
                 shutdown_flush: config.shutdown_grace,
             };
-            let (capture, pipeline) = Pipeline::start(
-                Arc::clone(&store),
-                Arc::new(rules),
-                sink,
-                Some(Arc::new(journal)),
-                pipeline_settings,
-            );
+            let (capture, pipeline) =
+                Pipeline::start(Arc::clone(&store), Arc::new(rules), sink, Some(Arc::new(journal)), pipeline_settings);
             (capture, Some(pipeline))
         } else {
             (Capture::disabled(), None)
@@ -175,10 +150,7 @@ impl App {
             prometheus,
             redirect_metrics: RedirectMetrics::new(),
             capture,
-            webhooks: Webhooks {
-                settings,
-                deliverer,
-            },
+            webhooks: Webhooks { settings, deliverer },
         };
         Ok((app, Background { pipeline, worker }))
     }

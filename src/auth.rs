@@ -8,10 +8,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const KEY_ALPHABET: [char; 62] = [
-    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i',
-    'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'A', 'B',
-    'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U',
-    'V', 'W', 'X', 'Y', 'Z',
+    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm',
+    'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J',
+    'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z',
 ];
 
 /// A new API key: `lhk_` + 32 alphanumerics (about 190 bits).
@@ -46,9 +45,7 @@ pub struct AdminToken {
 
 impl AdminToken {
     pub fn new(token: &str) -> Self {
-        Self {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        }
+        Self { digest: Sha256::digest(token.as_bytes()).into() }
     }
 
     pub fn matches(&self, presented: &str) -> bool {
@@ -59,10 +56,7 @@ impl AdminToken {
 
 /// The credential in a request: `Authorization: Bearer <x>` or `X-API-Key: <x>`.
 pub fn presented_credential(headers: &hyper::HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(value) = headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, rest) = value.trim().split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") {
             let token = rest.trim();
@@ -70,11 +64,7 @@ pub fn presented_credential(headers: &hyper::HeaderMap) -> Option<&str> {
         }
         return None;
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]
@@ -90,10 +80,7 @@ mod tests {
         assert!(a.starts_with("lhk_") && a.len() == 36);
         assert_eq!(hash_key(&a), hash_key(&a));
         assert_ne!(hash_key(&a), hash_key(&b));
-        assert_eq!(
-            hash_key("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

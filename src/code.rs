@@ -6,10 +6,9 @@
 
 /// nanoid's URL-safe alphabet: what a code may contain.
 pub const ALPHABET: [char; 64] = [
-    '_', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', 'g',
-    'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z',
-    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S',
-    'T', 'U', 'V', 'W', 'X', 'Y', 'Z',
+    '_', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k',
+    'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H',
+    'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z',
 ];
 
 /// Paths served by linkhit itself; a generated code never equals one of them.
@@ -26,10 +25,7 @@ pub struct CodePolicy {
 
 impl CodePolicy {
     pub fn new(length: usize, min_length: usize) -> Self {
-        Self {
-            length,
-            min_length: min_length.min(length),
-        }
+        Self { length, min_length: min_length.min(length) }
     }
 
     /// A fresh random code. Not guaranteed unique: the store decides that.
@@ -49,9 +45,7 @@ impl CodePolicy {
         let len = code.len();
         len >= self.min_length
             && len <= self.length
-            && code
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 }
 
@@ -86,8 +80,7 @@ mod tests {
     #[test]
     fn generated_codes_are_valid_and_distinct_enough() {
         let policy = CodePolicy::new(8, 8);
-        let codes: std::collections::HashSet<String> =
-            (0..10_000).map(|_| policy.generate()).collect();
+        let codes: std::collections::HashSet<String> = (0..10_000).map(|_| policy.generate()).collect();
         assert!(codes.iter().all(|c| policy.is_valid(c)));
         // 64^8 codes: a collision among 10,000 is ~1e-7 likely; the store handles it anyway.
         assert!(codes.len() >= 9_999);
@@ -96,9 +89,8 @@ mod tests {
     #[test]
     fn generated_codes_use_the_whole_alphabet() {
         let policy = CodePolicy::new(32, 32);
-        let seen: std::collections::HashSet<char> = (0..200)
-            .flat_map(|_| policy.generate().chars().collect::<Vec<_>>())
-            .collect();
+        let seen: std::collections::HashSet<char> =
+            (0..200).flat_map(|_| policy.generate().chars().collect::<Vec<_>>()).collect();
         assert_eq!(seen.len(), 64);
     }
 }

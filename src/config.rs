@@ -53,9 +53,7 @@ pub fn load_rules(
     let read = |path: Option<&std::path::Path>| -> Result<String, String> {
         match path {
             None => Ok(String::new()),
-            Some(p) => {
-                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-            }
+            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
         }
     };
     crate::click::classify::Rules::new(&read(extra_human)?, &read(extra_bot)?)
@@ -117,11 +115,7 @@ pub struct Config {
     pub cache_ttl: Duration,
 
     /// Most unknown codes remembered as "not found" (protects the store from random-code floods).
-    #[arg(
-        long,
-        env = "LINKHIT_NEGATIVE_CACHE_CAPACITY",
-        default_value_t = 100_000
-    )]
+    #[arg(long, env = "LINKHIT_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub negative_cache_capacity: usize,
 
     /// Seconds an unknown code is remembered as "not found".
@@ -220,11 +214,7 @@ pub struct Config {
     pub webhook_concurrency: usize,
 
     /// Webhook requests in flight at once to one endpoint (scheme, host, port).
-    #[arg(
-        long,
-        env = "LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY",
-        default_value_t = 16
-    )]
+    #[arg(long, env = "LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 16)]
     pub webhook_endpoint_concurrency: usize,
 
     /// Seconds a delivery may stay unacknowledged before another worker takes it over (Redis).
@@ -274,16 +264,23 @@ impl Config {
             return Err("LINKHIT_MAX_HEADER_BYTES must be at least 8192".into());
         }
         if self.capture_buffer == 0 || self.click_batch == 0 || self.commit_queue == 0 {
-            return Err("LINKHIT_CAPTURE_BUFFER, LINKHIT_CLICK_BATCH and LINKHIT_COMMIT_QUEUE must be at least 1".into());
+            return Err(
+                "LINKHIT_CAPTURE_BUFFER, LINKHIT_CLICK_BATCH and LINKHIT_COMMIT_QUEUE must be at least 1".into()
+            );
         }
         if self.click_flush_interval.is_zero() {
             return Err("LINKHIT_CLICK_FLUSH_INTERVAL must be above 0".into());
         }
         if self.role != Role::All && self.redis_url.is_none() {
-            return Err("LINKHIT_ROLE=redirect or worker needs LINKHIT_REDIS_URL: split roles share the outbox through Redis".into());
+            return Err(
+                "LINKHIT_ROLE=redirect or worker needs LINKHIT_REDIS_URL: split roles share the outbox through Redis"
+                    .into(),
+            );
         }
         if self.webhook_concurrency == 0 || self.webhook_endpoint_concurrency == 0 {
-            return Err("LINKHIT_WEBHOOK_CONCURRENCY and LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1".into());
+            return Err(
+                "LINKHIT_WEBHOOK_CONCURRENCY and LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1".into()
+            );
         }
         if self.webhook_timeout.is_zero() {
             return Err("LINKHIT_WEBHOOK_TIMEOUT must be above 0".into());
@@ -332,22 +329,14 @@ pub fn parse_schedule(raw: &str) -> Result<RetrySchedule, String> {
     if raw.is_empty() {
         return Ok(RetrySchedule(Vec::new()));
     }
-    raw.split(',')
-        .map(|part| parse_seconds(part.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map(RetrySchedule)
+    raw.split(',').map(|part| parse_seconds(part.trim())).collect::<Result<Vec<_>, _>>().map(RetrySchedule)
 }
 
 /// Parses a non-negative number of seconds, fractions allowed (`"0.25"`).
 pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
-    let secs: f64 = raw
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a number of seconds"))?;
+    let secs: f64 = raw.trim().parse().map_err(|_| format!("`{raw}` is not a number of seconds"))?;
     if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!(
-            "`{raw}` is not a number of seconds between 0 and one year"
-        ));
+        return Err(format!("`{raw}` is not a number of seconds between 0 and one year"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -364,18 +353,9 @@ fn parse_base_url(raw: &str) -> Result<String, String> {
 }
 
 fn parse_prefix(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(format!(
-            "`{raw}` must be 1-64 characters of A-Z a-z 0-9 _ - . :"
-        ))
-    }
+    let ok =
+        !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok { Ok(raw.to_owned()) } else { Err(format!("`{raw}` must be 1-64 characters of A-Z a-z 0-9 _ - . :")) }
 }
 
 #[cfg(test)]
@@ -393,23 +373,15 @@ mod tests {
             ("NaN", None),
         ];
         for (raw, want) in cases {
-            let got = parse_schedule(raw)
-                .ok()
-                .map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
+            let got = parse_schedule(raw).ok().map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
             assert_eq!(&got, want, "{raw}");
         }
     }
 
     #[test]
     fn base_urls() {
-        assert_eq!(
-            parse_base_url("https://s.example/").unwrap(),
-            "https://s.example"
-        );
-        assert_eq!(
-            parse_base_url("https://example.com/l").unwrap(),
-            "https://example.com/l"
-        );
+        assert_eq!(parse_base_url("https://s.example/").unwrap(), "https://s.example");
+        assert_eq!(parse_base_url("https://example.com/l").unwrap(), "https://example.com/l");
         assert!(parse_base_url("ftp://x").is_err());
         assert!(parse_base_url("https://x/?a=1").is_err());
         assert!(parse_base_url("nope").is_err());
@@ -420,10 +392,7 @@ mod tests {
         let cli = Cli::try_parse_from(["linkhit"]).unwrap();
         let c = cli.serve;
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            c.webhook_retry_schedule,
-            parse_schedule("1,10,30,90").unwrap()
-        );
+        assert_eq!(c.webhook_retry_schedule, parse_schedule("1,10,30,90").unwrap());
         assert!(!c.webhook_allow_private);
         assert!(c.redis_url.is_none());
         assert_eq!(c.code_length, 8);

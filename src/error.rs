@@ -21,11 +21,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -33,19 +29,11 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "missing or invalid credentials",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing or invalid credentials")
     }
 
     pub fn forbidden(permission: &str) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            format!("this API key lacks the `{permission}` permission"),
-        )
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", format!("this API key lacks the `{permission}` permission"))
     }
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
@@ -86,11 +74,9 @@ impl From<StoreError> for ApiError {
                 "STORE_UNAVAILABLE",
                 "the link store is unreachable; retry shortly",
             ),
-            StoreError::Corrupt(_) | StoreError::CodeSpaceExhausted => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_ERROR",
-                "internal error",
-            ),
+            StoreError::Corrupt(_) | StoreError::CodeSpaceExhausted => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error")
+            }
         }
     }
 }

@@ -32,11 +32,7 @@ pub use config::Config;
 
 /// Runs linkhit on `listener` until `shutdown` is cancelled, then drains connections, flushes the click
 /// pipeline, lets webhook deliveries in flight finish, and returns.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     serve(listener, config, shutdown, None).await
 }
 
@@ -66,9 +62,7 @@ async fn serve(
     if let Some(feed) = app.store.invalidations(stop_background.clone()) {
         tokio::spawn(Arc::clone(&app.resolver).follow(feed));
     }
-    let worker = background
-        .worker
-        .map(|w| w.spawn(stop_background.clone(), grace));
+    let worker = background.worker.map(|w| w.spawn(stop_background.clone(), grace));
     tracing::info!(
         listen = %bound,
         base_url = %app.base_url,

@@ -24,37 +24,26 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);
     }
-    runtime
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(async move {
-            let listener = TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("binding {}", config.listen))?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(watch_signals(shutdown.clone()));
-            linkhit::run(listener, config, shutdown).await
-        })
+    runtime.build().context("starting the tokio runtime")?.block_on(async move {
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        linkhit::run(listener, config, shutdown).await
+    })
 }
 
 /// `linkhit classify`: one user agent per stdin line → one JSON verdict per stdout line.
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
-    let rules = linkhit::config::load_rules(
-        args.extra_human_patterns.as_deref(),
-        args.extra_bot_patterns.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut classifier =
-        linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
+    let rules = linkhit::config::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut classifier = linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for line in std::io::stdin().lock().lines() {
         let ua = line.context("reading stdin")?;
-        let verdict = classifier.classify(linkhit::click::classify::Signals {
-            user_agent: Some(&ua),
-            ..Default::default()
-        });
+        let verdict =
+            classifier.classify(linkhit::click::classify::Signals { user_agent: Some(&ua), ..Default::default() });
         let json = serde_json::json!({"user_agent": ua, "class": verdict.class, "reason": &*verdict.reason});
         writeln!(out, "{json}")?;
     }
@@ -67,10 +56,7 @@ async fn watch_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             tracing::error!("could not install signal handlers");
             return;
         };

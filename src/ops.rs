@@ -8,11 +8,7 @@ use hyper::{Response, StatusCode};
 use crate::app::App;
 
 pub fn healthz() -> Response<Full<Bytes>> {
-    text(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from_static(b"{\"status\":\"ok\"}"),
-    )
+    text(StatusCode::OK, "application/json", Bytes::from_static(b"{\"status\":\"ok\"}"))
 }
 
 pub async fn readyz(app: &App) -> Response<Full<Bytes>> {
@@ -28,9 +24,7 @@ pub async fn readyz(app: &App) -> Response<Full<Bytes>> {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
-                Bytes::from(format!(
-                    "{{\"status\":\"unavailable\",\"store\":\"{store}\"}}"
-                )),
+                Bytes::from(format!("{{\"status\":\"unavailable\",\"store\":\"{store}\"}}")),
             )
         }
     }
@@ -39,21 +33,13 @@ pub async fn readyz(app: &App) -> Response<Full<Bytes>> {
 pub fn metrics(app: &App) -> Response<Full<Bytes>> {
     metrics::gauge!("linkhit_cache_links").set(app.resolver.cache.len() as f64);
     metrics::gauge!("linkhit_cache_missing").set(app.resolver.cache.missing_len() as f64);
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        Bytes::from(app.prometheus.render()),
-    )
+    text(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(app.prometheus.render()))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

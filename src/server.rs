@@ -90,14 +90,7 @@ async fn dispatch(
             _ => {
                 // The redirector never reads a body; dropping it keeps the connection reusable.
                 let (parts, _body) = req.into_parts();
-                redirect::handle(
-                    &app.resolver,
-                    &app.redirect_metrics,
-                    &app.capture,
-                    &parts,
-                    peer,
-                )
-                .await
+                redirect::handle(&app.resolver, &app.redirect_metrics, &app.capture, &parts, peer).await
             }
         }
     };

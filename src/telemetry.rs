@@ -51,11 +51,8 @@ impl Default for RedirectMetrics {
 
 impl RedirectMetrics {
     pub fn new() -> Self {
-        let c =
-            |status: &'static str| metrics::counter!("linkhit_redirects_total", "status" => status);
-        Self {
-            counters: [c("302"), c("200"), c("404"), c("410"), c("503"), c("405")],
-        }
+        let c = |status: &'static str| metrics::counter!("linkhit_redirects_total", "status" => status);
+        Self { counters: [c("302"), c("200"), c("404"), c("410"), c("503"), c("405")] }
     }
 
     #[inline]

@@ -28,8 +28,7 @@ pub fn split(text: &str) -> Vec<Piece<'_>> {
         for link in finder.links(chunk) {
             let url = link.as_str();
             let scheme_ok = url.len() > 8
-                && (url[..7].eq_ignore_ascii_case("http://")
-                    || url[..8].eq_ignore_ascii_case("https://"));
+                && (url[..7].eq_ignore_ascii_case("http://") || url[..8].eq_ignore_ascii_case("https://"));
             if !scheme_ok {
                 continue;
             }
@@ -55,42 +54,24 @@ mod tests {
     use Piece::*;
 
     fn urls(text: &str) -> Vec<&str> {
-        split(text)
-            .into_iter()
-            .filter_map(|p| if let Url(u) = p { Some(u) } else { None })
-            .collect()
+        split(text).into_iter().filter_map(|p| if let Url(u) = p { Some(u) } else { None }).collect()
     }
 
     #[test]
     fn finds_urls_without_trailing_punctuation() {
         let cases: &[(&str, &[&str])] = &[
-            (
-                "Sale! https://shop.example/fall.",
-                &["https://shop.example/fall"],
-            ),
-            (
-                "See https://a.example/x, then http://b.example/y!",
-                &["https://a.example/x", "http://b.example/y"],
-            ),
+            ("Sale! https://shop.example/fall.", &["https://shop.example/fall"]),
+            ("See https://a.example/x, then http://b.example/y!", &["https://a.example/x", "http://b.example/y"]),
             ("(details: https://a.example/p)", &["https://a.example/p"]),
             (
                 "wiki https://en.wikipedia.org/wiki/Link_(disambiguation) ok",
                 &["https://en.wikipedia.org/wiki/Link_(disambiguation)"],
             ),
-            (
-                "Is it https://a.example/q?x=1&y=2?",
-                &["https://a.example/q?x=1&y=2"],
-            ),
+            ("Is it https://a.example/q?x=1&y=2?", &["https://a.example/q?x=1&y=2"]),
             ("no links here", &[]),
-            (
-                "ftp://files.example/a and mailto:x@y.example are not shortened",
-                &[],
-            ),
+            ("ftp://files.example/a and mailto:x@y.example are not shortened", &[]),
             ("HTTPS://LOUD.EXAMPLE/A", &["HTTPS://LOUD.EXAMPLE/A"]),
-            (
-                "two:https://a.example/1\nhttps://b.example/2",
-                &["https://a.example/1", "https://b.example/2"],
-            ),
+            ("two:https://a.example/1\nhttps://b.example/2", &["https://a.example/1", "https://b.example/2"]),
             ("www.example.com has no scheme", &[]),
         ];
         for (text, want) in cases {
@@ -104,14 +85,7 @@ mod tests {
         let pieces = split(text);
         assert_eq!(
             pieces,
-            vec![
-                Text("Hi! Shop "),
-                Url("https://s.example/a"),
-                Text(". Stop: "),
-                OptOut,
-                Text(" or "),
-                OptOut,
-            ]
+            vec![Text("Hi! Shop "), Url("https://s.example/a"), Text(". Stop: "), OptOut, Text(" or "), OptOut,]
         );
         let rebuilt: String = pieces
             .iter()

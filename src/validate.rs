@@ -55,9 +55,7 @@ pub fn target_url(raw: &str) -> Result<String, TargetUrlError> {
     // `/`), so that the API echoes back what was sent; otherwise redirect to the normalised form, which is
     // guaranteed to be a valid, unambiguous header value.
     if trimmed == normalised
-        || (normalised.len() == trimmed.len() + 1
-            && normalised.starts_with(trimmed)
-            && normalised.ends_with('/'))
+        || (normalised.len() == trimmed.len() + 1 && normalised.starts_with(trimmed) && normalised.ends_with('/'))
     {
         Ok(trimmed.to_owned())
     } else {
@@ -118,10 +116,7 @@ mod tests {
         for raw in bad {
             assert!(target_url(raw).is_err(), "{raw} should be rejected");
         }
-        assert_eq!(
-            target_url(&format!("https://e.com/{}", "a".repeat(5000))),
-            Err(TargetUrlError::TooLong)
-        );
+        assert_eq!(target_url(&format!("https://e.com/{}", "a".repeat(5000))), Err(TargetUrlError::TooLong));
     }
 
     #[test]

@@ -44,10 +44,7 @@ fn sigterm_and_sigint_exit_zero_and_a_generated_token_is_printed_once() {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         let token = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(
-            line.contains("generated admin token") && token.starts_with("lha_"),
-            "{line}"
-        );
+        assert!(line.contains("generated admin token") && token.starts_with("lha_"), "{line}");
 
         // The printed token works.
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -82,15 +79,9 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         ("LINKHIT_ADMIN_TOKEN", "short"),
     ];
     for (var, value) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_linkhit"))
-            .env(var, value)
-            .output()
-            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_linkhit")).env(var, value).output().unwrap();
         assert!(!out.status.success(), "{var}={value} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(value) || stderr.contains(var),
-            "{var}={value}: unclear message: {stderr}"
-        );
+        assert!(stderr.contains(value) || stderr.contains(var), "{var}={value}: unclear message: {stderr}");
     }
 }

@@ -27,33 +27,18 @@ fn corpus() -> Vec<(Class, &'static str, &'static str)> {
 fn every_corpus_user_agent_gets_its_class() {
     let rules = Rules::builtin();
     let rows = corpus();
-    assert!(
-        rows.len() >= 300,
-        "the corpus must hold at least 300 user agents"
-    );
+    assert!(rows.len() >= 300, "the corpus must hold at least 300 user agents");
     assert!(rows.iter().filter(|r| r.0 == Class::Human).count() >= 100);
     assert!(rows.iter().filter(|r| r.0 == Class::Bot).count() >= 100);
     let wrong: Vec<String> = rows
         .iter()
         .filter_map(|(class, group, ua)| {
-            let verdict = rules.classify(Signals {
-                user_agent: Some(ua),
-                ..Default::default()
-            });
-            (verdict.class != *class).then(|| {
-                format!(
-                    "{group}: expected {class:?}, got {:?} ({}) for {ua}",
-                    verdict.class, verdict.reason
-                )
-            })
+            let verdict = rules.classify(Signals { user_agent: Some(ua), ..Default::default() });
+            (verdict.class != *class)
+                .then(|| format!("{group}: expected {class:?}, got {:?} ({}) for {ua}", verdict.class, verdict.reason))
         })
         .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} misclassified:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "{} misclassified:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
@@ -72,10 +57,7 @@ fn bot_reasons_name_the_kind_of_bot() {
             );
         }
         if class == Class::Human && group == "inapp" {
-            assert!(
-                reason.starts_with("inapp:") || reason.starts_with("browser:"),
-                "{ua}: reason {reason}"
-            );
+            assert!(reason.starts_with("inapp:") || reason.starts_with("browser:"), "{ua}: reason {reason}");
         }
     }
 }
@@ -96,11 +78,8 @@ fn classify_subcommand_prints_one_json_verdict_per_line() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["class"], "bot");
     assert_eq!(lines[0]["reason"], "preview:whatsapp");

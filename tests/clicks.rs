@@ -6,10 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    ADMIN, ANDROID, Backend, Env, IMESSAGE_PREVIEW, IPHONE, WHATSAPP, error_code, eventually, send,
-    tap,
-};
+use common::{ADMIN, ANDROID, Backend, Env, IMESSAGE_PREVIEW, IPHONE, WHATSAPP, error_code, eventually, send, tap};
 use linkhit::click::emit::{Collect, Event};
 use serde_json::{Value, json};
 
@@ -25,12 +22,7 @@ on_both_stores!(
 
 /// The link's stats once `want` holds; within 1 s, the contract's visibility bound.
 async fn stats_within_a_second(env: &Env, code: &str, want: impl Fn(&Value) -> bool) -> Value {
-    env.poll_json(
-        &format!("/api/v1/links/{code}/stats"),
-        Duration::from_secs(1),
-        want,
-    )
-    .await
+    env.poll_json(&format!("/api/v1/links/{code}/stats"), Duration::from_secs(1), want).await
 }
 
 async fn broadcast_link(env: &Env, broadcast: &str, recipients: &[&str]) -> Vec<String> {
@@ -42,42 +34,22 @@ async fn broadcast_link(env: &Env, broadcast: &str, recipients: &[&str]) -> Vec<
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    body["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["code"].as_str().unwrap().to_owned())
-        .collect()
+    body["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_owned()).collect()
 }
 
 async fn humans_and_bots_are_counted_apart(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/c"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/c"})).await["code"].as_str().unwrap().to_owned();
     let (http, server) = (&env.http, &env.server);
     assert_eq!(tap(http, server, &code, IPHONE).await, 302);
     assert_eq!(tap(http, server, &code, ANDROID).await, 302);
     assert_eq!(tap(http, server, &code, IPHONE).await, 302);
-    for bot in [
-        IMESSAGE_PREVIEW,
-        WHATSAPP,
-        "curl/8.5.0",
-        "TelegramBot (like TwitterBot)",
-        "",
-    ] {
+    for bot in [IMESSAGE_PREVIEW, WHATSAPP, "curl/8.5.0", "TelegramBot (like TwitterBot)", ""] {
         assert_eq!(tap(http, server, &code, bot).await, 302, "{bot}");
     }
     // A HEAD and a prefetch are bots whatever their user agent.
-    let head = http
-        .head(env.url(&format!("/{code}")))
-        .header("user-agent", IPHONE)
-        .send()
-        .await
-        .unwrap();
+    let head = http.head(env.url(&format!("/{code}"))).header("user-agent", IPHONE).send().await.unwrap();
     assert_eq!(head.status(), 302);
     let prefetch = http
         .get(env.url(&format!("/{code}")))
@@ -93,46 +65,24 @@ async fn humans_and_bots_are_counted_apart(backend: Backend) {
     assert_eq!(stats["human_hits"], 3);
     assert_eq!(stats["bot_hits"], 7);
     assert_eq!(stats["unique_clicks"], 1);
-    assert!(
-        stats["first_click_at"].is_string() && stats["last_click_at"].is_string(),
-        "{stats}"
-    );
+    assert!(stats["first_click_at"].is_string() && stats["last_click_at"].is_string(), "{stats}");
     assert!(stats["first_click_at"].as_str() <= stats["last_click_at"].as_str());
     // The link view carries the same counters.
     let (_, link) = env.get_json(&format!("/api/v1/links/{code}")).await;
     assert_eq!(
-        (
-            link["hits"].clone(),
-            link["human_hits"].clone(),
-            link["bot_hits"].clone()
-        ),
+        (link["hits"].clone(), link["human_hits"].clone(), link["bot_hits"].clone()),
         (json!(10), json!(3), json!(7))
     );
 
     // Unknown and disabled codes are not hits.
     assert_eq!(tap(http, server, "zzzzzzzz", IPHONE).await, 404);
-    let metrics = http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("linkhit_hits_total{class=\"bot\",reason=\"preview:imessage\"}"),
-        "{metrics}"
-    );
+    let metrics = http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("linkhit_hits_total{class=\"bot\",reason=\"preview:imessage\"}"), "{metrics}");
 }
 
 async fn unique_clicks_count_recipients_not_taps(backend: Backend) {
     let env = Env::new(backend).await;
-    let codes = broadcast_link(
-        &env,
-        "spring",
-        &["+12025550001", "+12025550002", "+12025550003"],
-    )
-    .await;
+    let codes = broadcast_link(&env, "spring", &["+12025550001", "+12025550002", "+12025550003"]).await;
     let (http, server) = (&env.http, &env.server);
     // Recipient 1 taps three times, recipient 2 once, recipient 3 only gets previews.
     for _ in 0..3 {
@@ -141,39 +91,25 @@ async fn unique_clicks_count_recipients_not_taps(backend: Backend) {
     tap(http, server, &codes[1], ANDROID).await;
     tap(http, server, &codes[2], IMESSAGE_PREVIEW).await;
     tap(http, server, &codes[2], WHATSAPP).await;
-    let body = env
-        .poll_json(
-            "/api/v1/broadcasts/spring/stats",
-            Duration::from_secs(1),
-            |b| b["hits"] == 6,
-        )
-        .await;
+    let body = env.poll_json("/api/v1/broadcasts/spring/stats", Duration::from_secs(1), |b| b["hits"] == 6).await;
     assert_eq!(
         body,
         json!({"broadcast_id": "spring", "links": 3, "hits": 6, "human_hits": 4, "bot_hits": 2, "unique_clicks": 2})
     );
-    let (_, s) = env
-        .get_json(&format!("/api/v1/links/{}/stats", codes[2]))
-        .await;
+    let (_, s) = env.get_json(&format!("/api/v1/links/{}/stats", codes[2])).await;
     assert_eq!(s["unique_clicks"], 0, "a previewed link was not clicked");
     assert_eq!(s["first_click_at"], Value::Null);
 }
 
 async fn recent_clicks_newest_first_with_anonymised_ip(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/r"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/r"})).await["code"].as_str().unwrap().to_owned();
     tap(&env.http, &env.server, &code, WHATSAPP).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     tap(&env.http, &env.server, &code, IPHONE).await;
     stats_within_a_second(&env, &code, |s| s["hits"] == 2).await;
-    let (status, body) = env
-        .get_json(&format!("/api/v1/links/{code}/clicks?limit=50"))
-        .await;
+    let (status, body) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit=50")).await;
     assert_eq!(status, 200, "{body}");
     let clicks = body["clicks"].as_array().unwrap();
     assert_eq!(clicks.len(), 2);
@@ -184,14 +120,10 @@ async fn recent_clicks_newest_first_with_anonymised_ip(backend: Backend) {
     assert_eq!(clicks[1]["class"], "bot");
     assert_eq!(clicks[1]["reason"], "preview:whatsapp");
     assert!(clicks[0]["at"].as_str() >= clicks[1]["at"].as_str());
-    let (_, one) = env
-        .get_json(&format!("/api/v1/links/{code}/clicks?limit=1"))
-        .await;
+    let (_, one) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit=1")).await;
     assert_eq!(one["clicks"].as_array().unwrap().len(), 1);
     for bad in ["0", "x", "100000"] {
-        let (status, body) = env
-            .get_json(&format!("/api/v1/links/{code}/clicks?limit={bad}"))
-            .await;
+        let (status, body) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit={bad}")).await;
         assert_eq!(error_code(status, &body, 400), "INVALID_LIMIT");
     }
 }
@@ -202,12 +134,8 @@ async fn full_ip_and_trusted_proxy(backend: Backend) {
     config.keep_full_ip = true;
     config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     let env = Env::with_config(config, redis).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/ip"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/ip"})).await["code"].as_str().unwrap().to_owned();
     let via_proxy = env
         .http
         .get(env.url(&format!("/{code}")))
@@ -224,11 +152,7 @@ async fn full_ip_and_trusted_proxy(backend: Backend) {
 
 async fn opt_out_by_human_not_by_bot(backend: Backend) {
     let env = Env::new(backend).await;
-    let link = env
-        .create_link(
-            json!({"kind": "opt_out", "recipient": "+12025550999", "broadcast_id": "promo"}),
-        )
-        .await;
+    let link = env.create_link(json!({"kind": "opt_out", "recipient": "+12025550999", "broadcast_id": "promo"})).await;
     let code = link["code"].as_str().unwrap();
     for bot in [IMESSAGE_PREVIEW, WHATSAPP, "curl/8.5.0"] {
         assert_eq!(tap(&env.http, &env.server, code, bot).await, 200);
@@ -252,9 +176,7 @@ async fn opt_out_by_human_not_by_bot(backend: Backend) {
 
 async fn stats_routes_auth_and_isolation(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/s", "broadcast_id": "b1"}))
-        .await["code"]
+    let code = env.create_link(json!({"target_url": "https://example.com/s", "broadcast_id": "b1"})).await["code"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -280,41 +202,23 @@ async fn stats_routes_auth_and_isolation(backend: Backend) {
         assert_eq!(status, 200, "{path}");
     }
     let (_, other) = common::create_workspace(&env.http, &env.server, "other").await;
-    let (status, body) = send(
-        env.http
-            .get(env.url(&format!("/api/v1/links/{code}/stats")))
-            .bearer_auth(&other),
-    )
-    .await;
+    let (status, body) = send(env.http.get(env.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&other)).await;
     assert_eq!(error_code(status, &body, 404), "LINK_NOT_FOUND");
-    let (status, body) = send(
-        env.http
-            .get(env.url("/api/v1/broadcasts/b1/stats"))
-            .bearer_auth(&other),
-    )
-    .await;
+    let (status, body) = send(env.http.get(env.url("/api/v1/broadcasts/b1/stats")).bearer_auth(&other)).await;
     assert_eq!(error_code(status, &body, 404), "BROADCAST_NOT_FOUND");
-    let (status, body) = send(
-        env.http
-            .get(env.url("/api/v1/opt-outs"))
-            .bearer_auth(&other),
-    )
-    .await;
+    let (status, body) = send(env.http.get(env.url("/api/v1/opt-outs")).bearer_auth(&other)).await;
     assert_eq!((status, body), (200, json!({"opt_outs": []})));
 }
 
 async fn events_carry_hits_and_first_click(backend: Backend) {
     let redis = (backend == Backend::Redis).then(common::RedisServer::start);
     let sink = Arc::new(Collect::default());
-    let server =
-        common::TestServer::start_with_sink(common::config(redis.as_ref()), sink.clone()).await;
+    let server = common::TestServer::start_with_sink(common::config(redis.as_ref()), sink.clone()).await;
     let http = common::client();
     let (_, key) = common::create_workspace(&http, &server, "ev").await;
-    let (_, body) = send(
-        http.post(server.url("/api/v1/broadcasts/ev/links")).bearer_auth(&key).json(&json!({
-            "target_url": "https://example.com/ev", "recipients": [{"recipient": "+12025550100", "message_id": "m1"}]
-        })),
-    )
+    let (_, body) = send(http.post(server.url("/api/v1/broadcasts/ev/links")).bearer_auth(&key).json(&json!({
+        "target_url": "https://example.com/ev", "recipients": [{"recipient": "+12025550100", "message_id": "m1"}]
+    })))
     .await;
     let code = body["links"][0]["code"].as_str().unwrap().to_owned();
     let (_, optout) = send(
@@ -328,10 +232,7 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     tap(&http, &server, &code, ANDROID).await;
     tap(&http, &server, optout["code"].as_str().unwrap(), IPHONE).await;
     tap(&http, &server, optout["code"].as_str().unwrap(), IPHONE).await;
-    let all_in = eventually(Duration::from_secs(2), || async {
-        sink.0.lock().unwrap().len() >= 3
-    })
-    .await;
+    let all_in = eventually(Duration::from_secs(2), || async { sink.0.lock().unwrap().len() >= 3 }).await;
     assert!(all_in);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = sink.0.lock().unwrap().clone();
@@ -342,21 +243,16 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     );
     let clicks: Vec<_> = events
         .iter()
-        .filter_map(|e| {
-            if let Event::Click { click, tally } = e {
-                Some((click, tally))
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let Event::Click { click, tally } = e { Some((click, tally)) } else { None })
         .collect();
     assert_eq!(clicks.len(), 2);
     assert_eq!((clicks[0].1.human_hits, clicks[0].1.first_click), (1, true));
-    assert_eq!(
-        (clicks[1].1.human_hits, clicks[1].1.first_click),
-        (2, false)
-    );
+    assert_eq!((clicks[1].1.human_hits, clicks[1].1.first_click), (2, false));
     assert_eq!(clicks[0].0.recipient.as_deref(), Some("+12025550100"));
-    assert!(events.iter().any(|e| matches!(e, Event::OptOut { click } if click.recipient.as_deref() == Some("+12025550100"))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::OptOut { click } if click.recipient.as_deref() == Some("+12025550100")))
+    );
     server.stop().await.unwrap();
 }

@@ -50,64 +50,30 @@ async fn create_then_redirect(backend: Backend) {
     assert_eq!(link["message_ref"], "D701");
     assert_eq!(link["kind"], "redirect");
 
-    let resp = env
-        .http
-        .get(env.url(&format!("/{code}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.http.get(env.url(&format!("/{code}"))).send().await.unwrap();
     assert_eq!(resp.status(), 302);
-    assert_eq!(
-        resp.headers()["location"],
-        "https://example.com/fall?utm=sms"
-    );
+    assert_eq!(resp.headers()["location"], "https://example.com/fall?utm=sms");
     assert_eq!(resp.headers()["cache-control"], "private, max-age=0");
     // Served again from the cache: same answer.
-    assert_eq!(
-        env.hit(code).await,
-        (302, Some("https://example.com/fall?utm=sms".into()))
-    );
+    assert_eq!(env.hit(code).await, (302, Some("https://example.com/fall?utm=sms".into())));
 }
 
 async fn head_redirects_without_body(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/h"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let resp = env
-        .http
-        .head(env.url(&format!("/{code}")))
-        .send()
-        .await
-        .unwrap();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/h"})).await["code"].as_str().unwrap().to_owned();
+    let resp = env.http.head(env.url(&format!("/{code}"))).send().await.unwrap();
     assert_eq!(resp.status(), 302);
     assert_eq!(resp.headers()["location"], "https://example.com/h");
     assert_eq!(resp.headers()["cache-control"], "private, max-age=0");
     assert!(resp.bytes().await.unwrap().is_empty());
-    let resp = env
-        .http
-        .post(env.url(&format!("/{code}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.http.post(env.url(&format!("/{code}"))).send().await.unwrap();
     assert_eq!(resp.status(), 405);
 }
 
 async fn unknown_and_malformed_codes_are_404(backend: Backend) {
     let env = Env::new(backend).await;
-    for path in [
-        "/zzzzzzzz",
-        "/zzzzzzzz",
-        "/short",
-        "/waytoolongcode123",
-        "/bad%20code",
-        "/a/b/c",
-        "/",
-        "/~~~~~~~~",
-    ] {
+    for path in ["/zzzzzzzz", "/zzzzzzzz", "/short", "/waytoolongcode123", "/bad%20code", "/a/b/c", "/", "/~~~~~~~~"] {
         let resp = env.http.get(env.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{path}");
         assert!(resp.headers().get("location").is_none());
@@ -116,19 +82,10 @@ async fn unknown_and_malformed_codes_are_404(backend: Backend) {
 
 async fn disable_answers_410(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/d"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/d"})).await["code"].as_str().unwrap().to_owned();
     assert_eq!(env.hit(&code).await.0, 302); // now cached
-    let (status, body) = send(
-        env.http
-            .delete(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(&env.key),
-    )
-    .await;
+    let (status, body) = send(env.http.delete(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(&env.key)).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(env.hit(&code).await, (410, None));
     let (status, link) = env.get_json(&format!("/api/v1/links/{code}")).await;
@@ -136,50 +93,33 @@ async fn disable_answers_410(backend: Backend) {
     assert_eq!(link["status"], "disabled");
     assert!(link["disabled_at"].is_string());
     // Disabling twice is fine.
-    let (status, _) = send(
-        env.http
-            .delete(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(&env.key),
-    )
-    .await;
+    let (status, _) = send(env.http.delete(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(&env.key)).await;
     assert_eq!(status, 204);
     // An unknown code cannot be disabled.
-    let (status, body) = send(
-        env.http
-            .delete(env.url("/api/v1/links/zzzzzzzz"))
-            .bearer_auth(&env.key),
-    )
-    .await;
+    let (status, body) = send(env.http.delete(env.url("/api/v1/links/zzzzzzzz")).bearer_auth(&env.key)).await;
     assert_eq!(error_code(status, &body, 404), "LINK_NOT_FOUND");
 }
 
 async fn expired_link_answers_410(backend: Backend) {
     let env = Env::new(backend).await;
     let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1200);
-    let link = env
-        .create_link(
-            json!({"target_url": "https://example.com/e", "expires_at": expires.to_rfc3339()}),
-        )
-        .await;
+    let link =
+        env.create_link(json!({"target_url": "https://example.com/e", "expires_at": expires.to_rfc3339()})).await;
     let code = link["code"].as_str().unwrap();
     assert!(link["expires_at"].is_string());
     assert_eq!(env.hit(code).await.0, 302);
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(2100)).await;
     assert_eq!(env.hit(code).await, (410, None));
-    assert_eq!(
-        env.get_json(&format!("/api/v1/links/{code}")).await.1["status"],
-        "expired"
-    );
+    assert_eq!(env.get_json(&format!("/api/v1/links/{code}")).await.1["status"], "expired");
 }
 
 async fn get_link_shows_counters_and_fields(backend: Backend) {
     let env = Env::new(backend).await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/g", "recipient": "+61481074191"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/g", "recipient": "+61481074191"})).await["code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let (status, link) = env.get_json(&format!("/api/v1/links/{code}")).await;
     assert_eq!(status, 200, "{link}");
     assert_eq!(link["code"], code.as_str());
@@ -204,66 +144,27 @@ async fn target_and_recipient_validation(backend: Backend) {
         json!(""),
     ];
     for target in bad_targets {
-        let (status, body) = env
-            .post("/api/v1/links", json!({ "target_url": target }))
-            .await;
-        assert_eq!(
-            error_code(status, &body, 400),
-            "INVALID_TARGET_URL",
-            "{target}"
-        );
+        let (status, body) = env.post("/api/v1/links", json!({ "target_url": target })).await;
+        assert_eq!(error_code(status, &body, 400), "INVALID_TARGET_URL", "{target}");
+    }
+    let (status, body) = env.post("/api/v1/links", json!({ "recipient": "+12025550293" })).await;
+    assert_eq!(error_code(status, &body, 400), "INVALID_TARGET_URL", "target_url is required");
+    for recipient in [json!("2025550293"), json!("+1 202 555 0293"), json!("+0123"), json!(12025550293_u64)] {
+        let (status, body) =
+            env.post("/api/v1/links", json!({"target_url": "https://example.com", "recipient": recipient})).await;
+        assert_eq!(error_code(status, &body, 400), "INVALID_RECIPIENT", "{recipient}");
     }
     let (status, body) = env
-        .post("/api/v1/links", json!({ "recipient": "+12025550293" }))
-        .await;
-    assert_eq!(
-        error_code(status, &body, 400),
-        "INVALID_TARGET_URL",
-        "target_url is required"
-    );
-    for recipient in [
-        json!("2025550293"),
-        json!("+1 202 555 0293"),
-        json!("+0123"),
-        json!(12025550293_u64),
-    ] {
-        let (status, body) = env
-            .post(
-                "/api/v1/links",
-                json!({"target_url": "https://example.com", "recipient": recipient}),
-            )
-            .await;
-        assert_eq!(
-            error_code(status, &body, 400),
-            "INVALID_RECIPIENT",
-            "{recipient}"
-        );
-    }
-    let (status, body) = env
-        .post(
-            "/api/v1/links",
-            json!({"target_url": "https://example.com", "expires_at": "2000-01-01T00:00:00Z"}),
-        )
+        .post("/api/v1/links", json!({"target_url": "https://example.com", "expires_at": "2000-01-01T00:00:00Z"}))
         .await;
     assert_eq!(error_code(status, &body, 400), "INVALID_EXPIRES_AT");
-    let (status, body) = env
-        .post(
-            "/api/v1/links",
-            json!({"target_url": "https://example.com", "kind": "x"}),
-        )
-        .await;
+    let (status, body) = env.post("/api/v1/links", json!({"target_url": "https://example.com", "kind": "x"})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_KIND");
 }
 
 async fn bad_bodies(backend: Backend) {
     let env = Env::new(backend).await;
-    for raw in [
-        "{not json",
-        "",
-        "[1,2]",
-        "\"text\"",
-        "{\"target_url\": \"https://e.com\"",
-    ] {
+    for raw in ["{not json", "", "[1,2]", "\"text\"", "{\"target_url\": \"https://e.com\""] {
         let (status, body) = send(
             env.http
                 .post(env.url("/api/v1/links"))
@@ -274,17 +175,8 @@ async fn bad_bodies(backend: Backend) {
         .await;
         assert_eq!(error_code(status, &body, 400), "INVALID_BODY", "{raw:?}");
     }
-    let huge = format!(
-        "{{\"target_url\": \"https://e.com/{}\"}}",
-        "a".repeat(2 * 1024 * 1024)
-    );
-    let (status, body) = send(
-        env.http
-            .post(env.url("/api/v1/links"))
-            .bearer_auth(&env.key)
-            .body(huge),
-    )
-    .await;
+    let huge = format!("{{\"target_url\": \"https://e.com/{}\"}}", "a".repeat(2 * 1024 * 1024));
+    let (status, body) = send(env.http.post(env.url("/api/v1/links")).bearer_auth(&env.key).body(huge)).await;
     assert_eq!(error_code(status, &body, 413), "PAYLOAD_TOO_LARGE");
 }
 
@@ -294,30 +186,13 @@ async fn auth_and_permissions(backend: Backend) {
     // No credentials, a wrong key, a wrong scheme: 401.
     let (status, body) = send(env.http.post(env.url("/api/v1/links")).json(&target)).await;
     assert_eq!(error_code(status, &body, 401), "UNAUTHORIZED");
-    let (status, body) = send(
-        env.http
-            .post(env.url("/api/v1/links"))
-            .bearer_auth("lhk_wrong")
-            .json(&target),
-    )
-    .await;
+    let (status, body) = send(env.http.post(env.url("/api/v1/links")).bearer_auth("lhk_wrong").json(&target)).await;
     assert_eq!(error_code(status, &body, 401), "UNAUTHORIZED");
-    let (status, _) = send(
-        env.http
-            .post(env.url("/api/v1/links"))
-            .basic_auth("u", Some(&env.key))
-            .json(&target),
-    )
-    .await;
+    let (status, _) = send(env.http.post(env.url("/api/v1/links")).basic_auth("u", Some(&env.key)).json(&target)).await;
     assert_eq!(status, 401);
     // X-API-Key works like Bearer.
-    let (status, link) = send(
-        env.http
-            .post(env.url("/api/v1/links"))
-            .header("x-api-key", &env.key)
-            .json(&target),
-    )
-    .await;
+    let (status, link) =
+        send(env.http.post(env.url("/api/v1/links")).header("x-api-key", &env.key).json(&target)).await;
     assert_eq!(status, 201, "{link}");
     let code = link["code"].as_str().unwrap();
 
@@ -331,27 +206,11 @@ async fn auth_and_permissions(backend: Backend) {
     .await;
     assert_eq!(status, 201, "{body}");
     let stats_key = body["api_key"].as_str().unwrap();
-    let (status, body) = send(
-        env.http
-            .post(env.url("/api/v1/links"))
-            .bearer_auth(stats_key)
-            .json(&target),
-    )
-    .await;
+    let (status, body) = send(env.http.post(env.url("/api/v1/links")).bearer_auth(stats_key).json(&target)).await;
     assert_eq!(error_code(status, &body, 403), "FORBIDDEN");
-    let (status, body) = send(
-        env.http
-            .get(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(stats_key),
-    )
-    .await;
+    let (status, body) = send(env.http.get(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(stats_key)).await;
     assert_eq!(error_code(status, &body, 403), "FORBIDDEN");
-    let (status, _) = send(
-        env.http
-            .delete(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(stats_key),
-    )
-    .await;
+    let (status, _) = send(env.http.delete(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(stats_key)).await;
     assert_eq!(status, 403);
 
     // A read-only key reads but cannot disable.
@@ -363,87 +222,43 @@ async fn auth_and_permissions(backend: Backend) {
     )
     .await;
     let read_key = body["api_key"].as_str().unwrap();
-    let (status, _) = send(
-        env.http
-            .get(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(read_key),
-    )
-    .await;
+    let (status, _) = send(env.http.get(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(read_key)).await;
     assert_eq!(status, 200);
-    let (status, _) = send(
-        env.http
-            .delete(env.url(&format!("/api/v1/links/{code}")))
-            .bearer_auth(read_key),
-    )
-    .await;
+    let (status, _) = send(env.http.delete(env.url(&format!("/api/v1/links/{code}"))).bearer_auth(read_key)).await;
     assert_eq!(status, 403);
-    assert_eq!(
-        env.hit(code).await.0,
-        302,
-        "the failed disable changed nothing"
-    );
+    assert_eq!(env.hit(code).await.0, 302, "the failed disable changed nothing");
 }
 
 async fn workspaces_are_isolated(backend: Backend) {
     let env = Env::new(backend).await;
     let (_, other_key) = common::create_workspace(&env.http, &env.server, "globex").await;
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/mine"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/mine"})).await["code"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/links/{code}");
     let (status, body) = send(env.http.get(env.url(&path)).bearer_auth(&other_key)).await;
     assert_eq!(error_code(status, &body, 404), "LINK_NOT_FOUND");
-    let (unknown_status, unknown_body) = send(
-        env.http
-            .get(env.url("/api/v1/links/zzzzzzzz"))
-            .bearer_auth(&other_key),
-    )
-    .await;
+    let (unknown_status, unknown_body) =
+        send(env.http.get(env.url("/api/v1/links/zzzzzzzz")).bearer_auth(&other_key)).await;
     assert_eq!(unknown_status, 404);
-    assert_eq!(
-        body["code"], unknown_body["code"],
-        "another workspace's link looks exactly like no link"
-    );
+    assert_eq!(body["code"], unknown_body["code"], "another workspace's link looks exactly like no link");
     assert_eq!(body["message"], unknown_body["message"]);
     let (status, _) = send(env.http.delete(env.url(&path)).bearer_auth(&other_key)).await;
     assert_eq!(status, 404);
-    assert_eq!(
-        env.hit(&code).await.0,
-        302,
-        "the other workspace could not disable it"
-    );
+    assert_eq!(env.hit(&code).await.0, 302, "the other workspace could not disable it");
 }
 
 async fn admin_routes(backend: Backend) {
     let env = Env::new(backend).await;
-    let create = |token: &str| {
-        env.http
-            .post(env.url("/api/v1/workspaces"))
-            .bearer_auth(token)
-            .json(&json!({"name": "x"}))
-    };
+    let create =
+        |token: &str| env.http.post(env.url("/api/v1/workspaces")).bearer_auth(token).json(&json!({"name": "x"}));
     let (status, body) = send(create("wrong-token")).await;
     assert_eq!(error_code(status, &body, 401), "UNAUTHORIZED");
     let (status, _) = send(create(&env.key)).await;
     assert_eq!(status, 401, "a workspace key is not an admin credential");
-    let (status, body) = send(
-        env.http
-            .post(env.url("/api/v1/workspaces"))
-            .json(&json!({"name": "x"})),
-    )
-    .await;
+    let (status, body) = send(env.http.post(env.url("/api/v1/workspaces")).json(&json!({"name": "x"}))).await;
     assert_eq!(error_code(status, &body, 401), "UNAUTHORIZED");
     for bad in [json!({}), json!({"name": ""}), json!({"name": 5})] {
-        let (status, body) = send(
-            env.http
-                .post(env.url("/api/v1/workspaces"))
-                .bearer_auth(ADMIN)
-                .json(&bad),
-        )
-        .await;
+        let (status, body) = send(env.http.post(env.url("/api/v1/workspaces")).bearer_auth(ADMIN).json(&bad)).await;
         assert_eq!(error_code(status, &body, 400), "INVALID_NAME", "{bad}");
     }
     let (status, body) = send(create(ADMIN)).await;
@@ -460,23 +275,9 @@ async fn admin_routes(backend: Backend) {
     )
     .await;
     assert_eq!(error_code(status, &body, 404), "WORKSPACE_NOT_FOUND");
-    for bad in [
-        json!({"permissions": []}),
-        json!({"permissions": ["root"]}),
-        json!({}),
-    ] {
-        let (status, body) = send(
-            env.http
-                .post(env.url(&keys(&env.workspace_id)))
-                .bearer_auth(ADMIN)
-                .json(&bad),
-        )
-        .await;
-        assert_eq!(
-            error_code(status, &body, 400),
-            "INVALID_PERMISSIONS",
-            "{bad}"
-        );
+    for bad in [json!({"permissions": []}), json!({"permissions": ["root"]}), json!({})] {
+        let (status, body) = send(env.http.post(env.url(&keys(&env.workspace_id))).bearer_auth(ADMIN).json(&bad)).await;
+        assert_eq!(error_code(status, &body, 400), "INVALID_PERMISSIONS", "{bad}");
     }
     let (status, body) = send(
         env.http
@@ -491,21 +292,15 @@ async fn admin_routes(backend: Backend) {
 async fn broadcast_of_100k_recipients(backend: Backend) {
     let env = Env::new(backend).await;
     const N: usize = 100_000;
-    let recipients: Vec<Value> = (0..N)
-        .map(|i| json!({"recipient": format!("+1202{:07}", i), "message_id": format!("m-{i}")}))
-        .collect();
+    let recipients: Vec<Value> =
+        (0..N).map(|i| json!({"recipient": format!("+1202{:07}", i), "message_id": format!("m-{i}")})).collect();
     let (status, body) = env
         .post(
             "/api/v1/broadcasts/spring_sale/links",
             json!({"target_url": "https://shop.example/spring", "recipients": recipients, "sender": "ACME"}),
         )
         .await;
-    assert_eq!(
-        status,
-        201,
-        "{}",
-        &body.to_string()[..200.min(body.to_string().len())]
-    );
+    assert_eq!(status, 201, "{}", &body.to_string()[..200.min(body.to_string().len())]);
     assert_eq!(body["broadcast_id"], "spring_sale");
     let links = body["links"].as_array().unwrap();
     assert_eq!(links.len(), N);
@@ -519,10 +314,7 @@ async fn broadcast_of_100k_recipients(backend: Backend) {
     assert_eq!(codes.len(), N, "one distinct code per recipient");
     for i in [0, 1, N / 2, N - 1] {
         let code = links[i]["code"].as_str().unwrap();
-        assert_eq!(
-            env.hit(code).await,
-            (302, Some("https://shop.example/spring".into()))
-        );
+        assert_eq!(env.hit(code).await, (302, Some("https://shop.example/spring".into())));
         let (_, link) = env.get_json(&format!("/api/v1/links/{code}")).await;
         assert_eq!(link["broadcast_id"], "spring_sale");
         assert_eq!(link["message_id"], format!("m-{i}"));
@@ -542,37 +334,23 @@ async fn broadcast_of_100k_recipients(backend: Backend) {
 async fn broadcast_validation(backend: Backend) {
     let env = Env::new(backend).await;
     let path = "/api/v1/broadcasts/b1/links";
-    let (status, body) = env
-        .post(
-            path,
-            json!({"target_url": "https://e.com", "recipients": []}),
-        )
-        .await;
+    let (status, body) = env.post(path, json!({"target_url": "https://e.com", "recipients": []})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_RECIPIENTS");
     let (status, body) = env.post(path, json!({"target_url": "https://e.com"})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_RECIPIENTS");
     let (status, body) = env
-        .post(path, json!({"target_url": "https://e.com", "recipients": [{"recipient": "+12025550100"}, {"recipient": "555"}]}))
+        .post(
+            path,
+            json!({"target_url": "https://e.com", "recipients": [{"recipient": "+12025550100"}, {"recipient": "555"}]}),
+        )
         .await;
     assert_eq!(error_code(status, &body, 400), "INVALID_RECIPIENT");
-    assert!(
-        body["message"].as_str().unwrap().contains("recipients[1]"),
-        "{body}"
-    );
-    let (status, body) = env
-        .post(
-            path,
-            json!({"target_url": "javascript:x", "recipients": [{"recipient": "+12025550100"}]}),
-        )
-        .await;
+    assert!(body["message"].as_str().unwrap().contains("recipients[1]"), "{body}");
+    let (status, body) =
+        env.post(path, json!({"target_url": "javascript:x", "recipients": [{"recipient": "+12025550100"}]})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_TARGET_URL");
     // Nothing was created by the failed requests.
-    let (status, body) = env
-        .post(
-            path,
-            json!({"target_url": "https://e.com", "recipients": "x"}),
-        )
-        .await;
+    let (status, body) = env.post(path, json!({"target_url": "https://e.com", "recipients": "x"})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_BODY");
 }
 
@@ -588,19 +366,10 @@ async fn shorten_message_text(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     let out = body["text"].as_str().unwrap();
     let links = body["links"].as_array().unwrap();
-    assert_eq!(
-        links.len(),
-        3,
-        "two distinct URLs and one opt-out link: {body}"
-    );
+    assert_eq!(links.len(), 3, "two distinct URLs and one opt-out link: {body}");
     let short = |i: usize| links[i]["short_url"].as_str().unwrap().to_owned();
-    let expected = format!(
-        "Fall sale! {}. Also ({}), {} again. Reply STOP or {}",
-        short(0),
-        short(1),
-        short(0),
-        short(2)
-    );
+    let expected =
+        format!("Fall sale! {}. Also ({}), {} again. Reply STOP or {}", short(0), short(1), short(0), short(2));
     assert_eq!(out, expected);
     assert_eq!(links[0]["target_url"], "https://shop.example/fall");
     assert_eq!(links[1]["target_url"], "https://shop.example/kids");
@@ -609,55 +378,25 @@ async fn shorten_message_text(backend: Backend) {
         assert_eq!(link["recipient"], "+12025550293");
         assert_eq!(link["broadcast_id"], "fall");
     }
-    assert_eq!(
-        env.hit(links[1]["code"].as_str().unwrap())
-            .await
-            .1
-            .as_deref(),
-        Some("https://shop.example/kids")
-    );
+    assert_eq!(env.hit(links[1]["code"].as_str().unwrap()).await.1.as_deref(), Some("https://shop.example/kids"));
 
-    let (status, body) = env
-        .post("/api/v1/messages/shorten", json!({"text": "no links"}))
-        .await;
+    let (status, body) = env.post("/api/v1/messages/shorten", json!({"text": "no links"})).await;
     assert_eq!(status, 200);
     assert_eq!(body["text"], "no links");
     assert_eq!(body["links"], json!([]));
-    let (status, body) = env
-        .post(
-            "/api/v1/messages/shorten",
-            json!({"recipient": "+12025550293"}),
-        )
-        .await;
+    let (status, body) = env.post("/api/v1/messages/shorten", json!({"recipient": "+12025550293"})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_TEXT");
-    let (status, body) = env
-        .post(
-            "/api/v1/messages/shorten",
-            json!({"text": "x", "recipient": "bad"}),
-        )
-        .await;
+    let (status, body) = env.post("/api/v1/messages/shorten", json!({"text": "x", "recipient": "bad"})).await;
     assert_eq!(error_code(status, &body, 400), "INVALID_RECIPIENT");
 }
 
 async fn opt_out_link_page(backend: Backend) {
     let env = Env::new(backend).await;
-    let link = env
-        .create_link(json!({"kind": "opt_out", "recipient": "+12025550293"}))
-        .await;
+    let link = env.create_link(json!({"kind": "opt_out", "recipient": "+12025550293"})).await;
     assert_eq!(link["kind"], "opt_out");
-    let resp = env
-        .http
-        .get(link["short_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp = env.http.get(link["short_url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(resp.text().await.unwrap().contains("unsubscribed"));
 }
 
@@ -673,35 +412,12 @@ async fn unknown_routes_and_methods(backend: Backend) {
 
 async fn ops_endpoints(backend: Backend) {
     let env = Env::new(backend).await;
-    assert_eq!(
-        env.http
-            .get(env.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(env.http.get(env.url("/healthz")).send().await.unwrap().status(), 200);
     let ready = env.http.get(env.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let code = env
-        .create_link(json!({"target_url": "https://example.com/m"}))
-        .await["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/m"})).await["code"].as_str().unwrap().to_owned();
     env.hit(&code).await;
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("linkhit_redirects_total{status=\"302\"}"),
-        "{metrics}"
-    );
+    let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("linkhit_redirects_total{status=\"302\"}"), "{metrics}");
 }

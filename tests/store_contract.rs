@@ -32,98 +32,50 @@ fn link(code: &str, target: &str) -> Link {
 
 async fn insert_never_overwrites(store: SharedStore) {
     let first = link("AAAAAAAA", "https://example.com/first");
-    assert_eq!(
-        store
-            .insert_links(std::slice::from_ref(&first))
-            .await
-            .unwrap(),
-        vec![true]
-    );
+    assert_eq!(store.insert_links(std::slice::from_ref(&first)).await.unwrap(), vec![true]);
     // The same code again, and twice within one batch: only new codes are taken.
     let batch = vec![
         link("AAAAAAAA", "https://example.com/second"),
         link("BBBBBBBB", "https://example.com/b1"),
         link("BBBBBBBB", "https://example.com/b2"),
     ];
+    assert_eq!(store.insert_links(&batch).await.unwrap(), vec![false, true, false]);
     assert_eq!(
-        store.insert_links(&batch).await.unwrap(),
-        vec![false, true, false]
-    );
-    assert_eq!(
-        store
-            .get_link("AAAAAAAA")
-            .await
-            .unwrap()
-            .unwrap()
-            .target_url
-            .as_deref(),
+        store.get_link("AAAAAAAA").await.unwrap().unwrap().target_url.as_deref(),
         Some("https://example.com/first")
     );
     assert_eq!(
-        store
-            .get_link("BBBBBBBB")
-            .await
-            .unwrap()
-            .unwrap()
-            .target_url
-            .as_deref(),
+        store.get_link("BBBBBBBB").await.unwrap().unwrap().target_url.as_deref(),
         Some("https://example.com/b1")
     );
 }
 
 async fn collisions_get_fresh_codes(store: SharedStore) {
-    store
-        .insert_links(&[link("CCCCCCCC", "https://example.com/old")])
-        .await
-        .unwrap();
+    store.insert_links(&[link("CCCCCCCC", "https://example.com/old")]).await.unwrap();
     let mut links = vec![
         link("CCCCCCCC", "https://example.com/new"),
         link("DDDDDDDD", "https://example.com/d"),
         link("DDDDDDDD", "https://example.com/d2"),
     ];
-    insert_unique(store.as_ref(), &mut links, &CodePolicy::new(8, 8))
-        .await
-        .unwrap();
-    assert_ne!(
-        links[0].code, "CCCCCCCC",
-        "the colliding link got a new code"
-    );
+    insert_unique(store.as_ref(), &mut links, &CodePolicy::new(8, 8)).await.unwrap();
+    assert_ne!(links[0].code, "CCCCCCCC", "the colliding link got a new code");
     assert_eq!(links[1].code, "DDDDDDDD");
     assert_ne!(links[2].code, "DDDDDDDD");
     for l in &links {
-        assert_eq!(
-            store.get_link(&l.code).await.unwrap().unwrap().target_url,
-            l.target_url
-        );
+        assert_eq!(store.get_link(&l.code).await.unwrap().unwrap().target_url, l.target_url);
     }
     assert_eq!(
-        store
-            .get_link("CCCCCCCC")
-            .await
-            .unwrap()
-            .unwrap()
-            .target_url
-            .as_deref(),
+        store.get_link("CCCCCCCC").await.unwrap().unwrap().target_url.as_deref(),
         Some("https://example.com/old")
     );
 }
 
 async fn disable_is_idempotent(store: SharedStore) {
-    store
-        .insert_links(&[link("EEEEEEEE", "https://example.com/e")])
-        .await
-        .unwrap();
+    store.insert_links(&[link("EEEEEEEE", "https://example.com/e")]).await.unwrap();
     let t1 = Utc::now();
     let first = store.disable_link("EEEEEEEE", t1).await.unwrap().unwrap();
-    let second = store
-        .disable_link("EEEEEEEE", t1 + chrono::Duration::seconds(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        first.disabled_at, second.disabled_at,
-        "the first disable wins"
-    );
+    let second = store.disable_link("EEEEEEEE", t1 + chrono::Duration::seconds(5)).await.unwrap().unwrap();
+    assert_eq!(first.disabled_at, second.disabled_at, "the first disable wins");
     assert!(store.disable_link("NOTTHERE", t1).await.unwrap().is_none());
 }
 
@@ -153,22 +105,11 @@ async fn redis_invalidations_reach_subscribers() {
     let shutdown = CancellationToken::new();
     let mut feed = linkhit::store::Store::invalidations(&b, shutdown.clone()).unwrap();
     // The first message after subscribing says "you may have missed something".
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.unwrap(), Some(Invalidation::All));
+    linkhit::store::Store::insert_links(&a, &[link("FFFFFFFF", "https://example.com/f")]).await.unwrap();
+    linkhit::store::Store::disable_link(&a, "FFFFFFFF", Utc::now()).await.unwrap();
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), feed.recv())
-            .await
-            .unwrap(),
-        Some(Invalidation::All)
-    );
-    linkhit::store::Store::insert_links(&a, &[link("FFFFFFFF", "https://example.com/f")])
-        .await
-        .unwrap();
-    linkhit::store::Store::disable_link(&a, "FFFFFFFF", Utc::now())
-        .await
-        .unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), feed.recv())
-            .await
-            .unwrap(),
+        tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.unwrap(),
         Some(Invalidation::Code("FFFFFFFF".into()))
     );
     shutdown.cancel();

@@ -22,9 +22,7 @@ pub async fn create_workspace(app: &App, req: Request<Incoming>) -> ApiResult {
     authorize_admin(app, req.headers())?;
     let body: CreateWorkspace = parse_json(&read_body(req, app.config.max_body_bytes).await?)?;
     let name = match body.name {
-        Some(serde_json::Value::String(name))
-            if crate::validate::is_reasonable_text(name.trim(), 200) =>
-        {
+        Some(serde_json::Value::String(name)) if crate::validate::is_reasonable_text(name.trim(), 200) => {
             name.trim().to_owned()
         }
         _ => {
@@ -34,11 +32,7 @@ pub async fn create_workspace(app: &App, req: Request<Incoming>) -> ApiResult {
             ));
         }
     };
-    let workspace = Workspace {
-        id: auth::new_workspace_id(),
-        name,
-        created_at: Utc::now(),
-    };
+    let workspace = Workspace { id: auth::new_workspace_id(), name, created_at: Utc::now() };
     app.store.create_workspace(&workspace).await?;
     let api_key = issue_key(app, &workspace.id, Permission::ALL.to_vec()).await?;
     json(
@@ -64,10 +58,7 @@ pub async fn create_key(app: &App, req: Request<Incoming>, workspace_id: &str) -
     let body: CreateKey = parse_json(&read_body(req, app.config.max_body_bytes).await?)?;
     let permissions = parse_permissions(body.permissions)?;
     if app.store.get_workspace(workspace_id).await?.is_none() {
-        return Err(ApiError::not_found(
-            "WORKSPACE_NOT_FOUND",
-            "no such workspace",
-        ));
+        return Err(ApiError::not_found("WORKSPACE_NOT_FOUND", "no such workspace"));
     }
     let api_key = issue_key(app, workspace_id, permissions.clone()).await?;
     json(
@@ -98,11 +89,8 @@ fn parse_permissions(raw: Option<serde_json::Value>) -> Result<Vec<Permission>, 
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let name = item
-            .as_str()
-            .ok_or_else(|| invalid(format!("{item} is not a string")))?;
-        let permission = Permission::parse(name)
-            .ok_or_else(|| invalid(format!("unknown permission `{name}`")))?;
+        let name = item.as_str().ok_or_else(|| invalid(format!("{item} is not a string")))?;
+        let permission = Permission::parse(name).ok_or_else(|| invalid(format!("unknown permission `{name}`")))?;
         if !out.contains(&permission) {
             out.push(permission);
         }
@@ -110,11 +98,7 @@ fn parse_permissions(raw: Option<serde_json::Value>) -> Result<Vec<Permission>, 
     Ok(out)
 }
 
-async fn issue_key(
-    app: &App,
-    workspace_id: &str,
-    permissions: Vec<Permission>,
-) -> Result<String, ApiError> {
+async fn issue_key(app: &App, workspace_id: &str, permissions: Vec<Permission>) -> Result<String, ApiError> {
     let raw = auth::new_api_key();
     let record = ApiKeyRecord {
         key_hash: auth::hash_key(&raw),
@@ -135,30 +119,11 @@ mod tests {
 
     #[test]
     fn permission_lists() {
-        assert_eq!(
-            parse_permissions(Some(json!(["stats.read"]))).unwrap(),
-            vec![Permission::StatsRead]
-        );
-        assert_eq!(
-            parse_permissions(Some(json!(["links.read", "links.read"]))).unwrap(),
-            vec![Permission::LinksRead]
-        );
-        for bad in [
-            json!([]),
-            json!(["admin"]),
-            json!("links.read"),
-            json!([1]),
-            json!(null),
-        ] {
-            assert_eq!(
-                parse_permissions(Some(bad.clone())).unwrap_err().code,
-                "INVALID_PERMISSIONS",
-                "{bad}"
-            );
+        assert_eq!(parse_permissions(Some(json!(["stats.read"]))).unwrap(), vec![Permission::StatsRead]);
+        assert_eq!(parse_permissions(Some(json!(["links.read", "links.read"]))).unwrap(), vec![Permission::LinksRead]);
+        for bad in [json!([]), json!(["admin"]), json!("links.read"), json!([1]), json!(null)] {
+            assert_eq!(parse_permissions(Some(bad.clone())).unwrap_err().code, "INVALID_PERMISSIONS", "{bad}");
         }
-        assert_eq!(
-            parse_permissions(None).unwrap_err().code,
-            "INVALID_PERMISSIONS"
-        );
+        assert_eq!(parse_permissions(None).unwrap_err().code, "INVALID_PERMISSIONS");
     }
 }

@@ -79,16 +79,12 @@ fn parse_kind(raw: &Value) -> Result<LinkKind, ApiError> {
         Value::Null => Ok(LinkKind::Redirect),
         Value::String(s) if s == "redirect" => Ok(LinkKind::Redirect),
         Value::String(s) if s == "opt_out" => Ok(LinkKind::OptOut),
-        _ => Err(ApiError::bad_request(
-            "INVALID_KIND",
-            "kind must be \"redirect\" or \"opt_out\"",
-        )),
+        _ => Err(ApiError::bad_request("INVALID_KIND", "kind must be \"redirect\" or \"opt_out\"")),
     }
 }
 
 fn parse_target(raw: &Value, required: bool) -> Result<Option<String>, ApiError> {
-    let err =
-        |e: validate::TargetUrlError| ApiError::bad_request("INVALID_TARGET_URL", e.to_string());
+    let err = |e: validate::TargetUrlError| ApiError::bad_request("INVALID_TARGET_URL", e.to_string());
     match raw {
         Value::Null if required => Err(err(validate::TargetUrlError::Missing)),
         Value::Null => Ok(None),
@@ -110,46 +106,28 @@ fn parse_recipient(raw: &Value) -> Result<Option<String>, ApiError> {
 
 /// An optional text attribute; integers are accepted and kept as their decimal text (senders and
 /// message ids are often numeric in SMS APIs).
-fn parse_attr(
-    raw: &Value,
-    field: &str,
-    code: &'static str,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
+fn parse_attr(raw: &Value, field: &str, code: &'static str, max: usize) -> Result<Option<String>, ApiError> {
     let text = match raw {
         Value::Null => return Ok(None),
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
         _ => {
-            return Err(ApiError::bad_request(
-                code,
-                format!("{field} must be a string"),
-            ));
+            return Err(ApiError::bad_request(code, format!("{field} must be a string")));
         }
     };
     if validate::is_reasonable_text(&text, max) {
         Ok(Some(text))
     } else {
-        Err(ApiError::bad_request(
-            code,
-            format!("{field} must be 1-{max} characters without control characters"),
-        ))
+        Err(ApiError::bad_request(code, format!("{field} must be 1-{max} characters without control characters")))
     }
 }
 
 fn parse_expires(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let err = || {
-        ApiError::bad_request(
-            "INVALID_EXPIRES_AT",
-            "expires_at must be a future RFC 3339 timestamp",
-        )
-    };
+    let err = || ApiError::bad_request("INVALID_EXPIRES_AT", "expires_at must be a future RFC 3339 timestamp");
     match raw {
         Value::Null => Ok(None),
         Value::String(s) => {
-            let at = DateTime::parse_from_rfc3339(s)
-                .map_err(|_| err())?
-                .with_timezone(&Utc);
+            let at = DateTime::parse_from_rfc3339(s).map_err(|_| err())?.with_timezone(&Utc);
             if at <= now { Err(err()) } else { Ok(Some(at)) }
         }
         _ => Err(err()),
@@ -162,26 +140,11 @@ impl LinkInput {
         Ok(Draft {
             kind,
             target_url: parse_target(&self.target_url, kind == LinkKind::Redirect)?,
-            broadcast_id: parse_attr(
-                &self.broadcast_id,
-                "broadcast_id",
-                "INVALID_BROADCAST_ID",
-                MAX_ID_LEN,
-            )?,
+            broadcast_id: parse_attr(&self.broadcast_id, "broadcast_id", "INVALID_BROADCAST_ID", MAX_ID_LEN)?,
             recipient: parse_recipient(&self.recipient)?,
-            message_id: parse_attr(
-                &self.message_id,
-                "message_id",
-                "INVALID_MESSAGE_ID",
-                MAX_ATTR_LEN,
-            )?,
+            message_id: parse_attr(&self.message_id, "message_id", "INVALID_MESSAGE_ID", MAX_ATTR_LEN)?,
             sender: parse_attr(&self.sender, "sender", "INVALID_SENDER", MAX_ATTR_LEN)?,
-            message_ref: parse_attr(
-                &self.message_ref,
-                "message_ref",
-                "INVALID_MESSAGE_REF",
-                MAX_ATTR_LEN,
-            )?,
+            message_ref: parse_attr(&self.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN)?,
             expires_at: parse_expires(&self.expires_at, now)?,
         })
     }
@@ -244,9 +207,7 @@ pub async fn create(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksWrite).await?;
     let input: LinkInput = parse_json(&read_body(req, app.config.max_body_bytes).await?)?;
     let now = Utc::now();
-    let mut links = [input
-        .validate(now)?
-        .into_link(app, &caller.workspace_id, now)];
+    let mut links = [input.validate(now)?.into_link(app, &caller.workspace_id, now)];
     store_links(app, &mut links).await?;
     json(StatusCode::CREATED, &view(app, &links[0], None))
 }
@@ -294,30 +255,20 @@ struct BroadcastLinkView<'a> {
 /// `POST /api/v1/broadcasts/{broadcast_id}/links`: one distinct code per recipient, in request order.
 pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &str) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksWrite).await?;
-    let broadcast_id = parse_attr(
-        &Value::String(broadcast_id.to_owned()),
-        "broadcast_id",
-        "INVALID_BROADCAST_ID",
-        MAX_ID_LEN,
-    )?
-    .unwrap_or_default();
+    let broadcast_id =
+        parse_attr(&Value::String(broadcast_id.to_owned()), "broadcast_id", "INVALID_BROADCAST_ID", MAX_ID_LEN)?
+            .unwrap_or_default();
     let body = read_body(req, app.config.max_bulk_body_bytes).await?;
     let mut input: BroadcastInput = parse_json(&body)?;
     drop(body);
     let recipients = input.recipients.take().unwrap_or_default();
     if recipients.is_empty() {
-        return Err(ApiError::bad_request(
-            "INVALID_RECIPIENTS",
-            "recipients must be a non-empty list",
-        ));
+        return Err(ApiError::bad_request("INVALID_RECIPIENTS", "recipients must be a non-empty list"));
     }
     if recipients.len() > app.config.max_bulk_recipients {
         return Err(ApiError::bad_request(
             "TOO_MANY_RECIPIENTS",
-            format!(
-                "at most {} recipients per request",
-                app.config.max_bulk_recipients
-            ),
+            format!("at most {} recipients per request", app.config.max_bulk_recipients),
         ));
     }
     let common = LinkInput {
@@ -334,40 +285,18 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
     base.broadcast_id = Some(broadcast_id.clone());
     let mut links = Vec::with_capacity(recipients.len());
     for (i, r) in recipients.iter().enumerate() {
-        let at = |e: ApiError| ApiError {
-            message: format!("recipients[{i}]: {}", e.message),
-            ..e
-        };
+        let at = |e: ApiError| ApiError { message: format!("recipients[{i}]: {}", e.message), ..e };
         let mut draft = base.clone();
         draft.recipient = Some(parse_recipient(&r.recipient).map_err(at)?.ok_or_else(|| {
-            ApiError::bad_request(
-                "INVALID_RECIPIENT",
-                format!("recipients[{i}]: recipient is required"),
-            )
+            ApiError::bad_request("INVALID_RECIPIENT", format!("recipients[{i}]: recipient is required"))
         })?);
-        if let Some(v) = parse_attr(
-            &r.message_id,
-            "message_id",
-            "INVALID_MESSAGE_ID",
-            MAX_ATTR_LEN,
-        )
-        .map_err(at)?
-        {
+        if let Some(v) = parse_attr(&r.message_id, "message_id", "INVALID_MESSAGE_ID", MAX_ATTR_LEN).map_err(at)? {
             draft.message_id = Some(v);
         }
-        if let Some(v) =
-            parse_attr(&r.sender, "sender", "INVALID_SENDER", MAX_ATTR_LEN).map_err(at)?
-        {
+        if let Some(v) = parse_attr(&r.sender, "sender", "INVALID_SENDER", MAX_ATTR_LEN).map_err(at)? {
             draft.sender = Some(v);
         }
-        if let Some(v) = parse_attr(
-            &r.message_ref,
-            "message_ref",
-            "INVALID_MESSAGE_REF",
-            MAX_ATTR_LEN,
-        )
-        .map_err(at)?
-        {
+        if let Some(v) = parse_attr(&r.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN).map_err(at)? {
             draft.message_ref = Some(v);
         }
         links.push(draft.into_link(app, &caller.workspace_id, now));
@@ -389,14 +318,7 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
         count: usize,
         links: Vec<BroadcastLinkView<'a>>,
     }
-    json(
-        StatusCode::CREATED,
-        &Out {
-            broadcast_id: &broadcast_id,
-            count: views.len(),
-            links: views,
-        },
-    )
+    json(StatusCode::CREATED, &Out { broadcast_id: &broadcast_id, count: views.len(), links: views })
 }
 
 #[derive(Deserialize)]
@@ -413,16 +335,10 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksWrite).await?;
     let mut input: ShortenInput = parse_json(&read_body(req, app.config.max_body_bytes).await?)?;
     let Value::String(message) = std::mem::take(&mut input.text) else {
-        return Err(ApiError::bad_request(
-            "INVALID_TEXT",
-            "text must be a string",
-        ));
+        return Err(ApiError::bad_request("INVALID_TEXT", "text must be a string"));
     };
     if message.chars().count() > MAX_TEXT_LEN {
-        return Err(ApiError::bad_request(
-            "INVALID_TEXT",
-            format!("text is longer than {MAX_TEXT_LEN} characters"),
-        ));
+        return Err(ApiError::bad_request("INVALID_TEXT", format!("text is longer than {MAX_TEXT_LEN} characters")));
     }
     // The text decides kind and target of each link.
     // Validated as the opt-out link; the URL links copy it with their own kind and target.
@@ -446,12 +362,11 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
     let mut links: Vec<Link> = targets
         .iter()
         .map(|(_, target)| {
-            Draft {
-                kind: LinkKind::Redirect,
-                target_url: Some(target.clone()),
-                ..base.clone()
-            }
-            .into_link(app, &caller.workspace_id, now)
+            Draft { kind: LinkKind::Redirect, target_url: Some(target.clone()), ..base.clone() }.into_link(
+                app,
+                &caller.workspace_id,
+                now,
+            )
         })
         .collect();
     if wants_opt_out {
@@ -471,18 +386,11 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
         }
     }
     let views: Vec<LinkView<'_>> = links.iter().map(|l| view(app, l, None)).collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "text": out, "links": views }),
-    )
+    json(StatusCode::OK, &serde_json::json!({ "text": out, "links": views }))
 }
 
 /// Loads a link of the caller's workspace; another workspace's link is indistinguishable from none.
-pub(super) async fn owned_link(
-    app: &App,
-    workspace_id: &str,
-    code: &str,
-) -> Result<Link, ApiError> {
+pub(super) async fn owned_link(app: &App, workspace_id: &str, code: &str) -> Result<Link, ApiError> {
     let not_found = || ApiError::not_found("LINK_NOT_FOUND", "no such link");
     if !app.resolver.codes().is_valid(code) {
         return Err(not_found());
@@ -525,67 +433,31 @@ mod tests {
         let cases = [
             (json!({}), "INVALID_TARGET_URL"),
             (json!({"target_url": 5}), "INVALID_TARGET_URL"),
-            (
-                json!({"target_url": "javascript:alert(1)"}),
-                "INVALID_TARGET_URL",
-            ),
-            (
-                json!({"target_url": "https://e.com", "recipient": "12345"}),
-                "INVALID_RECIPIENT",
-            ),
-            (
-                json!({"target_url": "https://e.com", "recipient": 12025550293_u64}),
-                "INVALID_RECIPIENT",
-            ),
-            (
-                json!({"target_url": "https://e.com", "kind": "banana"}),
-                "INVALID_KIND",
-            ),
-            (
-                json!({"target_url": "https://e.com", "expires_at": "tomorrow"}),
-                "INVALID_EXPIRES_AT",
-            ),
-            (
-                json!({"target_url": "https://e.com", "expires_at": "2001-01-01T00:00:00Z"}),
-                "INVALID_EXPIRES_AT",
-            ),
-            (
-                json!({"target_url": "https://e.com", "broadcast_id": ""}),
-                "INVALID_BROADCAST_ID",
-            ),
-            (
-                json!({"target_url": "https://e.com", "sender": {"a": 1}}),
-                "INVALID_SENDER",
-            ),
-            (
-                json!({"target_url": "https://e.com", "message_id": "a\u{0}b"}),
-                "INVALID_MESSAGE_ID",
-            ),
+            (json!({"target_url": "javascript:alert(1)"}), "INVALID_TARGET_URL"),
+            (json!({"target_url": "https://e.com", "recipient": "12345"}), "INVALID_RECIPIENT"),
+            (json!({"target_url": "https://e.com", "recipient": 12025550293_u64}), "INVALID_RECIPIENT"),
+            (json!({"target_url": "https://e.com", "kind": "banana"}), "INVALID_KIND"),
+            (json!({"target_url": "https://e.com", "expires_at": "tomorrow"}), "INVALID_EXPIRES_AT"),
+            (json!({"target_url": "https://e.com", "expires_at": "2001-01-01T00:00:00Z"}), "INVALID_EXPIRES_AT"),
+            (json!({"target_url": "https://e.com", "broadcast_id": ""}), "INVALID_BROADCAST_ID"),
+            (json!({"target_url": "https://e.com", "sender": {"a": 1}}), "INVALID_SENDER"),
+            (json!({"target_url": "https://e.com", "message_id": "a\u{0}b"}), "INVALID_MESSAGE_ID"),
         ];
         for (body, code) in cases {
-            assert_eq!(
-                input(body.clone()).validate(now).unwrap_err().code,
-                code,
-                "{body}"
-            );
+            assert_eq!(input(body.clone()).validate(now).unwrap_err().code, code, "{body}");
         }
     }
 
     #[test]
     fn valid_inputs() {
         let now = Utc::now();
-        let d = input(json!({"kind": "opt_out", "recipient": "+12025550293"}))
-            .validate(now)
-            .unwrap();
+        let d = input(json!({"kind": "opt_out", "recipient": "+12025550293"})).validate(now).unwrap();
         assert_eq!(d.kind, LinkKind::OptOut);
         assert_eq!(d.target_url, None);
         let d = input(json!({"target_url": "https://e.com/x", "sender": 61481074191_u64, "expires_at": "2999-01-01T00:00:00+02:00"}))
             .validate(now)
             .unwrap();
         assert_eq!(d.sender.as_deref(), Some("61481074191"));
-        assert_eq!(
-            d.expires_at.unwrap().to_rfc3339(),
-            "2998-12-31T22:00:00+00:00"
-        );
+        assert_eq!(d.expires_at.unwrap().to_rfc3339(), "2998-12-31T22:00:00+00:00");
     }
 }

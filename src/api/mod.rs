@@ -37,11 +37,7 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
     let segments: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -100,19 +96,12 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
             Method::POST => links::shorten(app, req).await,
             _ => Err(method_not_allowed()),
         },
-        _ => Err(ApiError::not_found(
-            "NOT_FOUND",
-            format!("no route for {path}"),
-        )),
+        _ => Err(ApiError::not_found("NOT_FOUND", format!("no route for {path}"))),
     }
 }
 
 fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "method not allowed on this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
 }
 
 /// Renders an error as the contract's JSON body, logging server-side failures with their `error_id`.
@@ -124,26 +113,17 @@ pub fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = err.status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, JSON.clone());
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
     response
 }
 
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult {
-    let bytes = serde_json::to_vec(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            e.to_string(),
-        )
-    })?;
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, JSON.clone());
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
     Ok(response)
 }
 
@@ -156,26 +136,15 @@ pub fn empty(status: StatusCode) -> ApiResult {
 
 /// Reads the whole body, refusing more than `limit` bytes with `413 PAYLOAD_TOO_LARGE`.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large(limit));
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large(limit))
-        }
-        Err(err) => Err(ApiError::invalid_body(format!(
-            "could not read the request body: {err}"
-        ))),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(err) => Err(ApiError::invalid_body(format!("could not read the request body: {err}"))),
     }
 }
 
@@ -193,11 +162,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid_body("request body must be a JSON object"));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::invalid_body(format!(
-            "request body is not valid JSON for this route: {e}"
-        ))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON for this route: {e}")))
 }
 
 /// The workspace and permissions behind a request's API key.
@@ -209,31 +175,16 @@ pub struct Caller {
 
 impl Caller {
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
-        if self.permissions.contains(&permission) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(permission.as_str()))
-        }
+        if self.permissions.contains(&permission) { Ok(()) } else { Err(ApiError::forbidden(permission.as_str())) }
     }
 }
 
 /// Authenticates a workspace request and checks one permission: 401 without a valid key, 403 with a
 /// valid key lacking `permission`.
-pub async fn authorize(
-    app: &App,
-    headers: &hyper::HeaderMap,
-    permission: Permission,
-) -> Result<Caller, ApiError> {
+pub async fn authorize(app: &App, headers: &hyper::HeaderMap, permission: Permission) -> Result<Caller, ApiError> {
     let raw = crate::auth::presented_credential(headers).ok_or_else(ApiError::unauthorized)?;
-    let record = app
-        .store
-        .get_api_key(&crate::auth::hash_key(raw))
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
-    let caller = Caller {
-        workspace_id: record.workspace_id,
-        permissions: record.permissions,
-    };
+    let record = app.store.get_api_key(&crate::auth::hash_key(raw)).await?.ok_or_else(ApiError::unauthorized)?;
+    let caller = Caller { workspace_id: record.workspace_id, permissions: record.permissions };
     caller.require(permission)?;
     Ok(caller)
 }

@@ -34,11 +34,7 @@ impl From<&LinkStats> for LinkStatsView {
 }
 
 /// Parses `?limit=N` (1..=max, default `default`).
-pub(super) fn limit(
-    req: &Request<Incoming>,
-    default: usize,
-    max: usize,
-) -> Result<usize, ApiError> {
+pub(super) fn limit(req: &Request<Incoming>, default: usize, max: usize) -> Result<usize, ApiError> {
     let Some(query) = req.uri().query() else {
         return Ok(default.min(max));
     };
@@ -46,10 +42,7 @@ pub(super) fn limit(
         if let Some(raw) = pair.strip_prefix("limit=") {
             return match raw.parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_request(
-                    "INVALID_LIMIT",
-                    format!("limit must be an integer from 1 to {max}"),
-                )),
+                _ => Err(ApiError::bad_request("INVALID_LIMIT", format!("limit must be an integer from 1 to {max}"))),
             };
         }
     }
@@ -67,13 +60,7 @@ pub async fn link(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
         #[serde(flatten)]
         stats: LinkStatsView,
     }
-    json(
-        StatusCode::OK,
-        &Out {
-            code: &link.code,
-            stats: LinkStatsView::from(&stats),
-        },
-    )
+    json(StatusCode::OK, &Out { code: &link.code, stats: LinkStatsView::from(&stats) })
 }
 
 /// `GET /api/v1/broadcasts/{broadcast_id}/stats`
@@ -117,10 +104,7 @@ pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult 
             })
         })
         .collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "code": link.code, "clicks": clicks }),
-    )
+    json(StatusCode::OK, &serde_json::json!({ "code": link.code, "clicks": clicks }))
 }
 
 /// `GET /api/v1/opt-outs?limit=1000`: newest first.

@@ -20,17 +20,11 @@ pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
     let bytes = read_body(req, app.config.max_body_bytes).await?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?;
-    let current = app
-        .store
-        .get_webhook_settings(&caller.workspace_id)
-        .await?
-        .unwrap_or_default();
+    let current = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
     let mut next = apply_update(&current, &body, app.config.webhook_allow_private)
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     next.updated_at = Some(Utc::now());
-    app.store
-        .put_webhook_settings(&caller.workspace_id, &next)
-        .await?;
+    app.store.put_webhook_settings(&caller.workspace_id, &next).await?;
     app.webhooks.settings.invalidate(&caller.workspace_id);
     tracing::info!(workspace_id = %caller.workspace_id, "webhook settings updated");
     json(StatusCode::OK, &next.masked())
@@ -39,11 +33,7 @@ pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
 /// `GET /api/v1/webhooks`
 pub async fn get(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
-    let settings = app
-        .store
-        .get_webhook_settings(&caller.workspace_id)
-        .await?
-        .unwrap_or_default();
+    let settings = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
     json(StatusCode::OK, &settings.masked())
 }
 
@@ -63,26 +53,16 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         Some(Value::String(t)) if t == "click" => EventKind::Click,
         Some(Value::String(t)) if t == "opt_out" => EventKind::OptOut,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "INVALID_TYPE",
-                "type must be \"click\" or \"opt_out\"",
-            ));
+            return Err(ApiError::bad_request("INVALID_TYPE", "type must be \"click\" or \"opt_out\""));
         }
     };
-    let settings = app
-        .store
-        .get_webhook_settings(&caller.workspace_id)
-        .await?
-        .unwrap_or_default();
+    let settings = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
     let url = match kind {
         EventKind::Click => settings.click_url.clone(),
         EventKind::OptOut => settings.opt_out_url.clone(),
     }
     .ok_or_else(|| {
-        ApiError::bad_request(
-            "WEBHOOK_NOT_CONFIGURED",
-            format!("no {}_url is configured", kind.as_str()),
-        )
+        ApiError::bad_request("WEBHOOK_NOT_CONFIGURED", format!("no {}_url is configured", kind.as_str()))
     })?;
     let event_id = uuid::Uuid::new_v4().to_string();
     let occurred_at = rfc3339(Utc::now());
@@ -106,12 +86,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         first_click: true,
         workspace_id: &caller.workspace_id,
     };
-    let body = payload::render(
-        settings.format,
-        &settings.effective_click_fields(),
-        kind,
-        &facts,
-    );
+    let body = payload::render(settings.format, &settings.effective_click_fields(), kind, &facts);
     let job = Job {
         event_id: event_id.clone(),
         workspace_id: caller.workspace_id.clone(),
@@ -120,11 +95,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         attempt: 0,
         created_at: Utc::now(),
     };
-    let attempt = app
-        .webhooks
-        .deliverer
-        .attempt(&settings, &caller.workspace_id, &url, &job)
-        .await;
+    let attempt = app.webhooks.deliverer.attempt(&settings, &caller.workspace_id, &url, &job).await;
     let entry = DeliveryLog {
         event_id: event_id.clone(),
         kind,
@@ -138,9 +109,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         outcome: "test".to_owned(),
         next_attempt_at: None,
     };
-    app.store
-        .append_webhook_logs(&caller.workspace_id, &[entry], app.config.webhook_log_limit)
-        .await?;
+    app.store.append_webhook_logs(&caller.workspace_id, &[entry], app.config.webhook_log_limit).await?;
     json(
         StatusCode::OK,
         &json!({

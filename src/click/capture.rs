@@ -31,12 +31,7 @@ pub struct Hit {
 }
 
 impl Hit {
-    pub fn from_request(
-        link: Arc<CachedLink>,
-        head: bool,
-        headers: &HeaderMap,
-        peer: Option<IpAddr>,
-    ) -> Self {
+    pub fn from_request(link: Arc<CachedLink>, head: bool, headers: &HeaderMap, peer: Option<IpAddr>) -> Self {
         Self {
             link,
             at: Utc::now(),
@@ -58,10 +53,7 @@ pub struct Capture {
 
 impl Capture {
     pub fn new(tx: Option<mpsc::Sender<Hit>>) -> Self {
-        Self {
-            tx,
-            dropped: metrics::counter!("linkhit_hits_dropped_total", "stage" => "capture"),
-        }
+        Self { tx, dropped: metrics::counter!("linkhit_hits_dropped_total", "stage" => "capture") }
     }
 
     /// A capture that records nothing (`LINKHIT_CAPTURE=false`).
@@ -82,28 +74,21 @@ impl Capture {
 /// `Purpose: prefetch`, `Sec-Purpose: prefetch…`, `X-Purpose: preview`, `X-Moz: prefetch`: the browser
 /// is fetching speculatively, no human has tapped yet.
 pub fn is_prefetch(headers: &HeaderMap) -> bool {
-    ["sec-purpose", "purpose", "x-purpose", "x-moz"]
-        .iter()
-        .any(|name| {
-            headers.get(*name).is_some_and(|v| {
-                let v = v.as_bytes();
-                contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
-            })
+    ["sec-purpose", "purpose", "x-purpose", "x-moz"].iter().any(|name| {
+        headers.get(*name).is_some_and(|v| {
+            let v = v.as_bytes();
+            contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
         })
+    })
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// The client address: the TCP peer, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(
-    peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
-    trusted: &[IpNet],
-) -> Option<IpAddr> {
+pub fn client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
@@ -161,11 +146,7 @@ mod tests {
             (ip("203.0.113.9"), Some("1.2.3.4"), ip("203.0.113.9")),
             // Trusted proxy: the right-most untrusted hop.
             (ip("10.0.0.5"), Some("198.51.100.7"), ip("198.51.100.7")),
-            (
-                ip("10.0.0.5"),
-                Some("6.6.6.6, 198.51.100.7, 10.0.0.2"),
-                ip("198.51.100.7"),
-            ),
+            (ip("10.0.0.5"), Some("6.6.6.6, 198.51.100.7, 10.0.0.2"), ip("198.51.100.7")),
             (ip("10.0.0.5"), None, ip("10.0.0.5")),
             (ip("10.0.0.5"), Some("garbage"), ip("10.0.0.5")),
             (ip("127.0.0.1"), Some("2001:db8::1"), ip("2001:db8::1")),
@@ -174,11 +155,7 @@ mod tests {
         for (peer, xff, want) in cases {
             assert_eq!(client_ip(peer, xff, &trusted), want, "{peer:?} {xff:?}");
         }
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), Some("1.2.3.4"), &[]),
-            ip("10.0.0.5"),
-            "nothing trusted by default"
-        );
+        assert_eq!(client_ip(ip("10.0.0.5"), Some("1.2.3.4"), &[]), ip("10.0.0.5"), "nothing trusted by default");
     }
 
     #[test]

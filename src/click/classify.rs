@@ -56,10 +56,7 @@ pub struct Verdict {
 
 impl Verdict {
     fn new(class: Class, reason: &str) -> Self {
-        Self {
-            class,
-            reason: Arc::from(reason),
-        }
+        Self { class, reason: Arc::from(reason) }
     }
     pub fn is_human(&self) -> bool {
         self.class == Class::Human
@@ -83,29 +80,19 @@ struct RuleSet {
 impl RuleSet {
     fn new(rules: Vec<(String, Verdict)>) -> Result<Self, String> {
         if rules.is_empty() {
-            return Ok(Self {
-                matcher: None,
-                verdicts: Vec::new(),
-            });
+            return Ok(Self { matcher: None, verdicts: Vec::new() });
         }
         let matcher = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(rules.iter().map(|(p, _)| p.as_str()))
             .map_err(|e| format!("cannot compile user-agent rules: {e}"))?;
-        Ok(Self {
-            matcher: Some(matcher),
-            verdicts: rules.into_iter().map(|(_, v)| v).collect(),
-        })
+        Ok(Self { matcher: Some(matcher), verdicts: rules.into_iter().map(|(_, v)| v).collect() })
     }
 
     fn first_match(&self, ua: &str) -> Option<&Verdict> {
         let matcher = self.matcher.as_ref()?;
-        matcher
-            .find_overlapping_iter(ua)
-            .map(|m| m.pattern().as_usize())
-            .min()
-            .map(|i| &self.verdicts[i])
+        matcher.find_overlapping_iter(ua).map(|m| m.pattern().as_usize()).min().map(|i| &self.verdicts[i])
     }
 }
 
@@ -118,21 +105,14 @@ pub fn parse_rules(text: &str) -> Result<Vec<(String, Verdict)>, String> {
             continue;
         }
         let mut parts = line.splitn(3, '\t');
-        let (Some(class), Some(reason), Some(pattern)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
-                "rules line {}: expected `class<TAB>reason<TAB>pattern`",
-                n + 1
-            ));
+        let (Some(class), Some(reason), Some(pattern)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("rules line {}: expected `class<TAB>reason<TAB>pattern`", n + 1));
         };
         let class = match class {
             "human" => Class::Human,
             "bot" => Class::Bot,
             other => {
-                return Err(format!(
-                    "rules line {}: class must be human or bot, not `{other}`",
-                    n + 1
-                ));
+                return Err(format!("rules line {}: class must be human or bot, not `{other}`", n + 1));
             }
         };
         if pattern.trim().is_empty() {
@@ -201,11 +181,7 @@ impl Rules {
         if ua.is_empty() {
             return Verdict::new(Class::Bot, "empty_user_agent");
         }
-        if let Some(v) = self
-            .operator
-            .first_match(ua)
-            .or_else(|| self.builtin.first_match(ua))
-        {
+        if let Some(v) = self.operator.first_match(ua).or_else(|| self.builtin.first_match(ua)) {
             return v.clone();
         }
         if looks_like_garbage(ua) {
@@ -222,10 +198,8 @@ impl Rules {
         }
         match parsed {
             Some(r)
-                if matches!(
-                    r.category,
-                    "pc" | "smartphone" | "mobilephone" | "appliance"
-                ) && r.name != woothee::woothee::VALUE_UNKNOWN =>
+                if matches!(r.category, "pc" | "smartphone" | "mobilephone" | "appliance")
+                    && r.name != woothee::woothee::VALUE_UNKNOWN =>
             {
                 Verdict::new(Class::Human, &format!("browser:{}", r.name))
             }
@@ -271,11 +245,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(rules: Arc<Rules>, capacity: usize) -> Self {
-        Self {
-            rules,
-            memo: HashMap::new(),
-            capacity: capacity.max(1),
-        }
+        Self { rules, memo: HashMap::new(), capacity: capacity.max(1) }
     }
 
     pub fn classify(&mut self, signals: Signals<'_>) -> Verdict {
@@ -295,8 +265,7 @@ impl Classifier {
             // refills in a moment, and this keeps the memo a plain map.
             self.memo.clear();
         }
-        self.memo
-            .insert(Box::from(truncate(ua, MAX_USER_AGENT)), verdict.clone());
+        self.memo.insert(Box::from(truncate(ua, MAX_USER_AGENT)), verdict.clone());
         verdict
     }
 
@@ -310,66 +279,35 @@ mod tests {
     use super::*;
 
     fn ua(s: &str) -> Verdict {
-        Rules::builtin().classify(Signals {
-            user_agent: Some(s),
-            head: false,
-            prefetch: false,
-        })
+        Rules::builtin().classify(Signals { user_agent: Some(s), head: false, prefetch: false })
     }
 
     #[test]
     fn request_signals_come_first() {
         let rules = Rules::builtin();
         let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
-        let head = rules.classify(Signals {
-            user_agent: Some(iphone),
-            head: true,
-            prefetch: false,
-        });
+        let head = rules.classify(Signals { user_agent: Some(iphone), head: true, prefetch: false });
         assert_eq!((head.class, &*head.reason), (Class::Bot, "head_request"));
-        let pre = rules.classify(Signals {
-            user_agent: Some(iphone),
-            head: false,
-            prefetch: true,
-        });
+        let pre = rules.classify(Signals { user_agent: Some(iphone), head: false, prefetch: true });
         assert_eq!((pre.class, &*pre.reason), (Class::Bot, "prefetch"));
         let none = rules.classify(Signals::default());
-        assert_eq!(
-            (none.class, &*none.reason),
-            (Class::Bot, "empty_user_agent")
-        );
+        assert_eq!((none.class, &*none.reason), (Class::Bot, "empty_user_agent"));
         assert_eq!(ua(iphone).class, Class::Human);
     }
 
     #[test]
     fn reasons_table() {
         let cases = [
-            (
-                "facebookexternalhit/1.1 Facebot Twitterbot/1.0",
-                Class::Bot,
-                "preview:imessage",
-            ),
+            ("facebookexternalhit/1.1 Facebot Twitterbot/1.0", Class::Bot, "preview:imessage"),
             (
                 "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
                 Class::Bot,
                 "preview:facebook",
             ),
             ("WhatsApp/2.23.20.0 A", Class::Bot, "preview:whatsapp"),
-            (
-                "TelegramBot (like TwitterBot)",
-                Class::Bot,
-                "preview:telegram",
-            ),
-            (
-                "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
-                Class::Bot,
-                "preview:slack",
-            ),
-            (
-                "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
-                Class::Bot,
-                "preview:discord",
-            ),
+            ("TelegramBot (like TwitterBot)", Class::Bot, "preview:telegram"),
+            ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", Class::Bot, "preview:slack"),
+            ("Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)", Class::Bot, "preview:discord"),
             ("curl/8.5.0", Class::Bot, "library:curl"),
             ("python-requests/2.31.0", Class::Bot, "library:python"),
             ("Go-http-client/1.1", Class::Bot, "library:go"),
@@ -404,11 +342,7 @@ mod tests {
 
     #[test]
     fn operator_patterns_override_builtin_rules() {
-        let rules = Rules::new(
-            "# our QA team's curl counts\ncurl/7.99-qa\n",
-            "FriendlyCorpBrowser\n",
-        )
-        .unwrap();
+        let rules = Rules::new("# our QA team's curl counts\ncurl/7.99-qa\n", "FriendlyCorpBrowser\n").unwrap();
         let v = rules.classify_user_agent("curl/7.99-qa");
         assert_eq!((v.class, &*v.reason), (Class::Human, "operator:human"));
         let v = rules.classify_user_agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36 FriendlyCorpBrowser/1");
@@ -429,10 +363,7 @@ mod tests {
     fn memo_is_bounded_and_consistent() {
         let mut c = Classifier::new(Arc::new(Rules::builtin()), 2);
         for agent in ["curl/8.0 a", "curl/8.0 b", "curl/8.0 c", "curl/8.0 a"] {
-            let v = c.classify(Signals {
-                user_agent: Some(agent),
-                ..Default::default()
-            });
+            let v = c.classify(Signals { user_agent: Some(agent), ..Default::default() });
             assert_eq!(&*v.reason, "library:curl");
             assert!(c.memo_len() <= 2);
         }
@@ -440,10 +371,7 @@ mod tests {
 
     #[test]
     fn long_user_agents_are_truncated_safely() {
-        let long = format!(
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) {}é",
-            "a".repeat(600)
-        );
+        let long = format!("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) {}é", "a".repeat(600));
         let _ = ua(&long);
         assert_eq!(truncate("aé", 2), "a");
     }

@@ -10,10 +10,7 @@ use super::{ClickRecord, ClickTally};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A human hit on a redirect link.
-    Click {
-        click: ClickRecord,
-        tally: ClickTally,
-    },
+    Click { click: ClickRecord, tally: ClickTally },
     /// A human opted out through an opt-out link.
     OptOut { click: ClickRecord },
 }
@@ -40,10 +37,7 @@ pub struct Collect(pub Mutex<Vec<Event>>);
 #[async_trait::async_trait]
 impl EventSink for Collect {
     async fn emit(&self, events: Vec<Event>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(events);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(events);
     }
 }
 
@@ -54,13 +48,8 @@ pub fn events(clicks: &[ClickRecord], tallies: &[ClickTally]) -> Vec<Event> {
         .zip(tallies)
         .filter(|(click, _)| click.is_human())
         .filter_map(|(click, tally)| match click.kind {
-            crate::model::LinkKind::Redirect => Some(Event::Click {
-                click: click.clone(),
-                tally: *tally,
-            }),
-            crate::model::LinkKind::OptOut if tally.opted_out => Some(Event::OptOut {
-                click: click.clone(),
-            }),
+            crate::model::LinkKind::Redirect => Some(Event::Click { click: click.clone(), tally: *tally }),
+            crate::model::LinkKind::OptOut if tally.opted_out => Some(Event::OptOut { click: click.clone() }),
             crate::model::LinkKind::OptOut => None,
         })
         .collect()

@@ -45,21 +45,9 @@ impl Journal {
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, JournalError> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        let journal = Self {
-            dir,
-            max_bytes,
-            state: Mutex::new(State {
-                active: None,
-                bytes: 0,
-            }),
-            seq: AtomicU64::new(0),
-        };
-        let bytes = journal
-            .segments()?
-            .iter()
-            .filter_map(|p| fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
+        let journal =
+            Self { dir, max_bytes, state: Mutex::new(State { active: None, bytes: 0 }), seq: AtomicU64::new(0) };
+        let bytes = journal.segments()?.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
         journal.lock().bytes = bytes;
         metrics::gauge!("linkhit_journal_bytes").set(bytes as f64);
         Ok(journal)
@@ -83,9 +71,7 @@ impl Journal {
         }
         let mut state = self.lock();
         if state.bytes + buf.len() as u64 > self.max_bytes {
-            return Err(JournalError::Full {
-                limit: self.max_bytes,
-            });
+            return Err(JournalError::Full { limit: self.max_bytes });
         }
         if state.active.is_none() {
             let path = self.dir.join(format!(
@@ -179,10 +165,7 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "linkhit-journal-test-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("linkhit-journal-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -198,10 +181,7 @@ mod tests {
         let segments = journal.take_segments().unwrap();
         assert_eq!(segments.len(), 1);
         let read = Journal::read(&segments[0]).unwrap();
-        assert_eq!(
-            read.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(read.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         // Appends after a take go to a new segment.
         journal.append(&[click("d")]).unwrap();
         journal.remove(&segments[0]).unwrap();
@@ -220,10 +200,7 @@ mod tests {
         let dir = temp_dir("limit");
         let journal = Journal::open(&dir, 600).unwrap();
         journal.append(&[click("a")]).unwrap();
-        assert!(matches!(
-            journal.append(&[click("b"), click("c"), click("d")]),
-            Err(JournalError::Full { .. })
-        ));
+        assert!(matches!(journal.append(&[click("b"), click("c"), click("d")]), Err(JournalError::Full { .. })));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -74,22 +74,8 @@ impl Pipeline {
             Arc::clone(&settings),
             stop.clone(),
         ));
-        let committer = tokio::spawn(committer(
-            commit_rx,
-            store,
-            sink,
-            journal,
-            settings,
-            stop.clone(),
-        ));
-        (
-            Capture::new(Some(tx)),
-            Self {
-                stop,
-                intake,
-                committer,
-            },
-        )
+        let committer = tokio::spawn(committer(commit_rx, store, sink, journal, settings, stop.clone()));
+        (Capture::new(Some(tx)), Self { stop, intake, committer })
     }
 
     /// Flushes everything captured (to the store, or to the journal if the store stays unreachable)
@@ -102,28 +88,13 @@ impl Pipeline {
 }
 
 /// Turns a captured hit into a classified, owned record.
-fn record(
-    classifier: &mut Classifier,
-    hit: Hit,
-    settings: &Settings,
-    tally: &mut HitTally,
-) -> ClickRecord {
+fn record(classifier: &mut Classifier, hit: Hit, settings: &Settings, tally: &mut HitTally) -> ClickRecord {
     let user_agent = hit.user_agent.as_ref().and_then(|v| v.to_str().ok());
-    let verdict = classifier.classify(Signals {
-        user_agent,
-        head: hit.head,
-        prefetch: hit.prefetch,
-    });
+    let verdict = classifier.classify(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
     tally.add(verdict.class, &verdict.reason);
     let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
     let ip = capture::client_ip(hit.peer, forwarded, &settings.trusted_proxies)
-        .map(|ip: IpAddr| {
-            if settings.keep_full_ip {
-                ip
-            } else {
-                capture::anonymize(ip)
-            }
-        })
+        .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { capture::anonymize(ip) })
         .map(|ip| ip.to_string());
     let link = &hit.link;
     ClickRecord {
@@ -217,17 +188,14 @@ impl HitTally {
 
     fn publish(&mut self) {
         for ((class, reason), n) in self.0.drain() {
-            metrics::counter!("linkhit_hits_total", "class" => class.as_str(), "reason" => reason.to_string()).increment(n);
+            metrics::counter!("linkhit_hits_total", "class" => class.as_str(), "reason" => reason.to_string())
+                .increment(n);
         }
     }
 }
 
 /// Gives a batch to the committer, or spills it when the commit queue is full.
-async fn hand_off(
-    commit_tx: &mpsc::Sender<Vec<ClickRecord>>,
-    batch: Vec<ClickRecord>,
-    journal: Option<&Arc<Journal>>,
-) {
+async fn hand_off(commit_tx: &mpsc::Sender<Vec<ClickRecord>>, batch: Vec<ClickRecord>, journal: Option<&Arc<Journal>>) {
     metrics::histogram!("linkhit_click_batch_size").record(batch.len() as f64);
     match commit_tx.try_send(batch) {
         Ok(()) => {}
@@ -263,13 +231,7 @@ async fn committer(
     settings: Arc<Settings>,
     stop: CancellationToken,
 ) {
-    let ctx = Committer {
-        store,
-        sink,
-        journal,
-        settings,
-        stop,
-    };
+    let ctx = Committer { store, sink, journal, settings, stop };
     ctx.replay().await;
     while let Some(batch) = commit_rx.recv().await {
         if ctx.commit(batch).await && ctx.journal.as_ref().is_some_and(|j| !j.is_empty()) {
@@ -309,21 +271,15 @@ impl Committer {
         let mut backoff = Duration::from_millis(50);
         let mut give_up_at: Option<Instant> = None;
         loop {
-            match self
-                .store
-                .record_clicks(batch, self.settings.recent_clicks)
-                .await
-            {
+            match self.store.record_clicks(batch, self.settings.recent_clicks).await {
                 Ok(tallies) => return Some(tallies),
                 Err(err) => {
-                    metrics::counter!("linkhit_store_errors_total", "op" => "record_clicks")
-                        .increment(1);
+                    metrics::counter!("linkhit_store_errors_total", "op" => "record_clicks").increment(1);
                     tracing::warn!(error = %err, hits = batch.len(), "counting clicks failed; will retry");
                 }
             }
             if self.stop.is_cancelled() {
-                let deadline = *give_up_at
-                    .get_or_insert_with(|| Instant::now() + self.settings.shutdown_flush);
+                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + self.settings.shutdown_flush);
                 if Instant::now() >= deadline {
                     return None;
                 }
@@ -366,14 +322,9 @@ impl Committer {
             let mut rest = clicks.as_slice();
             while !rest.is_empty() {
                 let (now, later) = rest.split_at(rest.len().min(self.settings.batch_size));
-                match self
-                    .store
-                    .record_clicks(now, self.settings.recent_clicks)
-                    .await
-                {
+                match self.store.record_clicks(now, self.settings.recent_clicks).await {
                     Ok(tallies) => {
-                        metrics::counter!("linkhit_journal_replayed_total")
-                            .increment(now.len() as u64);
+                        metrics::counter!("linkhit_journal_replayed_total").increment(now.len() as u64);
                         let events = emit::events(now, &tallies);
                         if !events.is_empty() {
                             self.sink.emit(events).await;

@@ -108,10 +108,7 @@ impl<V> Bounded<V> {
             return;
         }
         let len = self.len.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut order = self
-            .order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut order = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         order.push_back(Box::from(key));
         let mut len = len;
         while len > self.capacity {
@@ -154,12 +151,7 @@ pub struct LinkCache {
 }
 
 impl LinkCache {
-    pub fn new(
-        capacity: usize,
-        ttl: Duration,
-        negative_capacity: usize,
-        negative_ttl: Duration,
-    ) -> Self {
+    pub fn new(capacity: usize, ttl: Duration, negative_capacity: usize, negative_ttl: Duration) -> Self {
         Self {
             links: Bounded::new(capacity),
             missing: Bounded::new(negative_capacity),
@@ -176,13 +168,8 @@ impl LinkCache {
         if let Some(entry) = self.links.map.get(code) {
             let link = entry.value().clone();
             drop(entry);
-            let stale = link.epoch < self.epoch.load(Ordering::Relaxed)
-                || Instant::now() >= link.fresh_until;
-            return if stale {
-                Lookup::Stale(link)
-            } else {
-                Lookup::Fresh(link)
-            };
+            let stale = link.epoch < self.epoch.load(Ordering::Relaxed) || Instant::now() >= link.fresh_until;
+            return if stale { Lookup::Stale(link) } else { Lookup::Fresh(link) };
         }
         if self.negative_ttl.is_zero() {
             return Lookup::Unknown;
@@ -201,11 +188,7 @@ impl LinkCache {
     /// Caches a link read from the store, unless an invalidation arrived since `generation` was taken
     /// (the read may predate the change). Returns the prepared entry either way.
     pub fn insert_link(&self, link: &Link, generation: u64) -> std::sync::Arc<CachedLink> {
-        let cached = std::sync::Arc::new(prepare(
-            link,
-            Instant::now() + self.ttl,
-            self.epoch.load(Ordering::Acquire),
-        ));
+        let cached = std::sync::Arc::new(prepare(link, Instant::now() + self.ttl, self.epoch.load(Ordering::Acquire)));
         if self.generation.load(Ordering::Acquire) == generation {
             self.missing.remove(&link.code);
             self.links.insert(&link.code, cached.clone());
@@ -216,8 +199,7 @@ impl LinkCache {
     /// Remembers that `code` does not exist, for the negative TTL.
     pub fn insert_missing(&self, code: &str, generation: u64) {
         if !self.negative_ttl.is_zero() && self.generation.load(Ordering::Acquire) == generation {
-            self.missing
-                .insert(code, Instant::now() + self.negative_ttl);
+            self.missing.insert(code, Instant::now() + self.negative_ttl);
         }
     }
 
@@ -262,10 +244,7 @@ fn prepare(link: &Link, fresh_until: Instant, epoch: u64) -> CachedLink {
         recipient: link.recipient.as_deref().map(Box::from),
         // Target URLs are validated ASCII at creation; a value that still fails here (a record written
         // by hand into Redis) is treated as having no target rather than crashing the redirect.
-        location: link
-            .target_url
-            .as_deref()
-            .and_then(|u| HeaderValue::from_str(u).ok()),
+        location: link.target_url.as_deref().and_then(|u| HeaderValue::from_str(u).ok()),
         kind: link.kind,
         expires_at: link.expires_at.map(|at| at.timestamp()),
         disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
@@ -297,12 +276,7 @@ mod tests {
     }
 
     fn cache(capacity: usize) -> LinkCache {
-        LinkCache::new(
-            capacity,
-            Duration::from_secs(60),
-            4,
-            Duration::from_secs(60),
-        )
+        LinkCache::new(capacity, Duration::from_secs(60), 4, Duration::from_secs(60))
     }
 
     #[test]
@@ -363,9 +337,7 @@ mod tests {
         let c = cache(10);
         c.insert_link(&link("aaaaaaaa"), c.generation());
         c.invalidate_all();
-        let Lookup::Stale(l) = c.lookup("aaaaaaaa") else {
-            panic!("expected stale")
-        };
+        let Lookup::Stale(l) = c.lookup("aaaaaaaa") else { panic!("expected stale") };
         assert!(l.begin_refresh());
         assert!(!l.begin_refresh(), "only one refresh at a time");
     }
@@ -376,10 +348,7 @@ mod tests {
         c.insert_link(&link("aaaaaaaa"), c.generation());
         assert!(matches!(c.lookup("aaaaaaaa"), Lookup::Stale(_)));
         c.insert_missing("bbbbbbbb", c.generation());
-        assert!(
-            matches!(c.lookup("bbbbbbbb"), Lookup::Unknown),
-            "zero negative TTL disables negative caching"
-        );
+        assert!(matches!(c.lookup("bbbbbbbb"), Lookup::Unknown), "zero negative TTL disables negative caching");
     }
 
     #[test]

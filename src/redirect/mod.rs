@@ -45,14 +45,8 @@ pub async fn handle(
     };
     metrics.record(outcome);
     // Every answered GET/HEAD of a live link is a hit; classification happens off this path.
-    if let (Outcome::Redirected | Outcome::OptOutPage, Resolved::Link(link)) = (outcome, &resolved)
-    {
-        capture.record(Hit::from_request(
-            Arc::clone(link),
-            method == Method::HEAD,
-            &request.headers,
-            peer,
-        ));
+    if let (Outcome::Redirected | Outcome::OptOutPage, Resolved::Link(link)) = (outcome, &resolved) {
+        capture.record(Hit::from_request(Arc::clone(link), method == Method::HEAD, &request.headers, peer));
     }
     respond::response(outcome, link, method)
 }

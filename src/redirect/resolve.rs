@@ -29,11 +29,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(cache: LinkCache, store: SharedStore, codes: CodePolicy) -> Self {
-        Self {
-            cache,
-            store,
-            codes,
-        }
+        Self { cache, store, codes }
     }
 
     pub fn codes(&self) -> CodePolicy {

@@ -62,17 +62,9 @@ pub fn outcome(resolved: &Resolved, now_unix: impl FnOnce() -> i64) -> Outcome {
 }
 
 /// Builds the response. `HEAD` gets the same status and headers with no body.
-pub fn response(
-    outcome: Outcome,
-    link: Option<&CachedLink>,
-    method: &Method,
-) -> Response<Full<Bytes>> {
+pub fn response(outcome: Outcome, link: Option<&CachedLink>, method: &Method) -> Response<Full<Bytes>> {
     let body = |text: &'static str| {
-        if method == Method::HEAD {
-            Full::new(Bytes::new())
-        } else {
-            Full::new(Bytes::from_static(text.as_bytes()))
-        }
+        if method == Method::HEAD { Full::new(Bytes::new()) } else { Full::new(Bytes::from_static(text.as_bytes())) }
     };
     let mut builder = Response::builder().status(outcome.status());
     let headers = builder.headers_mut().expect("fresh builder");

@@ -73,10 +73,7 @@ impl Store for MemoryStore {
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {
         match self.workspaces.entry(workspace.id.clone()) {
-            Entry::Occupied(_) => Err(StoreError::Corrupt(format!(
-                "workspace {} exists",
-                workspace.id
-            ))),
+            Entry::Occupied(_) => Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id))),
             Entry::Vacant(slot) => {
                 slot.insert(workspace.clone());
                 Ok(())
@@ -108,10 +105,7 @@ impl Store for MemoryStore {
                 }
             };
             if fresh && let Some(broadcast) = &link.broadcast_id {
-                *self
-                    .broadcast_links
-                    .entry((link.workspace_id.clone(), broadcast.clone()))
-                    .or_default() += 1;
+                *self.broadcast_links.entry((link.workspace_id.clone(), broadcast.clone())).or_default() += 1;
             }
             inserted.push(fresh);
         }
@@ -122,22 +116,14 @@ impl Store for MemoryStore {
         Ok(self.links.get(code).map(|l| l.clone()))
     }
 
-    async fn disable_link(
-        &self,
-        code: &str,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Link>, StoreError> {
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
         Ok(self.links.get_mut(code).map(|mut link| {
             link.disabled_at.get_or_insert(at);
             link.clone()
         }))
     }
 
-    async fn record_clicks(
-        &self,
-        clicks: &[ClickRecord],
-        recent: usize,
-    ) -> Result<Vec<ClickTally>, StoreError> {
+    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError> {
         let mut state = self.click_state();
         let mut first_in_broadcast = vec![false; clicks.len()];
         let mut opted_out = vec![false; clicks.len()];
@@ -148,16 +134,8 @@ impl Store for MemoryStore {
             if human {
                 agg.stats.human_hits += 1;
                 agg.stats.unique_clicks = 1;
-                agg.stats.first_click_at = Some(
-                    agg.stats
-                        .first_click_at
-                        .map_or(click.at, |t| t.min(click.at)),
-                );
-                agg.stats.last_click_at = Some(
-                    agg.stats
-                        .last_click_at
-                        .map_or(click.at, |t| t.max(click.at)),
-                );
+                agg.stats.first_click_at = Some(agg.stats.first_click_at.map_or(click.at, |t| t.min(click.at)));
+                agg.stats.last_click_at = Some(agg.stats.last_click_at.map_or(click.at, |t| t.max(click.at)));
             } else {
                 agg.stats.bot_hits += 1;
             }
@@ -166,10 +144,7 @@ impl Store for MemoryStore {
                 agg.recent.truncate(recent);
             }
             if let Some(broadcast) = &click.broadcast_id {
-                let b = state
-                    .broadcasts
-                    .entry((click.workspace_id.clone(), broadcast.clone()))
-                    .or_default();
+                let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
                 b.hits += 1;
                 if human {
                     b.human_hits += 1;
@@ -184,10 +159,7 @@ impl Store for MemoryStore {
                 && click.kind == crate::model::LinkKind::OptOut
                 && let Some(recipient) = &click.recipient
             {
-                let (list, seen) = state
-                    .opt_outs
-                    .entry(click.workspace_id.clone())
-                    .or_default();
+                let (list, seen) = state.opt_outs.entry(click.workspace_id.clone()).or_default();
                 if seen.insert(recipient.clone()) {
                     list.push(opt_out_of(click, recipient));
                     opted_out[i] = true;
@@ -196,28 +168,13 @@ impl Store for MemoryStore {
         }
         let human_after: HashMap<&str, u64> = clicks
             .iter()
-            .map(|c| {
-                (
-                    c.code.as_str(),
-                    state.links.get(&c.code).map_or(0, |a| a.stats.human_hits),
-                )
-            })
+            .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
             .collect();
-        Ok(super::tallies(
-            clicks,
-            &human_after,
-            &first_in_broadcast,
-            &opted_out,
-        ))
+        Ok(super::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
-        Ok(self
-            .click_state()
-            .links
-            .get(code)
-            .map(|a| a.stats.clone())
-            .unwrap_or_default())
+        Ok(self.click_state().links.get(code).map(|a| a.stats.clone()).unwrap_or_default())
     }
 
     async fn broadcast_stats(
@@ -240,11 +197,7 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn recent_clicks(
-        &self,
-        code: &str,
-        limit: usize,
-    ) -> Result<Vec<ClickRecord>, StoreError> {
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {
         Ok(self
             .click_state()
             .links
@@ -262,20 +215,12 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn get_webhook_settings(
-        &self,
-        workspace_id: &str,
-    ) -> Result<Option<WebhookSettings>, StoreError> {
+    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError> {
         Ok(self.webhook_settings.get(workspace_id).map(|s| s.clone()))
     }
 
-    async fn put_webhook_settings(
-        &self,
-        workspace_id: &str,
-        settings: &WebhookSettings,
-    ) -> Result<(), StoreError> {
-        self.webhook_settings
-            .insert(workspace_id.to_owned(), settings.clone());
+    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
+        self.webhook_settings.insert(workspace_id.to_owned(), settings.clone());
         Ok(())
     }
 
@@ -285,10 +230,7 @@ impl Store for MemoryStore {
         entries: &[DeliveryLog],
         cap: usize,
     ) -> Result<(), StoreError> {
-        let mut logs = self
-            .webhook_logs
-            .entry(workspace_id.to_owned())
-            .or_default();
+        let mut logs = self.webhook_logs.entry(workspace_id.to_owned()).or_default();
         for entry in entries {
             logs.push_front(entry.clone());
         }
@@ -296,16 +238,8 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn webhook_logs(
-        &self,
-        workspace_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
-        Ok(self
-            .webhook_logs
-            .get(workspace_id)
-            .map(|l| l.iter().take(limit).cloned().collect())
-            .unwrap_or_default())
+    async fn webhook_logs(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeliveryLog>, StoreError> {
+        Ok(self.webhook_logs.get(workspace_id).map(|l| l.iter().take(limit).cloned().collect()).unwrap_or_default())
     }
 
     fn invalidations(&self, _shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {

@@ -72,17 +72,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks a link disabled (idempotent: the first `disabled_at` wins) and tells every instance to
     /// forget it. Returns the updated link, or `None` if there is no such code.
-    async fn disable_link(&self, code: &str, at: DateTime<Utc>)
-    -> Result<Option<Link>, StoreError>;
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError>;
 
     /// Counts a batch of classified hits: per-link and per-broadcast counters, unique recipients, the
     /// capped list of recent clicks per link (`recent` newest kept), and opt-outs (human hits on opt-out
     /// links with a recipient). Returns one tally per click, in order.
-    async fn record_clicks(
-        &self,
-        clicks: &[ClickRecord],
-        recent: usize,
-    ) -> Result<Vec<ClickTally>, StoreError>;
+    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError>;
 
     /// Counters of a link (zeros if it was never hit).
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError>;
@@ -95,22 +90,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<BroadcastStats>, StoreError>;
 
     /// The most recent clicks of a link, newest first.
-    async fn recent_clicks(&self, code: &str, limit: usize)
-    -> Result<Vec<ClickRecord>, StoreError>;
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError>;
 
     /// Opt-outs of a workspace, newest first.
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError>;
 
     /// A workspace's webhook settings (`None` if never configured).
-    async fn get_webhook_settings(
-        &self,
-        workspace_id: &str,
-    ) -> Result<Option<WebhookSettings>, StoreError>;
-    async fn put_webhook_settings(
-        &self,
-        workspace_id: &str,
-        settings: &WebhookSettings,
-    ) -> Result<(), StoreError>;
+    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError>;
+    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError>;
 
     /// Appends delivery log entries (oldest first in `entries`), keeping the newest `cap`.
     async fn append_webhook_logs(
@@ -120,11 +107,7 @@ pub trait Store: Send + Sync + 'static {
         cap: usize,
     ) -> Result<(), StoreError>;
     /// Delivery log entries, newest first.
-    async fn webhook_logs(
-        &self,
-        workspace_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError>;
+    async fn webhook_logs(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeliveryLog>, StoreError>;
 
     /// A feed of changes made by other instances, if the store is shared. The feed ends when
     /// `shutdown` is cancelled.
@@ -143,11 +126,7 @@ pub fn open(config: &crate::config::Config) -> Result<SharedStore, StoreError> {
             );
             Ok(Arc::new(memory::MemoryStore::default()))
         }
-        Some(url) => Ok(Arc::new(redis::RedisStore::open(
-            url,
-            &config.redis_prefix,
-            config.redis_timeout,
-        )?)),
+        Some(url) => Ok(Arc::new(redis::RedisStore::open(url, &config.redis_prefix, config.redis_timeout)?)),
     }
 }
 
@@ -169,11 +148,7 @@ pub async fn insert_unique(
             let retry: Vec<Link> = pending.iter().map(|&i| links[i].clone()).collect();
             store.insert_links(&retry).await?
         };
-        pending = pending
-            .into_iter()
-            .zip(inserted)
-            .filter_map(|(i, fresh)| (!fresh).then_some(i))
-            .collect();
+        pending = pending.into_iter().zip(inserted).filter_map(|(i, fresh)| (!fresh).then_some(i)).collect();
         if pending.is_empty() {
             return Ok(());
         }
@@ -208,12 +183,7 @@ pub fn tallies(
         .enumerate()
         .map(|(i, click)| {
             let after = human_after.get(click.code.as_str()).copied().unwrap_or(0);
-            let before = after.saturating_sub(
-                human_in_batch
-                    .get(click.code.as_str())
-                    .copied()
-                    .unwrap_or(0),
-            );
+            let before = after.saturating_sub(human_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
             let so_far = seen.entry(click.code.as_str()).or_default();
             if click.is_human() {
                 *so_far += 1;
@@ -225,11 +195,7 @@ pub fn tallies(
                 } else {
                     human_hits == 1
                 };
-            ClickTally {
-                human_hits,
-                first_click,
-                opted_out: opted_out[i],
-            }
+            ClickTally { human_hits, first_click, opted_out: opted_out[i] }
         })
         .collect()
 }

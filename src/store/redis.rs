@@ -100,9 +100,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
+        Self { prefix: prefix.to_owned() }
     }
     pub fn link(&self, code: &str) -> String {
         format!("{}:link:{{{code}}}", self.prefix)
@@ -153,8 +151,8 @@ impl RedisStore {
     /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
     /// while Redis is down; `/readyz` tells when it is reachable. Must be called inside a Tokio runtime.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             // Per-command deadlines are applied by `bounded`, with longer ones for bulk work.
@@ -191,40 +189,23 @@ impl RedisStore {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: String,
-    ) -> Result<Option<T>, StoreError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, StoreError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = self
-            .bounded(self.timeout, async move { conn.get(key).await })
-            .await?;
-        raw.map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-        })
-        .transpose()
+        let raw: Option<Vec<u8>> = self.bounded(self.timeout, async move { conn.get(key).await }).await?;
+        raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
     }
 
     async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
         let mut pipe = redis::pipe();
         for link in links {
             let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            pipe.cmd("SET")
-                .arg(self.keys.link(&link.code))
-                .arg(json)
-                .arg("NX");
+            pipe.cmd("SET").arg(self.keys.link(&link.code)).arg(json).arg("NX");
         }
         let mut conn = self.conn.clone();
         // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
-        let replies: Vec<Value> = self
-            .bounded(self.timeout * 20, async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        Ok(replies
-            .into_iter()
-            .map(|v| matches!(v, Value::Okay))
-            .collect())
+        let replies: Vec<Value> =
+            self.bounded(self.timeout * 20, async move { pipe.query_async(&mut conn).await }).await?;
+        Ok(replies.into_iter().map(|v| matches!(v, Value::Okay)).collect())
     }
 }
 
@@ -236,11 +217,8 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: String = self
-            .bounded(self.timeout, async move {
-                redis::cmd("PING").query_async(&mut conn).await
-            })
-            .await?;
+        let _: String =
+            self.bounded(self.timeout, async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
         Ok(())
     }
 
@@ -248,17 +226,8 @@ impl Store for RedisStore {
         let json = serde_json::to_vec(workspace).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = self.keys.workspace(&workspace.id);
         let mut conn = self.conn.clone();
-        let created: bool = self
-            .bounded(self.timeout, async move { conn.set_nx(key, json).await })
-            .await?;
-        if created {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt(format!(
-                "workspace {} exists",
-                workspace.id
-            )))
-        }
+        let created: bool = self.bounded(self.timeout, async move { conn.set_nx(key, json).await }).await?;
+        if created { Ok(()) } else { Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id))) }
     }
 
     async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
@@ -269,10 +238,7 @@ impl Store for RedisStore {
         let json = serde_json::to_vec(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let redis_key = self.keys.api_key(&key.key_hash);
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move {
-            conn.set::<_, _, ()>(redis_key, json).await
-        })
-        .await
+        self.bounded(self.timeout, async move { conn.set::<_, _, ()>(redis_key, json).await }).await
     }
 
     async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -280,14 +246,9 @@ impl Store for RedisStore {
     }
 
     async fn insert_links(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
-        let batches: Vec<_> = links
-            .chunks(INSERT_BATCH)
-            .map(|batch| self.insert_batch(batch))
-            .collect();
-        let results: Vec<Result<Vec<bool>, StoreError>> = futures_util::stream::iter(batches)
-            .buffered(INSERT_CONCURRENCY)
-            .collect()
-            .await;
+        let batches: Vec<_> = links.chunks(INSERT_BATCH).map(|batch| self.insert_batch(batch)).collect();
+        let results: Vec<Result<Vec<bool>, StoreError>> =
+            futures_util::stream::iter(batches).buffered(INSERT_CONCURRENCY).collect().await;
         let mut inserted = Vec::with_capacity(links.len());
         for batch in results {
             inserted.extend(batch?);
@@ -296,25 +257,16 @@ impl Store for RedisStore {
         let mut per_broadcast: std::collections::HashMap<(&str, &str), i64> = Default::default();
         for (link, fresh) in links.iter().zip(&inserted) {
             if let (true, Some(broadcast)) = (fresh, &link.broadcast_id) {
-                *per_broadcast
-                    .entry((&link.workspace_id, broadcast))
-                    .or_default() += 1;
+                *per_broadcast.entry((&link.workspace_id, broadcast)).or_default() += 1;
             }
         }
         if !per_broadcast.is_empty() {
             let mut pipe = redis::pipe();
             for ((workspace, broadcast), n) in per_broadcast {
-                pipe.cmd("HINCRBY")
-                    .arg(self.keys.broadcast(workspace, broadcast))
-                    .arg("links")
-                    .arg(n)
-                    .ignore();
+                pipe.cmd("HINCRBY").arg(self.keys.broadcast(workspace, broadcast)).arg("links").arg(n).ignore();
             }
             let mut conn = self.conn.clone();
-            self.bounded(self.timeout, async move {
-                pipe.query_async::<()>(&mut conn).await
-            })
-            .await?;
+            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
         }
         Ok(inserted)
     }
@@ -323,11 +275,7 @@ impl Store for RedisStore {
         self.get_json(self.keys.link(code)).await
     }
 
-    async fn disable_link(
-        &self,
-        code: &str,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Link>, StoreError> {
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
         let Some(mut link) = self.get_link(code).await? else {
             return Ok(None);
         };
@@ -340,27 +288,17 @@ impl Store for RedisStore {
             let mut conn = self.conn.clone();
             let mut pipe = redis::pipe();
             pipe.cmd("SET").arg(key).arg(json).arg("XX").ignore();
-            self.bounded(self.timeout, async move {
-                pipe.query_async::<()>(&mut conn).await
-            })
-            .await?;
+            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
         }
         // Publish even when already disabled: an instance that missed the first message learns now.
         let channel = self.keys.invalidation_channel();
         let code = code.to_owned();
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move {
-            conn.publish::<_, _, i64>(channel, code).await
-        })
-        .await?;
+        self.bounded(self.timeout, async move { conn.publish::<_, _, i64>(channel, code).await }).await?;
         Ok(Some(link))
     }
 
-    async fn record_clicks(
-        &self,
-        clicks: &[ClickRecord],
-        recent: usize,
-    ) -> Result<Vec<ClickTally>, StoreError> {
+    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError> {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         // Group by link and by broadcast, keeping batch order inside each group.
         let mut links: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -388,26 +326,11 @@ impl Store for RedisStore {
         // pipeline could count twice). `EVAL` instead would make Redis hash the script text once per
         // link, which halves throughput.
         pipe.cmd("SCRIPT").arg("LOAD").arg(LINK_SCRIPT).ignore();
-        pipe.cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(BROADCAST_SCRIPT)
-            .ignore();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(BROADCAST_SCRIPT).ignore();
         for (code, members) in &links {
-            let human: Vec<&ClickRecord> = members
-                .iter()
-                .map(|&i| &clicks[i])
-                .filter(|c| c.is_human())
-                .collect();
-            let first = human
-                .iter()
-                .map(|c| c.at.timestamp_millis())
-                .min()
-                .unwrap_or(0);
-            let last = human
-                .iter()
-                .map(|c| c.at.timestamp_millis())
-                .max()
-                .unwrap_or(0);
+            let human: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.is_human()).collect();
+            let first = human.iter().map(|c| c.at.timestamp_millis()).min().unwrap_or(0);
+            let last = human.iter().map(|c| c.at.timestamp_millis()).max().unwrap_or(0);
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(&self.link_script)
@@ -444,9 +367,7 @@ impl Store for RedisStore {
         }
         let mut opt_out_clicks = Vec::new();
         for (i, click) in clicks.iter().enumerate() {
-            if let (true, LinkKind::OptOut, Some(recipient)) =
-                (click.is_human(), click.kind, &click.recipient)
-            {
+            if let (true, LinkKind::OptOut, Some(recipient)) = (click.is_human(), click.kind, &click.recipient) {
                 let record = crate::store::memory::opt_out_of(click, recipient);
                 pipe.cmd("HSETNX")
                     .arg(self.keys.opt_outs(&click.workspace_id))
@@ -456,12 +377,8 @@ impl Store for RedisStore {
             }
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<Value> = self
-            .bounded(
-                COMMIT_TIMEOUT,
-                async move { pipe.query_async(&mut conn).await },
-            )
-            .await?;
+        let replies: Vec<Value> =
+            self.bounded(COMMIT_TIMEOUT, async move { pipe.query_async(&mut conn).await }).await?;
         let mut replies = replies.into_iter();
         let bad = |what: &str| StoreError::Corrupt(format!("unexpected reply to {what}"));
 
@@ -486,35 +403,18 @@ impl Store for RedisStore {
         for i in opt_out_clicks {
             opted_out[i] = as_int(replies.next()) == Some(1);
         }
-        Ok(super::tallies(
-            clicks,
-            &human_after,
-            &first_in_broadcast,
-            &opted_out,
-        ))
+        Ok(super::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         let key = self.keys.counters(code);
         let mut conn = self.conn.clone();
-        type Row = (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<i64>,
-            Option<i64>,
-        );
+        type Row = (Option<u64>, Option<u64>, Option<u64>, Option<i64>, Option<i64>);
         let (hits, human_hits, bot_hits, first, last): Row = self
             .bounded(self.timeout, async move {
                 redis::cmd("HMGET")
                     .arg(key)
-                    .arg(&[
-                        "hits",
-                        "human_hits",
-                        "bot_hits",
-                        "first_click_at",
-                        "last_click_at",
-                    ])
+                    .arg(&["hits", "human_hits", "bot_hits", "first_click_at", "last_click_at"])
                     .query_async(&mut conn)
                     .await
             })
@@ -537,9 +437,7 @@ impl Store for RedisStore {
     ) -> Result<Option<BroadcastStats>, StoreError> {
         let key = self.keys.broadcast(workspace_id, broadcast_id);
         let mut conn = self.conn.clone();
-        let fields: HashMap<String, u64> = self
-            .bounded(self.timeout, async move { conn.hgetall(key).await })
-            .await?;
+        let fields: HashMap<String, u64> = self.bounded(self.timeout, async move { conn.hgetall(key).await }).await?;
         if fields.get("links").copied().unwrap_or(0) == 0 {
             return Ok(None);
         }
@@ -553,66 +451,39 @@ impl Store for RedisStore {
         }))
     }
 
-    async fn recent_clicks(
-        &self,
-        code: &str,
-        limit: usize,
-    ) -> Result<Vec<ClickRecord>, StoreError> {
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let key = self.keys.recent_clicks(code);
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<u8>> = self
-            .bounded(self.timeout, async move {
-                conn.lrange(key, 0, limit as isize - 1).await
-            })
-            .await?;
-        raw.iter()
-            .map(|bytes| {
-                serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+        let raw: Vec<Vec<u8>> =
+            self.bounded(self.timeout, async move { conn.lrange(key, 0, limit as isize - 1).await }).await?;
+        raw.iter().map(|bytes| serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
     }
 
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError> {
         let key = self.keys.opt_outs(workspace_id);
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<u8>> = self
-            .bounded(self.timeout, async move { conn.hvals(key).await })
-            .await?;
+        let raw: Vec<Vec<u8>> = self.bounded(self.timeout, async move { conn.hvals(key).await }).await?;
         let mut all = raw
             .iter()
-            .map(|bytes| {
-                serde_json::from_slice::<OptOut>(bytes)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
+            .map(|bytes| serde_json::from_slice::<OptOut>(bytes).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         all.sort_by_key(|o| std::cmp::Reverse(o.at));
         all.truncate(limit);
         Ok(all)
     }
 
-    async fn get_webhook_settings(
-        &self,
-        workspace_id: &str,
-    ) -> Result<Option<WebhookSettings>, StoreError> {
-        self.get_json(self.keys.webhook_settings(workspace_id))
-            .await
+    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError> {
+        self.get_json(self.keys.webhook_settings(workspace_id)).await
     }
 
-    async fn put_webhook_settings(
-        &self,
-        workspace_id: &str,
-        settings: &WebhookSettings,
-    ) -> Result<(), StoreError> {
+    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
         let json = serde_json::to_vec(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = self.keys.webhook_settings(workspace_id);
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move {
-            conn.set::<_, _, ()>(key, json).await
-        })
-        .await
+        self.bounded(self.timeout, async move { conn.set::<_, _, ()>(key, json).await }).await
     }
 
     async fn append_webhook_logs(
@@ -630,38 +501,20 @@ impl Store for RedisStore {
             let json = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             pipe.cmd("LPUSH").arg(&key).arg(json).ignore();
         }
-        pipe.cmd("LTRIM")
-            .arg(&key)
-            .arg(0)
-            .arg(cap.max(1) as i64 - 1)
-            .ignore();
+        pipe.cmd("LTRIM").arg(&key).arg(0).arg(cap.max(1) as i64 - 1).ignore();
         let mut conn = self.conn.clone();
-        self.bounded(self.timeout, async move {
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+        self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await
     }
 
-    async fn webhook_logs(
-        &self,
-        workspace_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+    async fn webhook_logs(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeliveryLog>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let key = self.keys.webhook_logs(workspace_id);
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<u8>> = self
-            .bounded(self.timeout, async move {
-                conn.lrange(key, 0, limit as isize - 1).await
-            })
-            .await?;
-        raw.iter()
-            .map(|bytes| {
-                serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+        let raw: Vec<Vec<u8>> =
+            self.bounded(self.timeout, async move { conn.lrange(key, 0, limit as isize - 1).await }).await?;
+        raw.iter().map(|bytes| serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
     }
 
     fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
@@ -670,9 +523,7 @@ impl Store for RedisStore {
         let channel = self.keys.invalidation_channel();
         let timeout = self.timeout;
         tokio::spawn(async move {
-            shutdown
-                .run_until_cancelled(subscribe_forever(client, channel, timeout, tx))
-                .await;
+            shutdown.run_until_cancelled(subscribe_forever(client, channel, timeout, tx)).await;
         });
         Some(rx)
     }
@@ -687,23 +538,12 @@ fn as_int(value: Option<Value>) -> Option<i64> {
 
 /// Keeps one subscription to the invalidation channel alive, reconnecting with backoff. After every
 /// (re)subscription it sends `Invalidation::All`, since messages published meanwhile are lost.
-async fn subscribe_forever(
-    client: redis::Client,
-    channel: String,
-    timeout: Duration,
-    tx: mpsc::Sender<Invalidation>,
-) {
+async fn subscribe_forever(client: redis::Client, channel: String, timeout: Duration, tx: mpsc::Sender<Invalidation>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let subscribed = async {
-            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
-                .await
-                .ok()?
-                .ok()?;
-            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
-                .await
-                .ok()?
-                .ok()?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.ok()?.ok()?;
+            tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await.ok()?.ok()?;
             Some(pubsub)
         }
         .await;

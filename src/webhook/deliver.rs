@@ -69,13 +69,7 @@ impl Deliverer {
     }
 
     /// Sends `job` to `url` once (twice when an OAuth token was refused and refreshed).
-    pub async fn attempt(
-        &self,
-        settings: &WebhookSettings,
-        workspace_id: &str,
-        url: &str,
-        job: &Job,
-    ) -> Attempt {
+    pub async fn attempt(&self, settings: &WebhookSettings, workspace_id: &str, url: &str, job: &Job) -> Attempt {
         let started = Instant::now();
         let mut result = self.send(settings, workspace_id, url, job, false).await;
         if result.status == Some(401) && settings.oauth.is_some() {
@@ -93,12 +87,7 @@ impl Deliverer {
         job: &Job,
         fresh_token: bool,
     ) -> Attempt {
-        let fail = |error: String| Attempt {
-            status: None,
-            elapsed_ms: 0,
-            error: Some(error),
-            retry_after: None,
-        };
+        let fail = |error: String| Attempt { status: None, elapsed_ms: 0, error: Some(error), retry_after: None };
         let parsed = match url::Url::parse(url) {
             Ok(u) => u,
             Err(e) => return fail(format!("invalid URL: {e}")),
@@ -114,15 +103,9 @@ impl Deliverer {
             .header(hyper::header::USER_AGENT, &self.user_agent)
             .header("webhook-id", &job.event_id)
             .header("webhook-timestamp", timestamp.to_string());
-        if let Some(key) = settings
-            .signing_secret
-            .as_deref()
-            .and_then(sign::secret_key)
-        {
-            request = request.header(
-                "webhook-signature",
-                sign::signature(&key, &job.event_id, timestamp, job.payload.as_bytes()),
-            );
+        if let Some(key) = settings.signing_secret.as_deref().and_then(sign::secret_key) {
+            request = request
+                .header("webhook-signature", sign::signature(&key, &job.event_id, timestamp, job.payload.as_bytes()));
         }
         if let Some(oauth) = &settings.oauth {
             match self.token(workspace_id, oauth, fresh_token).await {
@@ -135,42 +118,25 @@ impl Deliverer {
         match request.body(job.payload.clone()).send().await {
             Ok(response) => {
                 let status = response.status();
-                let retry_after = matches!(
-                    status,
-                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                )
-                .then(|| {
-                    response
-                        .headers()
-                        .get(hyper::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after)
-                })
-                .flatten();
+                let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                    .then(|| {
+                        response
+                            .headers()
+                            .get(hyper::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_retry_after)
+                    })
+                    .flatten();
                 let error = (!status.is_success()).then(|| format!("receiver answered {status}"));
-                Attempt {
-                    status: Some(status.as_u16()),
-                    elapsed_ms: 0,
-                    error,
-                    retry_after,
-                }
+                Attempt { status: Some(status.as_u16()), elapsed_ms: 0, error, retry_after }
             }
             Err(e) => fail(describe(&e)),
         }
     }
 
     /// A cached or freshly fetched OAuth access token.
-    async fn token(
-        &self,
-        workspace_id: &str,
-        oauth: &OAuth,
-        refresh: bool,
-    ) -> Result<String, String> {
-        let key = (
-            workspace_id.to_owned(),
-            oauth.url.clone(),
-            oauth.client_id.clone(),
-        );
+    async fn token(&self, workspace_id: &str, oauth: &OAuth, refresh: bool) -> Result<String, String> {
+        let key = (workspace_id.to_owned(), oauth.url.clone(), oauth.client_id.clone());
         let mut tokens = self.tokens.lock().await;
         if !refresh
             && let Some(token) = tokens.get(&key)
@@ -191,22 +157,15 @@ impl Deliverer {
             .header(hyper::header::USER_AGENT, &self.user_agent)
             .header(hyper::header::ACCEPT, "application/json");
         match oauth.credentials_location {
-            CredentialsLocation::Header => {
-                request = request.basic_auth(&oauth.client_id, Some(&oauth.client_secret))
-            }
+            CredentialsLocation::Header => request = request.basic_auth(&oauth.client_id, Some(&oauth.client_secret)),
             CredentialsLocation::Body => {
                 pairs.push(("client_id", &oauth.client_id));
                 pairs.push(("client_secret", &oauth.client_secret));
             }
         }
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
+        let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
         let response = request
-            .header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form)
             .send()
             .await
@@ -220,21 +179,11 @@ impl Deliverer {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let body: TokenResponse = response
-            .json()
-            .await
-            .map_err(|e| format!("unreadable token response: {e}"))?;
+        let body: TokenResponse = response.json().await.map_err(|e| format!("unreadable token response: {e}"))?;
         // Renew a little early so a token never expires in flight; default lifetime: one hour.
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(3600));
-        let expires =
-            Instant::now() + lifetime.saturating_sub(lifetime.min(Duration::from_secs(30)));
-        tokens.insert(
-            key,
-            Token {
-                value: body.access_token.clone(),
-                expires,
-            },
-        );
+        let expires = Instant::now() + lifetime.saturating_sub(lifetime.min(Duration::from_secs(30)));
+        tokens.insert(key, Token { value: body.access_token.clone(), expires });
         Ok(body.access_token)
     }
 }
@@ -246,9 +195,7 @@ pub fn parse_retry_after(raw: &str) -> Option<Duration> {
         Duration::from_secs(secs)
     } else {
         let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)
     };
     Some(delay.min(Duration::from_secs(3600)))
 }
@@ -286,11 +233,7 @@ mod tests {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO),
-            "a past date means now"
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date means now");
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

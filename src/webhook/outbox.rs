@@ -32,28 +32,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(
-        queue: Arc<dyn Queue>,
-        store: SharedStore,
-        settings: Arc<SettingsCache>,
-        base_url: String,
-    ) -> Self {
-        Self {
-            queue,
-            store,
-            settings,
-            base_url,
-            links: Mutex::new(HashMap::new()),
-        }
+    pub fn new(queue: Arc<dyn Queue>, store: SharedStore, settings: Arc<SettingsCache>, base_url: String) -> Self {
+        Self { queue, store, settings, base_url, links: Mutex::new(HashMap::new()) }
     }
 
     async fn link(&self, code: &str) -> Option<Arc<Link>> {
-        if let Some(link) = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(code)
-        {
+        if let Some(link) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(code) {
             return Some(Arc::clone(link));
         }
         let link = Arc::new(patiently(|| self.store.get_link(code)).await.ok()??);
@@ -71,9 +55,7 @@ impl Outbox {
             Event::Click { click, tally } => (EventKind::Click, click, Some(tally)),
             Event::OptOut { click } => (EventKind::OptOut, click, None),
         };
-        let settings = patiently(|| self.settings.get(&click.workspace_id))
-            .await
-            .map_err(|e| e.to_string())?;
+        let settings = patiently(|| self.settings.get(&click.workspace_id)).await.map_err(|e| e.to_string())?;
         if settings.url_for(kind).is_none() {
             return Ok(None);
         }
@@ -105,12 +87,7 @@ impl Outbox {
             first_click: tally.is_some_and(|t| t.first_click),
             workspace_id: &click.workspace_id,
         };
-        let body = payload::render(
-            settings.format,
-            &settings.effective_click_fields(),
-            kind,
-            &facts,
-        );
+        let body = payload::render(settings.format, &settings.effective_click_fields(), kind, &facts);
         Ok(Some(Job {
             event_id,
             workspace_id: click.workspace_id.clone(),
@@ -132,9 +109,11 @@ impl EventSink for Outbox {
                     metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => "queued").increment(1);
                     jobs.push(job);
                 }
-                Ok(None) => metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped").increment(1),
+                Ok(None) => metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped")
+                    .increment(1),
                 Err(err) => {
-                    metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped").increment(1);
+                    metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped")
+                        .increment(1);
                     tracing::error!(error = %err, "dropping a webhook event: its settings could not be read");
                 }
             }
@@ -143,7 +122,8 @@ impl EventSink for Outbox {
             return;
         }
         if let Err(err) = patiently(|| self.queue.push(&jobs)).await {
-            metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped").increment(jobs.len() as u64);
+            metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped")
+                .increment(jobs.len() as u64);
             tracing::error!(error = %err, events = jobs.len(), "dropping webhook events: the outbox is unreachable");
         }
     }

@@ -75,12 +75,9 @@ pub fn render(format: Format, click_fields: &[&str], kind: EventKind, f: &Facts<
                 "source_message": source_message(f),
             }
         }),
-        (Format::Fields, EventKind::Click) => Value::Object(
-            click_fields
-                .iter()
-                .map(|name| ((*name).to_owned(), field(name, f)))
-                .collect(),
-        ),
+        (Format::Fields, EventKind::Click) => {
+            Value::Object(click_fields.iter().map(|name| ((*name).to_owned(), field(name, f))).collect())
+        }
         // The `fields` selection describes clicks; an opt-out keeps the flat style with the facts an
         // opt-out has.
         (Format::Fields, EventKind::OptOut) => {
@@ -118,10 +115,7 @@ fn source_message(f: &Facts<'_>) -> Value {
 
 /// One named field of the `fields` format.
 fn field(name: &str, f: &Facts<'_>) -> Value {
-    let device = || {
-        f.user_agent
-            .and_then(|ua| woothee::parser::Parser::new().parse(ua))
-    };
+    let device = || f.user_agent.and_then(|ua| woothee::parser::Parser::new().parse(ua));
     match name {
         "event_id" => json!(f.event_id),
         "occurred_at" => json!(f.occurred_at),
@@ -238,23 +232,14 @@ mod tests {
             )
         );
         assert_eq!(
-            render(
-                Format::Fields,
-                &["hits", "recipient"],
-                EventKind::Click,
-                &facts()
-            ),
+            render(Format::Fields, &["hits", "recipient"], EventKind::Click, &facts()),
             literal(r#"{"hits": 3, "recipient": "+12025550293"}"#)
         );
     }
 
     #[test]
     fn missing_facts_are_null() {
-        let f = Facts {
-            message_id: None,
-            sender: None,
-            ..facts()
-        };
+        let f = Facts { message_id: None, sender: None, ..facts() };
         let v = render(Format::LinkHit, &[], EventKind::Click, &f);
         assert_eq!(v["link_hit"]["source_message"]["id"], Value::Null);
         assert_eq!(v["link_hit"]["source_message"]["sender"], Value::Null);

@@ -110,14 +110,7 @@ impl Queue for MemoryQueue {
                 let mut state = self.lock();
                 if !state.ready.is_empty() {
                     let n = max.min(state.ready.len());
-                    return Ok(state
-                        .ready
-                        .drain(..n)
-                        .map(|job| Lease {
-                            job,
-                            receipt: String::new(),
-                        })
-                        .collect());
+                    return Ok(state.ready.drain(..n).map(|job| Lease { job, receipt: String::new() }).collect());
                 }
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), self.ready.notified()).await;
@@ -164,9 +157,7 @@ impl Queue for MemoryQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let state = self.lock();
-        let oldest = state.ready.front().map_or(0.0, |j| {
-            (Utc::now() - j.created_at).as_seconds_f64().max(0.0)
-        });
+        let oldest = state.ready.front().map_or(0.0, |j| (Utc::now() - j.created_at).as_seconds_f64().max(0.0));
         Ok(QueueStats {
             ready: state.ready.len() as u64,
             scheduled: state.scheduled.len() as u64,
@@ -202,14 +193,8 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     /// Connects (lazily) and names this process's consumer. Must be called inside a Tokio runtime.
-    pub fn open(
-        url: &str,
-        prefix: &str,
-        consumer: &str,
-        claim_idle: Duration,
-    ) -> Result<Self, QueueError> {
-        let client =
-            redis::Client::open(url).map_err(|e| QueueError::Unavailable(e.to_string()))?;
+    pub fn open(url: &str, prefix: &str, consumer: &str, claim_idle: Duration) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url).map_err(|e| QueueError::Unavailable(e.to_string()))?;
         let config = || {
             redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -275,15 +260,14 @@ impl RedisQueue {
             let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
                 continue;
             };
-            let id: String = redis::from_redis_value(id.clone())
-                .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let id: String = redis::from_redis_value(id.clone()).map_err(|e| QueueError::Corrupt(e.to_string()))?;
             let mut job = None;
             for pair in fields.chunks(2) {
                 if let [k, v] = pair
                     && redis::from_redis_value::<String>(k.clone()).is_ok_and(|k| k == "job")
                 {
-                    let raw: Vec<u8> = redis::from_redis_value(v.clone())
-                        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+                    let raw: Vec<u8> =
+                        redis::from_redis_value(v.clone()).map_err(|e| QueueError::Corrupt(e.to_string()))?;
                     job = serde_json::from_slice::<Job>(&raw).ok();
                 }
             }
@@ -305,15 +289,9 @@ impl Queue for RedisQueue {
         let mut pipe = redis::pipe();
         for job in jobs {
             let json = serde_json::to_vec(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg("job")
-                .arg(json)
-                .ignore();
+            pipe.cmd("XADD").arg(&self.stream).arg("*").arg("job").arg(json).ignore();
         }
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe)
-            .await
+        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
     async fn pull(&self, max: usize) -> Result<Vec<Lease>, QueueError> {
@@ -365,8 +343,7 @@ impl Queue for RedisQueue {
             .arg(&self.stream)
             .arg(&lease.receipt)
             .ignore();
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe)
-            .await
+        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError> {
@@ -387,13 +364,11 @@ impl Queue for RedisQueue {
             .arg(&self.stream)
             .arg(&lease.receipt)
             .ignore();
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe)
-            .await
+        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
     async fn dead_letter(&self, lease: &Lease) -> Result<(), QueueError> {
-        let json =
-            serde_json::to_vec(&lease.job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_vec(&lease.job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("LPUSH")
@@ -414,8 +389,7 @@ impl Queue for RedisQueue {
             .arg(&self.stream)
             .arg(&lease.receipt)
             .ignore();
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe)
-            .await
+        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
     async fn promote(&self) -> Result<usize, QueueError> {
@@ -468,25 +442,13 @@ impl Queue for RedisQueue {
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        let (ready, scheduled, first): (u64, u64, Value) =
-            self.run(&self.conn, Duration::from_secs(5), pipe).await?;
+        let (ready, scheduled, first): (u64, u64, Value) = self.run(&self.conn, Duration::from_secs(5), pipe).await?;
         let oldest_age_secs = Self::leases(&first)
             .ok()
             .and_then(|l| l.into_iter().next())
-            .and_then(|l| {
-                l.receipt
-                    .split('-')
-                    .next()
-                    .and_then(|ms| ms.parse::<i64>().ok())
-            })
-            .map_or(0.0, |ms| {
-                ((Utc::now().timestamp_millis() - ms) as f64 / 1000.0).max(0.0)
-            });
-        Ok(QueueStats {
-            ready,
-            scheduled,
-            oldest_age_secs,
-        })
+            .and_then(|l| l.receipt.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
+            .map_or(0.0, |ms| ((Utc::now().timestamp_millis() - ms) as f64 / 1000.0).max(0.0));
+        Ok(QueueStats { ready, scheduled, oldest_age_secs })
     }
 }
 
@@ -513,22 +475,13 @@ mod tests {
         assert_eq!(leases.len(), 2);
         let mut next = leases[0].job.clone();
         next.attempt = 1;
-        q.retry(
-            &leases[0],
-            &next,
-            Utc::now() + chrono::Duration::milliseconds(50),
-        )
-        .await
-        .unwrap();
+        q.retry(&leases[0], &next, Utc::now() + chrono::Duration::milliseconds(50)).await.unwrap();
         assert_eq!(q.promote().await.unwrap(), 0, "not due yet");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(q.promote().await.unwrap(), 1);
         let again = q.pull(10).await.unwrap();
         assert_eq!(again.len(), 1);
-        assert_eq!(
-            (again[0].job.event_id.as_str(), again[0].job.attempt),
-            ("a", 1)
-        );
+        assert_eq!((again[0].job.event_id.as_str(), again[0].job.attempt), ("a", 1));
         assert_eq!(q.stats().await.unwrap().ready, 0);
     }
 }

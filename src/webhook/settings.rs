@@ -66,15 +66,8 @@ pub const CLICK_FIELDS: [&str; 18] = [
 ];
 
 /// The fields of the `fields` format when none were chosen.
-pub const DEFAULT_CLICK_FIELDS: [&str; 7] = [
-    "event_id",
-    "occurred_at",
-    "short_url",
-    "target_url",
-    "recipient",
-    "message_id",
-    "hits",
-];
+pub const DEFAULT_CLICK_FIELDS: [&str; 7] =
+    ["event_id", "occurred_at", "short_url", "target_url", "recipient", "message_id", "hits"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -185,10 +178,7 @@ pub struct UpdateError {
 }
 
 fn err(code: &'static str, message: impl Into<String>) -> UpdateError {
-    UpdateError {
-        code,
-        message: message.into(),
-    }
+    UpdateError { code, message: message.into() }
 }
 
 /// Applies a `PUT /api/v1/webhooks` body to `current`. Every field is optional; absent = unchanged.
@@ -208,26 +198,17 @@ pub fn apply_update(
         match map.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(err(
-                "INVALID_TOGGLE",
-                format!("{name} must be true or false"),
-            )),
+            Some(_) => Err(err("INVALID_TOGGLE", format!("{name} must be true or false"))),
         }
     };
     let unique = toggle("unique_clicks_only")?;
     let enabled = toggle("enabled")?;
     let clear_secret = toggle("clear_signing_secret")?.unwrap_or(false);
     if clear_secret && map.get("signing_secret").is_some_and(|v| !v.is_null()) {
-        return Err(err(
-            "CONFLICTING_FIELDS",
-            "signing_secret and clear_signing_secret: true cannot be sent together",
-        ));
+        return Err(err("CONFLICTING_FIELDS", "signing_secret and clear_signing_secret: true cannot be sent together"));
     }
 
-    for (name, slot) in [
-        ("click_url", &mut next.click_url),
-        ("opt_out_url", &mut next.opt_out_url),
-    ] {
+    for (name, slot) in [("click_url", &mut next.click_url), ("opt_out_url", &mut next.opt_out_url)] {
         if let Some(raw) = map.get(name) {
             *slot = parse_url(name, raw, allow_private)?;
         }
@@ -235,12 +216,8 @@ pub fn apply_update(
 
     if let Some(raw) = map.get("format") {
         let parsed = raw.as_str().and_then(Format::parse);
-        next.format = parsed.ok_or_else(|| {
-            err(
-                "INVALID_FORMAT",
-                "format must be \"8x8\", \"link_hit\" or \"fields\"",
-            )
-        })?;
+        next.format =
+            parsed.ok_or_else(|| err("INVALID_FORMAT", "format must be \"8x8\", \"link_hit\" or \"fields\""))?;
     }
 
     if let Some(raw) = map.get("click_fields") {
@@ -263,9 +240,7 @@ pub fn apply_update(
             Value::Null => next.http_authorization = None,
             Value::String(s) if s.is_empty() => next.http_authorization = None,
             Value::String(s) if s == MASK => {}
-            Value::String(s) if is_header_value(s) && s.len() <= 4096 => {
-                next.http_authorization = Some(s.clone())
-            }
+            Value::String(s) if is_header_value(s) && s.len() <= 4096 => next.http_authorization = Some(s.clone()),
             _ => {
                 return Err(err(
                     "INVALID_SECRET",
@@ -299,20 +274,12 @@ fn parse_url(name: &str, raw: &Value, allow_private: bool) -> Result<Option<Stri
         Value::String(s) => ssrf::check_url(s, allow_private)
             .map(|_| Some(s.clone()))
             .map_err(|e| err("INVALID_URL", format!("{name}: {e}"))),
-        _ => Err(err(
-            "INVALID_URL",
-            format!("{name} must be a string URL, \"\" or null"),
-        )),
+        _ => Err(err("INVALID_URL", format!("{name} must be a string URL, \"\" or null"))),
     }
 }
 
 fn parse_fields(raw: &Value) -> Result<Vec<String>, UpdateError> {
-    let bad = |why: String| {
-        err(
-            "INVALID_FIELDS",
-            format!("click_fields {why}; allowed: {}", CLICK_FIELDS.join(", ")),
-        )
-    };
+    let bad = |why: String| err("INVALID_FIELDS", format!("click_fields {why}; allowed: {}", CLICK_FIELDS.join(", ")));
     let Value::Array(items) = raw else {
         return Err(bad("must be a non-empty list".into()));
     };
@@ -321,9 +288,7 @@ fn parse_fields(raw: &Value) -> Result<Vec<String>, UpdateError> {
     }
     let mut fields: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
-        let name = item
-            .as_str()
-            .ok_or_else(|| bad(format!("holds {item}, not a field name")))?;
+        let name = item.as_str().ok_or_else(|| bad(format!("holds {item}, not a field name")))?;
         if !CLICK_FIELDS.contains(&name) {
             return Err(bad(format!("holds the unknown field `{name}`")));
         }
@@ -336,37 +301,22 @@ fn parse_fields(raw: &Value) -> Result<Vec<String>, UpdateError> {
 
 fn parse_signing_secret(raw: &str) -> Result<String, UpdateError> {
     if raw.is_empty() || raw.chars().count() > MAX_SECRET {
-        return Err(err(
-            "INVALID_SECRET",
-            format!("signing_secret must be 1-{MAX_SECRET} characters"),
-        ));
+        return Err(err("INVALID_SECRET", format!("signing_secret must be 1-{MAX_SECRET} characters")));
     }
     if super::sign::secret_key(raw).is_none() {
-        return Err(err(
-            "INVALID_SECRET",
-            "a whsec_ signing secret must be base64 after the prefix",
-        ));
+        return Err(err("INVALID_SECRET", "a whsec_ signing secret must be base64 after the prefix"));
     }
     Ok(raw.to_owned())
 }
 
-fn parse_oauth(
-    o: &Map<String, Value>,
-    current: Option<&OAuth>,
-    allow_private: bool,
-) -> Result<OAuth, UpdateError> {
+fn parse_oauth(o: &Map<String, Value>, current: Option<&OAuth>, allow_private: bool) -> Result<OAuth, UpdateError> {
     let text = |name: &str| -> Result<Option<String>, UpdateError> {
         match o.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s))
-                if !s.is_empty() && s.len() <= 2048 && !s.chars().any(char::is_control) =>
-            {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 2048 && !s.chars().any(char::is_control) => {
                 Ok(Some(s.clone()))
             }
-            Some(_) => Err(err(
-                "INVALID_OAUTH",
-                format!("oauth.{name} must be a non-empty string"),
-            )),
+            Some(_) => Err(err("INVALID_OAUTH", format!("oauth.{name} must be a non-empty string"))),
         }
     };
     let url = match o.get("url") {
@@ -374,17 +324,13 @@ fn parse_oauth(
         _ => None,
     }
     .ok_or_else(|| err("INVALID_URL", "oauth.url must be an http(s) URL"))?;
-    let client_id =
-        text("client_id")?.ok_or_else(|| err("INVALID_OAUTH", "oauth.client_id is required"))?;
+    let client_id = text("client_id")?.ok_or_else(|| err("INVALID_OAUTH", "oauth.client_id is required"))?;
     let client_secret = match o.get("client_secret") {
         Some(Value::String(s)) if s == MASK => current.map(|c| c.client_secret.clone()),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 4096 => Some(s.clone()),
         None => current.map(|c| c.client_secret.clone()),
         Some(_) => {
-            return Err(err(
-                "INVALID_SECRET",
-                "oauth.client_secret must be a non-empty string",
-            ));
+            return Err(err("INVALID_SECRET", "oauth.client_secret must be a non-empty string"));
         }
     }
     .ok_or_else(|| err("INVALID_SECRET", "oauth.client_secret is required"))?;
@@ -393,19 +339,10 @@ fn parse_oauth(
         Some(Value::String(s)) if s == "header" => CredentialsLocation::Header,
         Some(Value::String(s)) if s == "body" => CredentialsLocation::Body,
         Some(_) => {
-            return Err(err(
-                "INVALID_OAUTH",
-                "oauth.credentials_location must be \"header\" or \"body\"",
-            ));
+            return Err(err("INVALID_OAUTH", "oauth.credentials_location must be \"header\" or \"body\""));
         }
     };
-    Ok(OAuth {
-        url,
-        client_id,
-        client_secret,
-        credentials_location,
-        scope: text("scope")?,
-    })
+    Ok(OAuth { url, client_id, client_secret, credentials_location, scope: text("scope")? })
 }
 
 fn is_header_value(s: &str) -> bool {
@@ -429,18 +366,12 @@ mod tests {
             (json!({"click_url": "ftp://x.example/"}), "INVALID_URL"),
             (json!({"click_url": "http://127.0.0.1/hook"}), "INVALID_URL"),
             (json!({"click_url": 5}), "INVALID_URL"),
-            (
-                json!({"opt_out_url": "http://169.254.169.254/"}),
-                "INVALID_URL",
-            ),
+            (json!({"opt_out_url": "http://169.254.169.254/"}), "INVALID_URL"),
             (json!({"format": "xml"}), "INVALID_FORMAT"),
             (json!({"format": 1}), "INVALID_FORMAT"),
             (json!({"click_fields": null}), "INVALID_FIELDS"),
             (json!({"click_fields": []}), "INVALID_FIELDS"),
-            (
-                json!({"click_fields": ["event_id", "password"]}),
-                "INVALID_FIELDS",
-            ),
+            (json!({"click_fields": ["event_id", "password"]}), "INVALID_FIELDS"),
             (json!({"click_fields": "event_id"}), "INVALID_FIELDS"),
             (json!({"unique_clicks_only": "yes"}), "INVALID_TOGGLE"),
             (json!({"enabled": null}), "INVALID_TOGGLE"),
@@ -450,28 +381,13 @@ mod tests {
             (json!({"signing_secret": 42}), "INVALID_SECRET"),
             (json!({"signing_secret": null}), "INVALID_SECRET"),
             (json!({"signing_secret": "whsec_!!!!"}), "INVALID_SECRET"),
-            (
-                json!({"signing_secret": "whsec_abc", "clear_signing_secret": true}),
-                "CONFLICTING_FIELDS",
-            ),
+            (json!({"signing_secret": "whsec_abc", "clear_signing_secret": true}), "CONFLICTING_FIELDS"),
             (json!({"http_authorization": 7}), "INVALID_SECRET"),
-            (
-                json!({"http_authorization": "Bearer a\nb"}),
-                "INVALID_SECRET",
-            ),
+            (json!({"http_authorization": "Bearer a\nb"}), "INVALID_SECRET"),
             (json!({"oauth": "x"}), "INVALID_OAUTH"),
-            (
-                json!({"oauth": {"client_id": "a", "client_secret": "b"}}),
-                "INVALID_URL",
-            ),
-            (
-                json!({"oauth": {"url": "https://auth.example.com/t", "client_secret": "b"}}),
-                "INVALID_OAUTH",
-            ),
-            (
-                json!({"oauth": {"url": "https://auth.example.com/t", "client_id": "a"}}),
-                "INVALID_SECRET",
-            ),
+            (json!({"oauth": {"client_id": "a", "client_secret": "b"}}), "INVALID_URL"),
+            (json!({"oauth": {"url": "https://auth.example.com/t", "client_secret": "b"}}), "INVALID_OAUTH"),
+            (json!({"oauth": {"url": "https://auth.example.com/t", "client_id": "a"}}), "INVALID_SECRET"),
             (
                 json!({"oauth": {"url": "https://auth.example.com/t", "client_id": "a", "client_secret": "b", "credentials_location": "query"}}),
                 "INVALID_OAUTH",
@@ -497,39 +413,24 @@ mod tests {
             }),
         )
         .unwrap();
-        assert_eq!(
-            a.click_fields.as_deref(),
-            Some(&["event_id".to_owned(), "hits".to_owned()][..])
-        );
+        assert_eq!(a.click_fields.as_deref(), Some(&["event_id".to_owned(), "hits".to_owned()][..]));
         // Absent fields are unchanged; "***" keeps a secret.
-        let b = apply(
-            &a,
-            json!({"opt_out_url": "https://hooks.example.com/stop", "signing_secret": "***"}),
-        )
-        .unwrap();
+        let b = apply(&a, json!({"opt_out_url": "https://hooks.example.com/stop", "signing_secret": "***"})).unwrap();
         assert_eq!(b.click_url, a.click_url);
         assert_eq!(b.signing_secret, a.signing_secret);
         assert!(b.unique_clicks_only);
         // "" and null disable channels; clear_signing_secret clears.
-        let c = apply(&b, json!({"click_url": "", "opt_out_url": null, "clear_signing_secret": true, "http_authorization": ""}))
-            .unwrap();
-        assert_eq!(
-            (
-                c.click_url,
-                c.opt_out_url,
-                c.signing_secret,
-                c.http_authorization
-            ),
-            (None, None, None, None)
-        );
+        let c = apply(
+            &b,
+            json!({"click_url": "", "opt_out_url": null, "clear_signing_secret": true, "http_authorization": ""}),
+        )
+        .unwrap();
+        assert_eq!((c.click_url, c.opt_out_url, c.signing_secret, c.http_authorization), (None, None, None, None));
         let masked = b.masked();
         assert_eq!(masked["signing_secret"], "***");
         assert_eq!(masked["http_authorization"], "***");
         assert!(!masked.to_string().contains("t0k3n") && !masked.to_string().contains("MfKQ9"));
-        assert_eq!(
-            WebhookSettings::default().masked()["signing_secret"],
-            Value::Null
-        );
+        assert_eq!(WebhookSettings::default().masked()["signing_secret"], Value::Null);
     }
 
     #[test]

@@ -43,12 +43,7 @@ mod tests {
     #[test]
     fn standard_webhooks_vector() {
         let key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = signature(
-            &key,
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        );
+        let sig = signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
@@ -68,9 +63,6 @@ mod tests {
         assert!(secret_key("whsec_!!!").is_none());
         assert!(secret_key("whsec_").is_none());
         assert!(secret_key("whsec_c2VjcmV0").is_some());
-        assert!(
-            secret_key("whsec_c2VjcmV0ZQ").is_some(),
-            "unpadded base64 is accepted"
-        );
+        assert!(secret_key("whsec_c2VjcmV0ZQ").is_some(), "unpadded base64 is accepted");
     }
 }

@@ -151,9 +151,7 @@ fn in_v6_net(ip: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !FORBIDDEN_V4.iter().any(|&net| in_v4_net(v4, net)),
-        IpAddr::V6(v6) => {
-            in_v6_net(v6, GLOBAL_UNICAST_V6) && !FORBIDDEN_V6.iter().any(|&net| in_v6_net(v6, net))
-        }
+        IpAddr::V6(v6) => in_v6_net(v6, GLOBAL_UNICAST_V6) && !FORBIDDEN_V6.iter().any(|&net| in_v6_net(v6, net)),
     }
 }
 
@@ -165,10 +163,9 @@ fn is_internal_name(host: &str) -> bool {
     if !name.contains('.') || name.split('.').any(str::is_empty) {
         return true;
     }
-    INTERNAL_SUFFIXES.iter().any(|suffix| {
-        name.strip_suffix(suffix)
-            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
-    })
+    INTERNAL_SUFFIXES
+        .iter()
+        .any(|suffix| name.strip_suffix(suffix).is_some_and(|rest| rest.is_empty() || rest.ends_with('.')))
 }
 
 /// Configuration-time check: parses `raw` and returns the URL if it may be used as a webhook.
@@ -208,9 +205,7 @@ pub fn check_before_send(url: &Url, allow_private: bool) -> Result<(), SsrfError
     match host {
         Host::Ipv4(v4) if !is_public(IpAddr::V4(v4)) => Err(SsrfError::Forbidden(v4.to_string())),
         Host::Ipv6(v6) if !is_public(IpAddr::V6(v6)) => Err(SsrfError::Forbidden(v6.to_string())),
-        Host::Domain(name) if is_internal_name(name) => {
-            Err(SsrfError::InternalName(name.to_owned()))
-        }
+        Host::Domain(name) if is_internal_name(name) => Err(SsrfError::InternalName(name.to_owned())),
         Host::Ipv4(_) | Host::Ipv6(_) | Host::Domain(_) => Ok(()),
     }
 }
@@ -256,15 +251,10 @@ impl Resolve for GuardedResolver {
 }
 
 /// Resolves `host` and keeps only the addresses a webhook may connect to.
-async fn resolve_public(
-    host: String,
-    allow_private: bool,
-) -> Result<Addrs, Box<dyn std::error::Error + Send + Sync>> {
+async fn resolve_public(host: String, allow_private: bool) -> Result<Addrs, Box<dyn std::error::Error + Send + Sync>> {
     // Port 0: reqwest substitutes the URL's port (or the scheme default).
     let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-    let kept: Vec<SocketAddr> = resolved
-        .filter(|addr| allow_private || is_public(addr.ip()))
-        .collect();
+    let kept: Vec<SocketAddr> = resolved.filter(|addr| allow_private || is_public(addr.ip())).collect();
     if kept.is_empty() {
         return Err(Box::new(NonPublicHost(host)));
     }
@@ -331,24 +321,15 @@ mod tests {
             ("http://127.0.0.1:8080/hook", forbidden("127.0.0.1")),
             ("http://127.255.255.254/", forbidden("127.255.255.254")),
             ("http://example.com@127.0.0.1/", forbidden("127.0.0.1")),
-            (
-                "http://good.example:pw@127.0.0.1:80/",
-                forbidden("127.0.0.1"),
-            ),
+            ("http://good.example:pw@127.0.0.1:80/", forbidden("127.0.0.1")),
             ("http://[::ffff:127.0.0.1]/", forbidden("::ffff:127.0.0.1")),
             ("http://[::ffff:7f00:1]/", forbidden("::ffff:127.0.0.1")),
-            (
-                "http://[0:0:0:0:0:ffff:127.0.0.1]/",
-                forbidden("::ffff:127.0.0.1"),
-            ),
+            ("http://[0:0:0:0:0:ffff:127.0.0.1]/", forbidden("::ffff:127.0.0.1")),
             ("http://[::127.0.0.1]/", forbidden("::7f00:1")),
             ("http://[64:ff9b::7f00:1]/", forbidden("64:ff9b::7f00:1")),
             ("http://[2002:7f00:1::]/", forbidden("2002:7f00:1::")),
             // ---- 169.254.169.254 (cloud metadata), every spelling ----
-            (
-                "http://169.254.169.254/latest/",
-                forbidden("169.254.169.254"),
-            ),
+            ("http://169.254.169.254/latest/", forbidden("169.254.169.254")),
             ("http://2852039166/", forbidden("169.254.169.254")),
             ("http://0xa9fea9fe/", forbidden("169.254.169.254")),
             ("http://0251.0376.0251.0376/", forbidden("169.254.169.254")),
@@ -356,18 +337,9 @@ mod tests {
             ("http://0xa9.254.0251.254/", forbidden("169.254.169.254")),
             ("http://169.254.43518/", forbidden("169.254.169.254")),
             ("http://169.16689662/", forbidden("169.254.169.254")),
-            (
-                "http://[::ffff:169.254.169.254]/",
-                forbidden("::ffff:169.254.169.254"),
-            ),
-            (
-                "http://[::ffff:a9fe:a9fe]/",
-                forbidden("::ffff:169.254.169.254"),
-            ),
-            (
-                "http://[64:ff9b::a9fe:a9fe]/",
-                forbidden("64:ff9b::a9fe:a9fe"),
-            ),
+            ("http://[::ffff:169.254.169.254]/", forbidden("::ffff:169.254.169.254")),
+            ("http://[::ffff:a9fe:a9fe]/", forbidden("::ffff:169.254.169.254")),
+            ("http://[64:ff9b::a9fe:a9fe]/", forbidden("64:ff9b::a9fe:a9fe")),
             // ---- other non-public IPv4 ----
             ("http://0.0.0.0/", forbidden("0.0.0.0")),
             ("http://0/", forbidden("0.0.0.0")),
@@ -393,10 +365,7 @@ mod tests {
             ("http://[fec0::1]/", forbidden("fec0::1")),
             ("http://[ff02::1]/", forbidden("ff02::1")),
             ("http://[2001:db8::1]/", forbidden("2001:db8::1")),
-            (
-                "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
-                forbidden("2001:0:4136:e378:8000:63bf:3fff:fdd2"),
-            ),
+            ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", forbidden("2001:0:4136:e378:8000:63bf:3fff:fdd2")),
             ("http://[100::1]/", forbidden("100::1")),
             // ---- internal names ----
             ("http://localhost/", internal("localhost")),
@@ -405,18 +374,9 @@ mod tests {
             ("http://ⓛocalhost/", internal("localhost")),
             ("http://foo.localhost/", internal("foo.localhost")),
             ("http://printer.local/", internal("printer.local")),
-            (
-                "http://redis.default.svc.cluster.local/",
-                internal("redis.default.svc.cluster.local"),
-            ),
-            (
-                "http://metadata.google.internal/",
-                internal("metadata.google.internal"),
-            ),
-            (
-                "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
-                internal("metadata.google.internal."),
-            ),
+            ("http://redis.default.svc.cluster.local/", internal("redis.default.svc.cluster.local")),
+            ("http://metadata.google.internal/", internal("metadata.google.internal")),
+            ("http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/", internal("metadata.google.internal.")),
             ("http://router.home.arpa/", internal("router.home.arpa")),
             ("http://nas.lan/", internal("nas.lan")),
             ("http://intranet/", internal("intranet")),
@@ -441,11 +401,7 @@ mod tests {
             let got = check_url(raw, false).map(|_| ());
             assert_eq!(&got, want, "check_url({raw:?}, false)");
             if let Ok(url) = Url::parse(raw) {
-                assert_eq!(
-                    &check_before_send(&url, false),
-                    want,
-                    "check_before_send({raw:?})"
-                );
+                assert_eq!(&check_before_send(&url, false), want, "check_before_send({raw:?})");
             }
         }
     }
@@ -463,10 +419,7 @@ mod tests {
             "//example.com/x",
         ] {
             let got = check_url(raw, false);
-            assert!(
-                matches!(got, Err(SsrfError::Unparsable(_))),
-                "check_url({raw:?}) = {got:?}"
-            );
+            assert!(matches!(got, Err(SsrfError::Unparsable(_))), "check_url({raw:?}) = {got:?}");
         }
     }
 
@@ -478,10 +431,7 @@ mod tests {
         assert!(check_url("http://[::1]/x", true).is_ok());
         assert!(check_url("http://intranet/x", true).is_ok());
         assert_eq!(check_url("ftp://127.0.0.1/x", true), Err(SsrfError::Scheme));
-        assert_eq!(
-            check_url("ftp://example.com/x", true),
-            Err(SsrfError::Scheme)
-        );
+        assert_eq!(check_url("ftp://example.com/x", true), Err(SsrfError::Scheme));
         let too_long = format!("http://localhost/{}", "a".repeat(MAX_URL_LEN));
         assert_eq!(check_url(&too_long, true), Err(SsrfError::TooLong));
     }
@@ -568,23 +518,10 @@ mod tests {
 
     #[test]
     fn internal_name_rules() {
-        for name in [
-            "localhost",
-            "localhost.",
-            "a.b.internal",
-            "x.home.arpa.",
-            "svc",
-            ".",
-        ] {
+        for name in ["localhost", "localhost.", "a.b.internal", "x.home.arpa.", "svc", "."] {
             assert!(is_internal_name(name), "{name}");
         }
-        for name in [
-            "example.com",
-            "example.com.",
-            "notlocal.com",
-            "local.example.com",
-            "lan.io",
-        ] {
+        for name in ["example.com", "example.com.", "notlocal.com", "local.example.com", "lan.io"] {
             assert!(!is_internal_name(name), "{name}");
         }
     }

@@ -52,11 +52,7 @@ pub struct SettingsCache {
 
 impl SettingsCache {
     pub fn new(store: SharedStore, ttl: Duration) -> Self {
-        Self {
-            store,
-            ttl,
-            map: DashMap::new(),
-        }
+        Self { store, ttl, map: DashMap::new() }
     }
 
     pub async fn get(&self, workspace_id: &str) -> Result<Arc<WebhookSettings>, StoreError> {
@@ -65,19 +61,11 @@ impl SettingsCache {
         {
             return Ok(Arc::clone(&entry.1));
         }
-        let settings = Arc::new(
-            self.store
-                .get_webhook_settings(workspace_id)
-                .await?
-                .unwrap_or_default(),
-        );
+        let settings = Arc::new(self.store.get_webhook_settings(workspace_id).await?.unwrap_or_default());
         if self.map.len() > 100_000 {
             self.map.clear();
         }
-        self.map.insert(
-            workspace_id.to_owned(),
-            (Instant::now(), Arc::clone(&settings)),
-        );
+        self.map.insert(workspace_id.to_owned(), (Instant::now(), Arc::clone(&settings)));
         Ok(settings)
     }
 
@@ -130,9 +118,7 @@ impl Worker {
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> JoinHandle<()> {
         tokio::spawn(async move {
             let maintenance = tokio::spawn(Arc::clone(&self).maintain(shutdown.clone()));
-            shutdown
-                .run_until_cancelled(Arc::clone(&self).pull_loop())
-                .await;
+            shutdown.run_until_cancelled(Arc::clone(&self).pull_loop()).await;
             maintenance.abort();
             let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
             let _ = tokio::time::timeout(grace, self.global.acquire_many(all)).await;
@@ -162,11 +148,7 @@ impl Worker {
         }
     }
 
-    fn dispatch(
-        self: &Arc<Self>,
-        leases: Vec<Lease>,
-        mut first: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
+    fn dispatch(self: &Arc<Self>, leases: Vec<Lease>, mut first: Option<tokio::sync::OwnedSemaphorePermit>) {
         for lease in leases {
             let permit = match first.take() {
                 Some(p) => p,
@@ -196,8 +178,7 @@ impl Worker {
     /// Promotes due retries, reclaims abandoned leases, publishes queue metrics.
     async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
         let mut promote = tokio::time::interval(Duration::from_millis(100));
-        let mut reclaim =
-            tokio::time::interval(self.config.claim_interval.max(Duration::from_millis(100)));
+        let mut reclaim = tokio::time::interval(self.config.claim_interval.max(Duration::from_millis(100)));
         let mut stats = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
@@ -227,20 +208,11 @@ impl Worker {
     fn endpoint_slots(&self, url: &str) -> Arc<Semaphore> {
         let key = url::Url::parse(url)
             .map(|u| {
-                format!(
-                    "{}://{}:{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or(""),
-                    u.port_or_known_default().unwrap_or(0)
-                )
+                format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
             })
             .unwrap_or_else(|_| url.to_owned());
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            endpoints
-                .entry(key)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_endpoint.max(1)))),
-        )
+        Arc::clone(endpoints.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.config.per_endpoint.max(1)))))
     }
 
     async fn handle(&self, lease: Lease) {
@@ -255,39 +227,22 @@ impl Worker {
         };
         let Some(url) = settings.url_for(job.kind).map(str::to_owned) else {
             // The channel was switched off after the event was accepted.
-            self.log(
-                job,
-                "",
-                job.attempt,
-                None,
-                "cancelled",
-                Some("webhook channel disabled".into()),
-                None,
-            )
-            .await;
-            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "cancelled")
-                .increment(1);
+            self.log(job, "", job.attempt, None, "cancelled", Some("webhook channel disabled".into()), None).await;
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "cancelled").increment(1);
             let _ = self.queue.ack(&lease).await;
             return;
         };
         let Ok(_slot) = self.endpoint_slots(&url).try_acquire_owned() else {
-            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "deferred")
-                .increment(1);
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "deferred").increment(1);
             self.reschedule(&lease, job, DEFER).await;
             return;
         };
-        let attempt = self
-            .deliverer
-            .attempt(&settings, &job.workspace_id, &url, job)
-            .await;
-        metrics::histogram!("linkhit_webhook_attempt_seconds")
-            .record(attempt.elapsed_ms as f64 / 1000.0);
+        let attempt = self.deliverer.attempt(&settings, &job.workspace_id, &url, job).await;
+        metrics::histogram!("linkhit_webhook_attempt_seconds").record(attempt.elapsed_ms as f64 / 1000.0);
         let number = job.attempt + 1;
         if attempt.succeeded() {
-            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "delivered")
-                .increment(1);
-            self.log_attempt(job, &url, number, &attempt, "delivered", None)
-                .await;
+            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "delivered").increment(1);
+            self.log_attempt(job, &url, number, &attempt, "delivered", None).await;
             if let Err(err) = self.queue.ack(&lease).await {
                 tracing::warn!(error = %err, event_id = %job.event_id, "delivered but not acknowledged; it may be sent again");
             }
@@ -296,26 +251,19 @@ impl Worker {
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         match next_delay(&self.config.schedule, number, attempt.retry_after, jitter) {
             Some(delay) => {
-                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "failed")
-                    .increment(1);
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "failed").increment(1);
                 let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                self.log_attempt(job, &url, number, &attempt, "retry_scheduled", Some(due))
-                    .await;
-                let next = Job {
-                    attempt: number,
-                    ..job.clone()
-                };
+                self.log_attempt(job, &url, number, &attempt, "retry_scheduled", Some(due)).await;
+                let next = Job { attempt: number, ..job.clone() };
                 if let Err(err) = self.queue.retry(&lease, &next, due).await {
                     tracing::warn!(error = %err, event_id = %job.event_id, "could not schedule a retry; the lease will be reclaimed");
                 }
             }
             None => {
-                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "dead_lettered")
-                    .increment(1);
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "dead_lettered").increment(1);
                 metrics::counter!("linkhit_webhook_dead_letters_total").increment(1);
                 tracing::warn!(event_id = %job.event_id, workspace_id = %job.workspace_id, attempts = number, "webhook dead-lettered");
-                self.log_attempt(job, &url, number, &attempt, "dead_lettered", None)
-                    .await;
+                self.log_attempt(job, &url, number, &attempt, "dead_lettered", None).await;
                 if let Err(err) = self.queue.dead_letter(&lease).await {
                     tracing::warn!(error = %err, event_id = %job.event_id, "could not dead-letter; the lease will be reclaimed");
                 }
@@ -352,11 +300,7 @@ impl Worker {
             outcome: outcome.to_owned(),
             next_attempt_at: next,
         };
-        if let Err(err) = self
-            .store
-            .append_webhook_logs(&job.workspace_id, &[entry], self.config.log_cap)
-            .await
-        {
+        if let Err(err) = self.store.append_webhook_logs(&job.workspace_id, &[entry], self.config.log_cap).await {
             tracing::warn!(error = %err, "could not write a webhook log entry");
         }
     }
@@ -372,14 +316,8 @@ impl Worker {
         error: Option<String>,
         next: Option<chrono::DateTime<Utc>>,
     ) {
-        let attempt = Attempt {
-            status,
-            elapsed_ms: 0,
-            error,
-            retry_after: None,
-        };
-        self.log_attempt(job, url, number, &attempt, outcome, next)
-            .await;
+        let attempt = Attempt { status, elapsed_ms: 0, error, retry_after: None };
+        self.log_attempt(job, url, number, &attempt, outcome, next).await;
     }
 }
 
@@ -398,25 +336,12 @@ mod tests {
             (0, None, 0.0, None),
             (1, None, 1.0, Some(Duration::from_millis(1100))),
             (2, None, -1.0, Some(Duration::from_secs(9))),
-            (
-                2,
-                Some(Duration::from_secs(120)),
-                0.5,
-                Some(Duration::from_secs(120)),
-            ),
+            (2, Some(Duration::from_secs(120)), 0.5, Some(Duration::from_secs(120))),
             (5, Some(Duration::from_secs(1)), 0.0, None),
         ];
         for (attempts, retry_after, jitter, want) in cases {
-            assert_eq!(
-                next_delay(&s, attempts, retry_after, jitter),
-                want,
-                "{attempts} {retry_after:?} {jitter}"
-            );
+            assert_eq!(next_delay(&s, attempts, retry_after, jitter), want, "{attempts} {retry_after:?} {jitter}");
         }
-        assert_eq!(
-            next_delay(&[], 1, None, 0.0),
-            None,
-            "an empty schedule dead-letters at once"
-        );
+        assert_eq!(next_delay(&[], 1, None, 0.0), None, "an empty schedule dead-letters at once");
     }
 }

@@ -15,11 +15,7 @@ pub const ADMIN: &str = "test-admin-token-0123456789";
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A private `redis-server` on a free port, killed on drop.
@@ -35,16 +31,7 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,10 +45,7 @@ impl RedisServer {
             {
                 return server;
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not start"
-            );
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -86,10 +70,7 @@ impl RedisServer {
 
     /// A synchronous connection for assertions on the raw key space.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
     }
 }
 
@@ -102,11 +83,7 @@ impl Drop for RedisServer {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
@@ -144,27 +121,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        Self::start_with_sink(config, std::sync::Arc::new(linkhit::click::emit::Discard)).await
+        Self::start_inner(config, None).await
     }
 
-    pub async fn start_with_sink(
-        config: Config,
-        sink: std::sync::Arc<dyn linkhit::click::emit::EventSink>,
-    ) -> Self {
+    pub async fn start_with_sink(config: Config, sink: std::sync::Arc<dyn linkhit::click::emit::EventSink>) -> Self {
+        Self::start_inner(config, Some(sink)).await
+    }
+
+    async fn start_inner(config: Config, sink: Option<std::sync::Arc<dyn linkhit::click::emit::EventSink>>) -> Self {
+        if std::env::var_os("LINKHIT_TEST_LOG").is_some() {
+            linkhit::telemetry::init_tracing();
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(linkhit::run_with_sink(
-            listener,
-            config,
-            shutdown.clone(),
-            sink,
-        ));
-        let server = Self {
-            base,
-            shutdown,
-            handle,
+        let handle = match sink {
+            Some(sink) => tokio::spawn(linkhit::run_with_sink(listener, config, shutdown.clone(), sink)),
+            None => tokio::spawn(linkhit::run(listener, config, shutdown.clone())),
         };
+        let server = Self { base, shutdown, handle };
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(10);
         while client.get(server.url("/healthz")).send().await.is_err() {
@@ -215,13 +190,7 @@ impl Env {
         let server = TestServer::start(config).await;
         let http = client();
         let (workspace_id, key) = create_workspace(&http, &server, "acme").await;
-        Self {
-            server,
-            redis,
-            http,
-            workspace_id,
-            key,
-        }
+        Self { server, redis, http, workspace_id, key }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -230,13 +199,7 @@ impl Env {
 
     /// `POST` JSON to an API route with this env's key.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        send(
-            self.http
-                .post(self.url(path))
-                .bearer_auth(&self.key)
-                .json(&body),
-        )
-        .await
+        send(self.http.post(self.url(path)).bearer_auth(&self.key).json(&body)).await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -250,22 +213,14 @@ impl Env {
     }
 
     /// Polls a JSON route until `want` holds, failing the test after `within`.
-    pub async fn poll_json(
-        &self,
-        path: &str,
-        within: Duration,
-        want: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn poll_json(&self, path: &str, within: Duration, want: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let (_, body) = self.get_json(path).await;
             if want(&body) {
                 return body;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{path} not as expected within {within:?}: {body}"
-            );
+            assert!(Instant::now() < deadline, "{path} not as expected within {within:?}: {body}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -277,32 +232,20 @@ impl Env {
 }
 
 pub async fn hit(http: &reqwest::Client, server: &TestServer, code: &str) -> (u16, Option<String>) {
-    let resp = http
-        .get(server.url(&format!("/{code}")))
-        .send()
-        .await
-        .unwrap();
-    let location = resp
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let resp = http.get(server.url(&format!("/{code}"))).send().await.unwrap();
+    let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
     (resp.status().as_u16(), location)
 }
 
 pub const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
-pub const ANDROID: &str = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+pub const ANDROID: &str =
+    "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
 pub const IMESSAGE_PREVIEW: &str = "facebookexternalhit/1.1 Facebot Twitterbot/1.0";
 pub const WHATSAPP: &str = "WhatsApp/2.23.20.0 A";
 
 /// `GET /{code}` with a user agent; returns the status.
 pub async fn tap(http: &reqwest::Client, server: &TestServer, code: &str, user_agent: &str) -> u16 {
-    http.get(server.url(&format!("/{code}")))
-        .header("user-agent", user_agent)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    http.get(server.url(&format!("/{code}"))).header("user-agent", user_agent).send().await.unwrap().status().as_u16()
 }
 
 /// Sends a request, returning the status and the JSON body (`null` when the body is empty).
@@ -313,54 +256,28 @@ pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, body)
 }
 
-pub async fn create_workspace(
-    http: &reqwest::Client,
-    server: &TestServer,
-    name: &str,
-) -> (String, String) {
-    let (status, body) = send(
-        http.post(server.url("/api/v1/workspaces"))
-            .bearer_auth(ADMIN)
-            .json(&json!({ "name": name })),
-    )
-    .await;
+pub async fn create_workspace(http: &reqwest::Client, server: &TestServer, name: &str) -> (String, String) {
+    let (status, body) =
+        send(http.post(server.url("/api/v1/workspaces")).bearer_auth(ADMIN).json(&json!({ "name": name }))).await;
     assert_eq!(status, 201, "{body}");
-    (
-        body["workspace_id"].as_str().unwrap().to_owned(),
-        body["api_key"].as_str().unwrap().to_owned(),
-    )
+    (body["workspace_id"].as_str().unwrap().to_owned(), body["api_key"].as_str().unwrap().to_owned())
 }
 
 /// Asserts the contract's error body and returns its code.
 pub fn error_code(status: u16, body: &Value, want_status: u16) -> String {
     assert_eq!(status, want_status, "{body}");
-    let code = body["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no code in {body}"));
-    assert!(
-        code.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
-        "{code}"
-    );
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    let code = body["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"));
+    assert!(code.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{code}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     let id = body["error_id"].as_str().unwrap();
-    assert!(
-        uuid::Uuid::parse_str(id).is_ok(),
-        "error_id {id} is not a uuid"
-    );
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "error_id {id} is not a uuid");
     let ts = body["timestamp"].as_str().unwrap();
-    assert!(
-        chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
-        "timestamp {ts}"
-    );
+    assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts}");
     code.to_owned()
 }
 
@@ -403,4 +320,161 @@ macro_rules! on_both_stores {
             )*
         }
     };
+}
+
+/// A scripted reply of the [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, delay: Duration::ZERO, headers: Vec::new() }
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: std::sync::Mutex<Vec<Received>>,
+    script: std::sync::Mutex<std::collections::VecDeque<Reply>>,
+    default: std::sync::Mutex<Option<Reply>>,
+    tokens: std::sync::atomic::AtomicU64,
+}
+
+/// A webhook receiver on 127.0.0.1 whose answers can be scripted. `POST /token` is an OAuth token
+/// endpoint issuing `tok-1`, `tok-2`, … (one hour lifetime).
+pub struct Receiver {
+    pub url: String,
+    pub port: u16,
+    state: std::sync::Arc<ReceiverState>,
+    shutdown: CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        use hyper::service::service_fn;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(ReceiverState::default());
+        let shutdown = CancellationToken::new();
+        let (st, stop) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    () = stop.cancelled() => return,
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let st = st.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let received = Received {
+                                path: parts.uri.path().to_owned(),
+                                headers: parts.headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                                at: Instant::now(),
+                            };
+                            let is_token = received.path == "/token";
+                            st.received.lock().unwrap().push(received);
+                            if is_token {
+                                let n = st.tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                                let body = format!(
+                                    "{{\"access_token\":\"tok-{n}\",\"token_type\":\"Bearer\",\"expires_in\":3600}}"
+                                );
+                                return Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                        .unwrap(),
+                                );
+                            }
+                            let reply = st
+                                .script
+                                .lock()
+                                .unwrap()
+                                .pop_front()
+                                .or_else(|| st.default.lock().unwrap().clone())
+                                .unwrap_or(Reply::status(200));
+                            tokio::time::sleep(reply.delay).await;
+                            let mut response = hyper::Response::builder().status(reply.status);
+                            for (k, v) in &reply.headers {
+                                response = response.header(*k, v);
+                            }
+                            Ok(response.body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url: format!("http://127.0.0.1:{port}"), port, state, shutdown }
+    }
+
+    /// Replies used in order, before the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn set_default(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = Some(reply);
+    }
+
+    /// Requests so far, except token requests.
+    pub fn hooks(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().iter().filter(|r| r.path != "/token").cloned().collect()
+    }
+
+    pub fn token_requests(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().iter().filter(|r| r.path == "/token").cloned().collect()
+    }
+
+    /// Waits until at least `n` webhook requests arrived, failing the test after `within`.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let hooks = self.hooks();
+            if hooks.len() >= n {
+                return hooks;
+            }
+            assert!(Instant::now() < deadline, "receiver got {} of {n} webhooks within {within:?}", hooks.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
