@@ -5,6 +5,7 @@
 #   loadtest/run.sh                      # embedded store, 100,000 links
 #   STORE=redis loadtest/run.sh          # a private redis-server on a free port
 #   LINKS=1000000 CONNECTIONS=64 DURATION=20s THREADS=1 loadtest/run.sh
+#   WEBHOOKS=1 STORE=redis loadtest/run.sh   # every human click also goes to a local webhook receiver
 #
 # Needs: cargo, python3, wrk (apt-get install wrk), redis-server for STORE=redis.
 set -euo pipefail
@@ -22,6 +23,8 @@ mkdir -p "$OUT"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build --release --quiet
+WEBHOOKS=${WEBHOOKS:-0}
+[ "$WEBHOOKS" = 1 ] && cargo build --release --quiet --example receiver
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -34,8 +37,16 @@ if [ "$STORE" = redis ]; then
   until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.05; done
 fi
 
+if [ "$WEBHOOKS" = 1 ]; then
+  WPORT=$(free_port)
+  target/release/examples/receiver "127.0.0.1:$WPORT" &
+  PIDS+=($!)
+  export LINKHIT_WEBHOOK_ALLOW_PRIVATE=true
+fi
+
 PORT=$(free_port)
 export LINKHIT_LISTEN="127.0.0.1:$PORT" LINKHIT_ADMIN_TOKEN="loadtest-admin-token-$$"
+export LINKHIT_JOURNAL_DIR="$OUT/journal"
 RUST_LOG=warn target/release/linkhit >"$OUT/linkhit.log" 2>&1 &
 LH=$!
 PIDS+=($LH)
@@ -44,6 +55,12 @@ until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.05; done
 echo "== creating $LINKS links ($STORE store)"
 python3 loadtest/create_links.py --base "http://127.0.0.1:$PORT" --admin-token "$LINKHIT_ADMIN_TOKEN" \
   --links "$LINKS" --out "$OUT/codes.txt" | tee "$OUT/create.json"
+
+if [ "$WEBHOOKS" = 1 ]; then
+  KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_key"])' "$OUT/create.json")
+  curl -sf -X PUT "http://127.0.0.1:$PORT/api/v1/webhooks" -H "Authorization: Bearer $KEY" \
+    -d "{\"click_url\": \"http://127.0.0.1:$WPORT/hook\"}" >/dev/null
+fi
 
 # Warm the cache with one pass so the measured run is cache hits only.
 CODES_FILE="$OUT/codes.txt" wrk -t1 -c16 -d3s -s loadtest/random_codes.lua "http://127.0.0.1:$PORT" >"$OUT/warmup.txt"
@@ -76,3 +93,20 @@ if capture:
         time.sleep(0.05)
     print(f"hits counted: {hits} of {expected} requests, counters caught up {time.monotonic() - started:.2f} s after wrk ended")
 PY
+if [ "$WEBHOOKS" = 1 ]; then
+  python3 - "$PORT" "$API_KEY" "$WPORT" <<'PY'
+import json, sys, time, urllib.request
+port, key, wport = sys.argv[1], sys.argv[2], sys.argv[3]
+req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/broadcasts/loadtest/stats", headers={"Authorization": f"Bearer {key}"})
+human = json.load(urllib.request.urlopen(req))["human_hits"]
+started = time.monotonic()
+while time.monotonic() - started < 300:
+    s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{wport}/stats"))
+    if s["distinct_ids"] >= human:
+        break
+    time.sleep(0.1)
+rate = s["events"] / s["span_s"] if s["span_s"] else 0
+print(f"webhooks: {s['distinct_ids']} of {human} human clicks delivered ({s['events']} requests), drained {time.monotonic() - started:.2f} s after wrk ended; "
+      f"{rate:.0f} deliveries/s; click-to-receiver p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms")
+PY
+fi

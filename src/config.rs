@@ -209,12 +209,12 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_WEBHOOK_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub webhook_timeout: Duration,
 
-    /// Webhook requests in flight at once, all endpoints together.
-    #[arg(long, env = "LINKHIT_WEBHOOK_CONCURRENCY", default_value_t = 256)]
+    /// Webhook jobs held by this process at once (in flight or waiting for their endpoint).
+    #[arg(long, env = "LINKHIT_WEBHOOK_CONCURRENCY", default_value_t = 512)]
     pub webhook_concurrency: usize,
 
     /// Webhook requests in flight at once to one endpoint (scheme, host, port).
-    #[arg(long, env = "LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 32)]
     pub webhook_endpoint_concurrency: usize,
 
     /// Seconds a delivery may stay unacknowledged before another worker takes it over (Redis).

@@ -116,6 +116,10 @@ impl Store for MemoryStore {
         Ok(self.links.get(code).map(|l| l.clone()))
     }
 
+    async fn get_links(&self, codes: &[&str]) -> Result<Vec<Option<Link>>, StoreError> {
+        Ok(codes.iter().map(|c| self.links.get(*c).map(|l| l.clone())).collect())
+    }
+
     async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
         Ok(self.links.get_mut(code).map(|mut link| {
             link.disabled_at.get_or_insert(at);

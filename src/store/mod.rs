@@ -70,6 +70,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError>;
 
+    /// Several links in one round trip, in order.
+    async fn get_links(&self, codes: &[&str]) -> Result<Vec<Option<Link>>, StoreError>;
+
     /// Marks a link disabled (idempotent: the first `disabled_at` wins) and tells every instance to
     /// forget it. Returns the updated link, or `None` if there is no such code.
     async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError>;

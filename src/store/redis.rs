@@ -275,6 +275,23 @@ impl Store for RedisStore {
         self.get_json(self.keys.link(code)).await
     }
 
+    async fn get_links(&self, codes: &[&str]) -> Result<Vec<Option<Link>>, StoreError> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs rather than MGET: the keys live in different cluster slots.
+        let mut pipe = redis::pipe();
+        for code in codes {
+            pipe.cmd("GET").arg(self.keys.link(code));
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<Vec<u8>>> =
+            self.bounded(self.timeout * 20, async move { pipe.query_async(&mut conn).await }).await?;
+        raw.into_iter()
+            .map(|r| r.map(|b| serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose())
+            .collect()
+    }
+
     async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
         let Some(mut link) = self.get_link(code).await? else {
             return Ok(None);

@@ -36,17 +36,32 @@ impl Outbox {
         Self { queue, store, settings, base_url, links: Mutex::new(HashMap::new()) }
     }
 
-    async fn link(&self, code: &str) -> Option<Arc<Link>> {
-        if let Some(link) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(code) {
-            return Some(Arc::clone(link));
+    fn cached_link(&self, code: &str) -> Option<Arc<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(code).cloned()
+    }
+
+    /// Loads, in one round trip, the links of `events` not cached yet.
+    async fn prefetch_links(&self, events: &[Event]) {
+        let mut missing: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                Event::Click { click, .. } | Event::OptOut { click } => click.code.as_str(),
+            })
+            .filter(|code| self.cached_link(code).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
         }
-        let link = Arc::new(patiently(|| self.store.get_link(code)).await.ok()??);
+        let Ok(found) = patiently(|| self.store.get_links(&missing)).await else { return };
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if links.len() >= 10_000 {
+        if links.len() + missing.len() > 100_000 {
             links.clear();
         }
-        links.insert(code.to_owned(), Arc::clone(&link));
-        Some(link)
+        for link in found.into_iter().flatten() {
+            links.insert(link.code.clone(), Arc::new(link));
+        }
     }
 
     /// Turns one event into a job, or `None` when the workspace does not want it.
@@ -66,7 +81,7 @@ impl Outbox {
         {
             return Ok(None);
         }
-        let link = self.link(&click.code).await;
+        let link = self.cached_link(&click.code);
         let event_id = uuid::Uuid::new_v4().to_string();
         let occurred_at = rfc3339(click.at);
         let short_url = format!("{}/{}", self.base_url, click.code);
@@ -103,6 +118,7 @@ impl Outbox {
 impl EventSink for Outbox {
     async fn emit(&self, events: Vec<Event>) {
         let mut jobs = Vec::with_capacity(events.len());
+        self.prefetch_links(&events).await;
         for event in &events {
             match self.job(event).await {
                 Ok(Some(job)) => {

@@ -1,12 +1,14 @@
 //! Delivery workers: pull jobs from the outbox, deliver, then acknowledge, reschedule or dead-letter.
 //!
-//! Concurrency is bounded twice: a global semaphore (`LINKHIT_WEBHOOK_CONCURRENCY`) and one per
-//! endpoint (scheme, host and port; `LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY`). A job whose endpoint is
-//! saturated is *not* waited for — it goes back to the retry set for a second, without counting an
-//! attempt — so a slow or dead receiver can never occupy the global slots that other workspaces' events
-//! need.
+//! Concurrency is bounded twice: a global semaphore (`LINKHIT_WEBHOOK_CONCURRENCY`, jobs held by this
+//! process) and one per endpoint (scheme, host and port; `LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY`
+//! requests in flight). Jobs may queue for their endpoint's slots, but only up to an *admission* cap
+//! (4 × the endpoint's concurrency, and never more than half the global slots); past it a job goes back
+//! to the retry set for a second without counting an attempt. So a slow or dead receiver holds at most
+//! half of the global slots, and other workspaces' events keep flowing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,7 +93,41 @@ pub struct Worker {
     settings: Arc<SettingsCache>,
     config: WorkerConfig,
     global: Arc<Semaphore>,
-    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Jobs deferred because their endpoint was saturated, since the pull loop last looked.
+    deferred: AtomicUsize,
+    room: Arc<tokio::sync::Notify>,
+}
+
+/// One receiver endpoint's share of the workers.
+struct Endpoint {
+    slots: Semaphore,
+    admitted: AtomicUsize,
+    admission: usize,
+    /// Told when this endpoint's backlog drops to half its admission (shared by all endpoints).
+    room: Arc<tokio::sync::Notify>,
+}
+
+/// Holds an admission until dropped.
+struct Admitted(Arc<Endpoint>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let before = self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        if before == self.0.admission / 2 + 1 {
+            self.0.room.notify_one();
+        }
+    }
+}
+
+impl Endpoint {
+    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.admission {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(Arc::clone(self)))
+    }
 }
 
 impl Worker {
@@ -110,6 +146,8 @@ impl Worker {
             settings,
             config,
             endpoints: Mutex::new(HashMap::new()),
+            deferred: AtomicUsize::new(0),
+            room: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -132,7 +170,12 @@ impl Worker {
                 return;
             };
             let room = self.global.available_permits() + 1;
-            match self.queue.pull(room.min(256)).await {
+            // Jobs were deferred: an endpoint's backlog is full. Rather than spin through the stream,
+            // wait until some endpoint has room again (or 50 ms, so other endpoints' jobs still flow).
+            if self.deferred.swap(0, Ordering::AcqRel) > 0 {
+                let _ = tokio::time::timeout(Duration::from_millis(50), self.room.notified()).await;
+            }
+            match self.queue.pull(room.min(128)).await {
                 Ok(leases) => {
                     backoff = Duration::from_millis(100);
                     self.dispatch(leases, Some(first));
@@ -205,14 +248,23 @@ impl Worker {
         }
     }
 
-    fn endpoint_slots(&self, url: &str) -> Arc<Semaphore> {
+    fn endpoint(&self, url: &str) -> Arc<Endpoint> {
         let key = url::Url::parse(url)
             .map(|u| {
                 format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
             })
             .unwrap_or_else(|_| url.to_owned());
+        let per_endpoint = self.config.per_endpoint.max(1);
+        let admission = (per_endpoint * 4).min((self.config.concurrency / 2).max(1));
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(endpoints.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.config.per_endpoint.max(1)))))
+        Arc::clone(endpoints.entry(key).or_insert_with(|| {
+            Arc::new(Endpoint {
+                slots: Semaphore::new(per_endpoint),
+                admitted: AtomicUsize::new(0),
+                admission,
+                room: Arc::clone(&self.room),
+            })
+        }))
     }
 
     async fn handle(&self, lease: Lease) {
@@ -232,11 +284,14 @@ impl Worker {
             let _ = self.queue.ack(&lease).await;
             return;
         };
-        let Ok(_slot) = self.endpoint_slots(&url).try_acquire_owned() else {
+        let endpoint = self.endpoint(&url);
+        let Some(_admitted) = endpoint.admit() else {
+            self.deferred.fetch_add(1, Ordering::AcqRel);
             metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "deferred").increment(1);
             self.reschedule(&lease, job, DEFER).await;
             return;
         };
+        let Ok(_slot) = endpoint.slots.acquire().await else { return };
         let attempt = self.deliverer.attempt(&settings, &job.workspace_id, &url, job).await;
         metrics::histogram!("linkhit_webhook_attempt_seconds").record(attempt.elapsed_ms as f64 / 1000.0);
         let number = job.attempt + 1;
