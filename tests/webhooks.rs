@@ -187,6 +187,9 @@ async fn a_human_click_is_delivered_signed_in_8x8(backend: Backend) {
     assert_eq!(log[0]["attempt"], 1);
     assert_eq!(log[0]["type"], "click");
     assert_eq!(log[0]["payload"], body);
+    let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("linkhit_webhook_deliveries_total{outcome=\"delivered\"}"), "{metrics}");
+    assert!(metrics.contains("linkhit_webhook_attempt_seconds_bucket"), "attempt latency is a histogram");
 }
 
 async fn link_hit_and_fields_formats_count_human_hits(backend: Backend) {
