@@ -20,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod ui;
 pub mod validate;
 pub mod webhook;
 

@@ -87,6 +87,9 @@ async fn dispatch(
             "/healthz" => ops::healthz(),
             "/readyz" => ops::readyz(&app).await,
             "/metrics" => ops::metrics(&app),
+            _ if path == "/ui" || path.starts_with("/ui/") => crate::ui::serve(path).unwrap_or_else(|| {
+                redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method())
+            }),
             _ => {
                 // The redirector never reads a body; dropping it keeps the connection reusable.
                 let (parts, _body) = req.into_parts();

@@ -67,6 +67,14 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
             Method::GET => stats::clicks(app, req, code).await,
             _ => Err(method_not_allowed()),
         },
+        ["api", "v1", "broadcasts"] => match method {
+            Method::GET => stats::broadcasts(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "broadcasts", broadcast_id, "timeline"] => match method {
+            Method::GET => stats::timeline(app, req, broadcast_id).await,
+            _ => Err(method_not_allowed()),
+        },
         ["api", "v1", "broadcasts", broadcast_id, "stats"] => match method {
             Method::GET => stats::broadcast(app, req, broadcast_id).await,
             _ => Err(method_not_allowed()),

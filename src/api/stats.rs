@@ -126,3 +126,106 @@ pub async fn opt_outs(app: &App, req: Request<Incoming>) -> ApiResult {
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "opt_outs": opt_outs }))
 }
+
+/// `GET /api/v1/broadcasts`: every broadcast of the workspace with its counters and click-through rate
+/// (unique clicks / links).
+pub async fn broadcasts(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let list = app.store.list_broadcasts(&caller.workspace_id).await?;
+    let items: Vec<_> = list
+        .iter()
+        .map(|(id, s)| {
+            serde_json::json!({
+                "broadcast_id": id,
+                "links": s.links,
+                "hits": s.hits,
+                "human_hits": s.human_hits,
+                "bot_hits": s.bot_hits,
+                "unique_clicks": s.unique_clicks,
+                "click_through_rate": if s.links == 0 { 0.0 } else { s.unique_clicks as f64 / s.links as f64 },
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "broadcasts": items }))
+}
+
+/// Bucket sizes of the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    fn seconds(self) -> i64 {
+        match self {
+            Bucket::Minute => 60,
+            Bucket::Hour => 3_600,
+            Bucket::Day => 86_400,
+        }
+    }
+}
+
+/// Sums per-minute counts into `bucket`s (UTC-aligned), oldest first.
+pub fn bucketize(minutes: &[(i64, u64, u64)], bucket: Bucket) -> Vec<(i64, u64, u64)> {
+    let mut out: Vec<(i64, u64, u64)> = Vec::new();
+    for &(minute, human, bot) in minutes {
+        let start = minute.div_euclid(bucket.seconds()) * bucket.seconds();
+        match out.last_mut() {
+            Some(last) if last.0 == start => {
+                last.1 += human;
+                last.2 += bot;
+            }
+            _ => out.push((start, human, bot)),
+        }
+    }
+    out
+}
+
+/// `GET /api/v1/broadcasts/{broadcast_id}/timeline?bucket=minute|hour|day`: human and bot hits per
+/// bucket, from counters the click pipeline maintains per minute.
+pub async fn timeline(app: &App, req: Request<Incoming>, broadcast_id: &str) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let bucket = match req.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("bucket="))) {
+        None | Some("hour") => Bucket::Hour,
+        Some("minute") => Bucket::Minute,
+        Some("day") => Bucket::Day,
+        Some(_) => return Err(ApiError::bad_request("INVALID_BUCKET", "bucket must be minute, hour or day")),
+    };
+    if app.store.broadcast_stats(&caller.workspace_id, broadcast_id).await?.is_none() {
+        return Err(ApiError::not_found("BROADCAST_NOT_FOUND", "no links in this broadcast"));
+    }
+    let minutes = app.store.broadcast_timeline(&caller.workspace_id, broadcast_id).await?;
+    let points: Vec<_> = bucketize(&minutes, bucket)
+        .into_iter()
+        .map(|(start, human, bot)| {
+            serde_json::json!({
+                "at": chrono::DateTime::from_timestamp(start, 0).map(rfc3339),
+                "human": human,
+                "bot": bot,
+            })
+        })
+        .collect();
+    let name = match bucket {
+        Bucket::Minute => "minute",
+        Bucket::Hour => "hour",
+        Bucket::Day => "day",
+    };
+    json(StatusCode::OK, &serde_json::json!({ "broadcast_id": broadcast_id, "bucket": name, "points": points }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_sum_minutes() {
+        let day = 86_400;
+        let minutes = [(day, 1, 2), (day + 60, 3, 0), (day + 3_600, 1, 1), (2 * day + 120, 5, 5)];
+        assert_eq!(bucketize(&minutes, Bucket::Minute), minutes.to_vec());
+        assert_eq!(bucketize(&minutes, Bucket::Hour), vec![(day, 4, 2), (day + 3_600, 1, 1), (2 * day, 5, 5)]);
+        assert_eq!(bucketize(&minutes, Bucket::Day), vec![(day, 5, 3), (2 * day, 5, 5)]);
+        assert!(bucketize(&[], Bucket::Day).is_empty());
+    }
+}

@@ -31,7 +31,7 @@ pub const BUILTIN_RULES: &str = include_str!("rules.txt");
 /// Longest user agent kept and classified; anything longer is truncated first.
 pub const MAX_USER_AGENT: usize = 512;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     Human,

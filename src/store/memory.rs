@@ -53,6 +53,8 @@ struct BroadcastAgg {
     human_hits: u64,
     bot_hits: u64,
     recipients: HashSet<String>,
+    /// Unix minute → (human, bot).
+    timeline: std::collections::BTreeMap<i64, (u64, u64)>,
 }
 
 impl MemoryStore {
@@ -150,6 +152,12 @@ impl Store for MemoryStore {
             if let Some(broadcast) = &click.broadcast_id {
                 let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
                 b.hits += 1;
+                let minute = b.timeline.entry(click.at.timestamp().div_euclid(60) * 60).or_default();
+                if human {
+                    minute.0 += 1;
+                } else {
+                    minute.1 += 1;
+                }
                 if human {
                     b.human_hits += 1;
                     if let Some(recipient) = &click.recipient {
@@ -199,6 +207,32 @@ impl Store for MemoryStore {
             bot_hits: agg.map_or(0, |b| b.bot_hits),
             unique_clicks: agg.map_or(0, |b| b.recipients.len() as u64),
         }))
+    }
+
+    async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError> {
+        let mut ids: Vec<String> =
+            self.broadcast_links.iter().filter(|e| e.key().0 == workspace_id).map(|e| e.key().1.clone()).collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(stats) = self.broadcast_stats(workspace_id, &id).await? {
+                out.push((id, stats));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn broadcast_timeline(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        let state = self.click_state();
+        Ok(state
+            .broadcasts
+            .get(&(workspace_id.to_owned(), broadcast_id.to_owned()))
+            .map(|b| b.timeline.iter().map(|(m, (h, bot))| (*m, *h, *bot)).collect())
+            .unwrap_or_default())
     }
 
     async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {

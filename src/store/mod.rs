@@ -92,6 +92,16 @@ pub trait Store: Send + Sync + 'static {
         broadcast_id: &str,
     ) -> Result<Option<BroadcastStats>, StoreError>;
 
+    /// The workspace's broadcasts with their counters, by id.
+    async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError>;
+
+    /// Hits of a broadcast per minute: `(unix minute start in seconds, human, bot)`, oldest first.
+    async fn broadcast_timeline(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError>;
+
     /// The most recent clicks of a link, newest first.
     async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError>;
 
@@ -201,4 +211,16 @@ pub fn tallies(
             ClickTally { human_hits, first_click, opted_out: opted_out[i] }
         })
         .collect()
+}
+
+/// Hits of a batch per (unix minute start, class), for the broadcast timelines.
+pub fn minute_buckets<'a>(
+    clicks: impl Iterator<Item = &'a ClickRecord>,
+) -> std::collections::BTreeMap<(i64, crate::click::Class), u64> {
+    let mut buckets = std::collections::BTreeMap::new();
+    for click in clicks {
+        let minute = click.at.timestamp().div_euclid(60) * 60;
+        *buckets.entry((minute, click.class)).or_default() += 1;
+    }
+    buckets
 }

@@ -12,6 +12,8 @@
 //! | `P:clicks:{CODE}` | list | recent clicks as JSON, newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
+//! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
+//! | `P:bcs:{WS}` | set | the workspace's broadcast ids |
 //! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
 //! | `P:whcfg:{WS}` | string | the workspace's webhook settings as JSON (secrets included) |
 //! | `P:whlog:{WS}` | list | webhook delivery log entries as JSON, newest first, capped |
@@ -74,21 +76,26 @@ end
 return after
 ";
 
-/// Counts one broadcast's hits of a batch. KEYS: counters hash, unique-recipients set (same hash tag).
-/// ARGV: hits, human hits, bot hits, then the recipients of human hits in order. Returns, per
-/// recipient argument, 1 if it was new to the set.
+/// Counts one broadcast's hits of a batch. KEYS: counters hash, unique-recipients set, per-minute
+/// timeline hash (one hash tag). ARGV: hits, human hits, bot hits, the number R of recipients, the R
+/// recipients of human hits in order, then (timeline field, increment) pairs. Returns, per recipient
+/// argument, 1 if it was new to the set.
 const BROADCAST_SCRIPT: &str = r"
 redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'human_hits', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[3])
+local r = tonumber(ARGV[4])
 local added = {}
 local new = 0
-for i = 4, #ARGV do
+for i = 5, 4 + r do
   local a = redis.call('SADD', KEYS[2], ARGV[i])
   added[#added + 1] = a
   new = new + a
 end
 if new > 0 then redis.call('HINCRBY', KEYS[1], 'unique_clicks', new) end
+for i = 5 + r, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+end
 return added
 ";
 
@@ -113,6 +120,12 @@ impl Keys {
     }
     pub fn broadcast_uniques(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bcu:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn timeline(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:tl:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn broadcasts(&self, workspace_id: &str) -> String {
+        format!("{}:bcs:{{{workspace_id}}}", self.prefix)
     }
     pub fn recent_clicks(&self, code: &str) -> String {
         format!("{}:clicks:{{{code}}}", self.prefix)
@@ -264,6 +277,7 @@ impl Store for RedisStore {
             let mut pipe = redis::pipe();
             for ((workspace, broadcast), n) in per_broadcast {
                 pipe.cmd("HINCRBY").arg(self.keys.broadcast(workspace, broadcast)).arg("links").arg(n).ignore();
+                pipe.cmd("SADD").arg(self.keys.broadcasts(workspace)).arg(broadcast).ignore();
             }
             let mut conn = self.conn.clone();
             self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
@@ -367,19 +381,25 @@ impl Store for RedisStore {
         }
         for ((workspace, broadcast), members) in &broadcasts {
             let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
+            let recipients: Vec<&str> = members
+                .iter()
+                .filter(|&&i| clicks[i].is_human())
+                .filter_map(|&i| clicks[i].recipient.as_deref())
+                .collect();
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(&self.broadcast_script)
-                .arg(2)
+                .arg(3)
                 .arg(self.keys.broadcast(workspace, broadcast))
                 .arg(self.keys.broadcast_uniques(workspace, broadcast))
+                .arg(self.keys.timeline(workspace, broadcast))
                 .arg(members.len())
                 .arg(human)
-                .arg(members.len() - human);
-            for &i in members {
-                if let (true, Some(recipient)) = (clicks[i].is_human(), &clicks[i].recipient) {
-                    cmd.arg(recipient);
-                }
+                .arg(members.len() - human)
+                .arg(recipients.len())
+                .arg(&recipients);
+            for ((minute, class), n) in super::minute_buckets(members.iter().map(|&i| &clicks[i])) {
+                cmd.arg(format!("{minute}:{}", if class == crate::click::Class::Human { 'h' } else { 'b' })).arg(n);
             }
         }
         let mut opt_out_clicks = Vec::new();
@@ -466,6 +486,60 @@ impl Store for RedisStore {
             bot_hits: get("bot_hits"),
             unique_clicks: get("unique_clicks"),
         }))
+    }
+
+    async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError> {
+        let key = self.keys.broadcasts(workspace_id);
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = self.bounded(self.timeout, async move { conn.smembers(key).await }).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.keys.broadcast(workspace_id, id));
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<HashMap<String, u64>> =
+            self.bounded(self.timeout * 4, async move { pipe.query_async(&mut conn).await }).await?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .map(|(id, f)| {
+                let get = |name: &str| f.get(name).copied().unwrap_or(0);
+                let stats = BroadcastStats {
+                    links: get("links"),
+                    hits: get("hits"),
+                    human_hits: get("human_hits"),
+                    bot_hits: get("bot_hits"),
+                    unique_clicks: get("unique_clicks"),
+                };
+                (id, stats)
+            })
+            .collect())
+    }
+
+    async fn broadcast_timeline(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        let key = self.keys.timeline(workspace_id, broadcast_id);
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, u64> = self.bounded(self.timeout, async move { conn.hgetall(key).await }).await?;
+        let mut minutes: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+        for (field, n) in fields {
+            let Some((minute, class)) = field.split_once(':') else { continue };
+            let Ok(minute) = minute.parse::<i64>() else { continue };
+            let slot = minutes.entry(minute).or_default();
+            match class {
+                "h" => slot.0 += n,
+                "b" => slot.1 += n,
+                _ => {}
+            }
+        }
+        Ok(minutes.into_iter().map(|(m, (h, b))| (m, h, b)).collect())
     }
 
     async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {
