@@ -75,6 +75,7 @@ async fn the_page_shows_the_apis_numbers() {
     send(env.http.put(env.url("/api/v1/webhooks")).bearer_auth(&env.key).json(&json!({"click_url": receiver.url})))
         .await;
 
+    let mut first_code = String::new();
     for (name, taps) in [("spring_sale", [3usize, 1, 0]), ("autumn", [0, 2, 1])] {
         let recipients: Vec<Value> = (0..3).map(|i| json!({"recipient": format!("+1202555{:04}", i)})).collect();
         let (_, body) = env
@@ -83,6 +84,9 @@ async fn the_page_shows_the_apis_numbers() {
                 json!({"target_url": "https://e.com/x", "recipients": recipients}),
             )
             .await;
+        if name == "spring_sale" {
+            first_code = body["links"][0]["code"].as_str().unwrap().to_owned();
+        }
         for (i, n) in taps.iter().enumerate() {
             let code = body["links"][i]["code"].as_str().unwrap();
             for _ in 0..*n {
@@ -99,7 +103,7 @@ async fn the_page_shows_the_apis_numbers() {
     receiver.wait_for(2, Duration::from_secs(5)).await; // one failure, then its retry
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let url = format!("{}/ui#key={}", env.server.base, env.key);
+    let url = format!("{}/ui#key={}&code={first_code}", env.server.base, env.key);
     let dom = headless(&url, &["--dump-dom"]);
     assert!(dom.contains("data-ready=\"true\""), "the page finished loading: {dom}");
     for b in api["broadcasts"].as_array().unwrap() {
@@ -112,23 +116,29 @@ async fn the_page_shows_the_apis_numbers() {
     }
     assert_eq!(cell(&dom, "spring_sale", "unique_clicks"), "2");
     assert!(dom.contains("<svg"), "the clicks-over-time chart is drawn");
+    // The link's recent clicks: three human taps and one iMessage preview, with verdicts and reasons.
+    assert_eq!(dom.matches("class=\"verdict-human\"").count(), 3, "{dom}");
+    assert_eq!(dom.matches("class=\"verdict-bot\"").count(), 1);
+    assert!(dom.contains("browser:Safari") && dom.contains("preview:imessage"));
     assert!(dom.contains("class=\"failed\""), "the failed delivery is highlighted");
     assert!(!dom.contains(&env.key), "the key does not end up in the page");
 
-    let shot = common::temp_dir("ui-shot").with_extension("png");
-    headless(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,1400"]);
-    let decoder =
-        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).expect("a screenshot was written")));
-    let mut reader = decoder.read_info().unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut pixels).unwrap();
-    let pixels = &pixels[..info.buffer_size()];
-    let distinct: std::collections::HashSet<&[u8]> = pixels.chunks(info.color_type.samples()).collect();
-    assert!(distinct.len() > 20, "the screenshot is not blank ({} colours)", distinct.len());
-    if let Some(keep) = std::env::var_os("LINKHIT_UI_SCREENSHOT") {
-        std::fs::copy(&shot, keep).unwrap();
+    // A desktop and a phone-sized screenshot, neither blank.
+    for (size, keep) in [("1200,1400", "LINKHIT_UI_SCREENSHOT"), ("390,1600", "LINKHIT_UI_SCREENSHOT_PHONE")] {
+        let shot = common::temp_dir("ui-shot").with_extension("png");
+        headless(&url, &[&format!("--screenshot={}", shot.display()), &format!("--window-size={size}")]);
+        let file = std::fs::File::open(&shot).expect("a screenshot was written");
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        let distinct: std::collections::HashSet<&[u8]> =
+            pixels[..info.buffer_size()].chunks(info.color_type.samples()).collect();
+        assert!(distinct.len() > 20, "the {size} screenshot is not blank ({} colours)", distinct.len());
+        if let Some(path) = std::env::var_os(keep) {
+            std::fs::copy(&shot, path).unwrap();
+        }
+        let _ = std::fs::remove_file(&shot);
     }
-    let _ = std::fs::remove_file(&shot);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,15 @@
 // linkhit campaign view. No dependencies; talks to the JSON API with the key the user typed, which
-// stays in sessionStorage (this tab only). A "#key=…" fragment is accepted once and removed from the URL.
+// stays in sessionStorage (this tab only). A "#key=…&code=…" fragment (for links from other tools) is
+// accepted once and removed from the URL.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
   const KEY = "linkhit.apiKey";
   let selected = null;
 
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const fromHash = hash.get("key");
+  const codeFromHash = hash.get("code");
   if (fromHash) {
     sessionStorage.setItem(KEY, fromHash);
     history.replaceState(null, "", location.pathname + location.search);
@@ -160,6 +163,10 @@
       $("link").hidden = false;
       if (res.broadcasts.length) await selectBroadcast(selected || res.broadcasts[0].broadcast_id);
       await loadWebhooks();
+      if (codeFromHash) {
+        $("code").value = codeFromHash;
+        await showClicks(codeFromHash);
+      }
       status(`Updated ${new Date().toLocaleTimeString()}.`);
       document.body.dataset.ready = "true";
     } catch (e) {
