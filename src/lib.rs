@@ -16,6 +16,7 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod redirect;
+pub mod redis_conn;
 pub mod server;
 pub mod store;
 pub mod telemetry;

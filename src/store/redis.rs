@@ -32,7 +32,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Invalidation, Store, StoreError};
 use crate::click::{ClickRecord, ClickTally};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkKind, LinkStats, OptOut, Workspace};
+use crate::redis_conn::{Conn, Pool, hash_tag};
 use crate::webhook::DeliveryLog;
 use crate::webhook::settings::WebhookSettings;
 
@@ -154,8 +154,7 @@ pub struct RedisStore {
     /// SHA1 of [`LINK_SCRIPT`] and [`BROADCAST_SCRIPT`], for `EVALSHA`.
     link_script: String,
     broadcast_script: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+    pool: Pool,
     keys: Keys,
     timeout: Duration,
 }
@@ -164,24 +163,30 @@ impl RedisStore {
     /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
     /// while Redis is down; `/readyz` tells when it is reachable. Must be called inside a Tokio runtime.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            // Per-command deadlines are applied by `bounded`, with longer ones for bulk work.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool =
+            Pool::open(url, timeout).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
         Ok(Self {
             link_script: redis::Script::new(LINK_SCRIPT).get_hash().to_owned(),
             broadcast_script: redis::Script::new(BROADCAST_SCRIPT).get_hash().to_owned(),
-            client,
-            conn,
+            pool,
             keys: Keys::new(prefix),
             timeout,
         })
+    }
+
+    /// A connection, established within the timeout (the cluster connects on first use).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.bounded(self.timeout, self.pool.get()).await
+    }
+
+    /// Runs tagged commands that may span cluster slots (see [`Pool::spread`]) under a deadline.
+    async fn spread(
+        &self,
+        deadline: Duration,
+        tagged: Vec<(String, redis::Cmd)>,
+        prelude: &[redis::Cmd],
+    ) -> Result<Vec<Value>, StoreError> {
+        self.bounded(deadline, self.pool.spread(tagged, prelude)).await
     }
 
     pub fn keys(&self) -> &Keys {
@@ -203,21 +208,21 @@ impl RedisStore {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let raw: Option<Vec<u8>> = self.bounded(self.timeout, async move { conn.get(key).await }).await?;
         raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
     }
 
     async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
-        let mut pipe = redis::pipe();
+        let mut tagged = Vec::with_capacity(links.len());
         for link in links {
             let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            pipe.cmd("SET").arg(self.keys.link(&link.code)).arg(json).arg("NX");
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.keys.link(&link.code)).arg(json).arg("NX");
+            tagged.push((link.code.clone(), cmd));
         }
-        let mut conn = self.conn.clone();
         // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
-        let replies: Vec<Value> =
-            self.bounded(self.timeout * 20, async move { pipe.query_async(&mut conn).await }).await?;
+        let replies = self.spread(self.timeout * 20, tagged, &[]).await?;
         Ok(replies.into_iter().map(|v| matches!(v, Value::Okay)).collect())
     }
 }
@@ -229,7 +234,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: String =
             self.bounded(self.timeout, async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
         Ok(())
@@ -238,7 +243,7 @@ impl Store for RedisStore {
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {
         let json = serde_json::to_vec(workspace).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = self.keys.workspace(&workspace.id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let created: bool = self.bounded(self.timeout, async move { conn.set_nx(key, json).await }).await?;
         if created { Ok(()) } else { Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id))) }
     }
@@ -250,7 +255,7 @@ impl Store for RedisStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let redis_key = self.keys.api_key(&key.key_hash);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { conn.set::<_, _, ()>(redis_key, json).await }).await
     }
 
@@ -274,13 +279,18 @@ impl Store for RedisStore {
             }
         }
         if !per_broadcast.is_empty() {
-            let mut pipe = redis::pipe();
+            let mut tagged = Vec::new();
             for ((workspace, broadcast), n) in per_broadcast {
-                pipe.cmd("HINCRBY").arg(self.keys.broadcast(workspace, broadcast)).arg("links").arg(n).ignore();
-                pipe.cmd("SADD").arg(self.keys.broadcasts(workspace)).arg(broadcast).ignore();
+                let key = self.keys.broadcast(workspace, broadcast);
+                let mut count = redis::cmd("HINCRBY");
+                count.arg(&key).arg("links").arg(n);
+                tagged.push((hash_tag(&key).to_owned(), count));
+                let index = self.keys.broadcasts(workspace);
+                let mut register = redis::cmd("SADD");
+                register.arg(&index).arg(broadcast);
+                tagged.push((hash_tag(&index).to_owned(), register));
             }
-            let mut conn = self.conn.clone();
-            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
+            self.spread(self.timeout * 4, tagged, &[]).await?;
         }
         Ok(inserted)
     }
@@ -293,16 +303,24 @@ impl Store for RedisStore {
         if codes.is_empty() {
             return Ok(Vec::new());
         }
-        // A pipeline of GETs rather than MGET: the keys live in different cluster slots.
-        let mut pipe = redis::pipe();
-        for code in codes {
-            pipe.cmd("GET").arg(self.keys.link(code));
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<Option<Vec<u8>>> =
-            self.bounded(self.timeout * 20, async move { pipe.query_async(&mut conn).await }).await?;
+        // GETs rather than MGET: the keys live in different cluster slots.
+        let tagged = codes
+            .iter()
+            .map(|code| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.keys.link(code));
+                ((*code).to_owned(), cmd)
+            })
+            .collect();
+        let raw = self.spread(self.timeout * 20, tagged, &[]).await?;
         raw.into_iter()
-            .map(|r| r.map(|b| serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose())
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                Value::BulkString(b) => {
+                    serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+                }
+                other => Err(StoreError::Corrupt(format!("unexpected reply {other:?}"))),
+            })
             .collect()
     }
 
@@ -316,7 +334,7 @@ impl Store for RedisStore {
             link.disabled_at = Some(at);
             let json = serde_json::to_vec(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let key = self.keys.link(code);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let mut pipe = redis::pipe();
             pipe.cmd("SET").arg(key).arg(json).arg("XX").ignore();
             self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
@@ -324,7 +342,7 @@ impl Store for RedisStore {
         // Publish even when already disabled: an instance that missed the first message learns now.
         let channel = self.keys.invalidation_channel();
         let code = code.to_owned();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { conn.publish::<_, _, i64>(channel, code).await }).await?;
         Ok(Some(link))
     }
@@ -351,21 +369,23 @@ impl Store for RedisStore {
                 broadcasts[g].1.push(i);
             }
         }
-        let mut pipe = redis::pipe();
-        // Loading the scripts at the head of every pipeline costs two cheap commands and makes the
-        // `EVALSHA`s below safe after a Redis restart or `SCRIPT FLUSH`, with no retry logic (a retried
-        // pipeline could count twice). `EVAL` instead would make Redis hash the script text once per
-        // link, which halves throughput.
-        pipe.cmd("SCRIPT").arg("LOAD").arg(LINK_SCRIPT).ignore();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(BROADCAST_SCRIPT).ignore();
+        // On a single node the scripts are loaded at the head of every pipeline (two cheap commands) and
+        // run with `EVALSHA`: safe after a restart or `SCRIPT FLUSH` without retries (a retried pipeline
+        // could count twice), and `EVAL` would make Redis hash the script text once per link, which
+        // halves throughput. A cluster pipeline is split per slot, so there each call carries its script.
+        let cluster = self.pool.is_cluster();
+        let script = |sha: &str, text: &str| {
+            let mut cmd = if cluster { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
+            cmd.arg(if cluster { text } else { sha });
+            cmd
+        };
+        let mut tagged: Vec<(String, redis::Cmd)> = Vec::new();
         for (code, members) in &links {
             let human: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.is_human()).collect();
             let first = human.iter().map(|c| c.at.timestamp_millis()).min().unwrap_or(0);
             let last = human.iter().map(|c| c.at.timestamp_millis()).max().unwrap_or(0);
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(&self.link_script)
-                .arg(2)
+            let mut cmd = script(&self.link_script, LINK_SCRIPT);
+            cmd.arg(2)
                 .arg(self.keys.counters(code))
                 .arg(self.keys.recent_clicks(code))
                 .arg(members.len())
@@ -378,6 +398,7 @@ impl Store for RedisStore {
             for &i in members.iter().skip(skip) {
                 cmd.arg(serde_json::to_vec(&clicks[i]).map_err(corrupt)?);
             }
+            tagged.push(((*code).to_owned(), cmd));
         }
         for ((workspace, broadcast), members) in &broadcasts {
             let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
@@ -386,11 +407,10 @@ impl Store for RedisStore {
                 .filter(|&&i| clicks[i].is_human())
                 .filter_map(|&i| clicks[i].recipient.as_deref())
                 .collect();
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(&self.broadcast_script)
-                .arg(3)
-                .arg(self.keys.broadcast(workspace, broadcast))
+            let key = self.keys.broadcast(workspace, broadcast);
+            let mut cmd = script(&self.broadcast_script, BROADCAST_SCRIPT);
+            cmd.arg(3)
+                .arg(&key)
                 .arg(self.keys.broadcast_uniques(workspace, broadcast))
                 .arg(self.keys.timeline(workspace, broadcast))
                 .arg(members.len())
@@ -401,21 +421,23 @@ impl Store for RedisStore {
             for ((minute, class), n) in super::minute_buckets(members.iter().map(|&i| &clicks[i])) {
                 cmd.arg(format!("{minute}:{}", if class == crate::click::Class::Human { 'h' } else { 'b' })).arg(n);
             }
+            tagged.push((hash_tag(&key).to_owned(), cmd));
         }
         let mut opt_out_clicks = Vec::new();
         for (i, click) in clicks.iter().enumerate() {
             if let (true, LinkKind::OptOut, Some(recipient)) = (click.is_human(), click.kind, &click.recipient) {
                 let record = crate::store::memory::opt_out_of(click, recipient);
-                pipe.cmd("HSETNX")
-                    .arg(self.keys.opt_outs(&click.workspace_id))
-                    .arg(recipient)
-                    .arg(serde_json::to_vec(&record).map_err(corrupt)?);
+                let key = self.keys.opt_outs(&click.workspace_id);
+                let mut cmd = redis::cmd("HSETNX");
+                cmd.arg(&key).arg(recipient).arg(serde_json::to_vec(&record).map_err(corrupt)?);
+                tagged.push((hash_tag(&key).to_owned(), cmd));
                 opt_out_clicks.push(i);
             }
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> =
-            self.bounded(COMMIT_TIMEOUT, async move { pipe.query_async(&mut conn).await }).await?;
+        let mut prelude = [redis::cmd("SCRIPT"), redis::cmd("SCRIPT")];
+        prelude[0].arg("LOAD").arg(LINK_SCRIPT);
+        prelude[1].arg("LOAD").arg(BROADCAST_SCRIPT);
+        let replies = self.spread(COMMIT_TIMEOUT, tagged, &prelude).await?;
         let mut replies = replies.into_iter();
         let bad = |what: &str| StoreError::Corrupt(format!("unexpected reply to {what}"));
 
@@ -445,7 +467,7 @@ impl Store for RedisStore {
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         let key = self.keys.counters(code);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         type Row = (Option<u64>, Option<u64>, Option<u64>, Option<i64>, Option<i64>);
         let (hits, human_hits, bot_hits, first, last): Row = self
             .bounded(self.timeout, async move {
@@ -473,7 +495,7 @@ impl Store for RedisStore {
         broadcast_id: &str,
     ) -> Result<Option<BroadcastStats>, StoreError> {
         let key = self.keys.broadcast(workspace_id, broadcast_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let fields: HashMap<String, u64> = self.bounded(self.timeout, async move { conn.hgetall(key).await }).await?;
         if fields.get("links").copied().unwrap_or(0) == 0 {
             return Ok(None);
@@ -490,19 +512,28 @@ impl Store for RedisStore {
 
     async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError> {
         let key = self.keys.broadcasts(workspace_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut ids: Vec<String> = self.bounded(self.timeout, async move { conn.smembers(key).await }).await?;
         ids.sort();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(self.keys.broadcast(workspace_id, id));
-        }
-        let mut conn = self.conn.clone();
-        let rows: Vec<HashMap<String, u64>> =
-            self.bounded(self.timeout * 4, async move { pipe.query_async(&mut conn).await }).await?;
+        let tagged = ids
+            .iter()
+            .map(|id| {
+                let key = self.keys.broadcast(workspace_id, id);
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(&key);
+                (hash_tag(&key).to_owned(), cmd)
+            })
+            .collect();
+        let rows: Vec<HashMap<String, u64>> = self
+            .spread(self.timeout * 4, tagged, &[])
+            .await?
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(ids
             .into_iter()
             .zip(rows)
@@ -526,7 +557,7 @@ impl Store for RedisStore {
         broadcast_id: &str,
     ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
         let key = self.keys.timeline(workspace_id, broadcast_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let fields: HashMap<String, u64> = self.bounded(self.timeout, async move { conn.hgetall(key).await }).await?;
         let mut minutes: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
         for (field, n) in fields {
@@ -547,7 +578,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let key = self.keys.recent_clicks(code);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let raw: Vec<Vec<u8>> =
             self.bounded(self.timeout, async move { conn.lrange(key, 0, limit as isize - 1).await }).await?;
         raw.iter().map(|bytes| serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
@@ -555,7 +586,7 @@ impl Store for RedisStore {
 
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError> {
         let key = self.keys.opt_outs(workspace_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let raw: Vec<Vec<u8>> = self.bounded(self.timeout, async move { conn.hvals(key).await }).await?;
         let mut all = raw
             .iter()
@@ -573,7 +604,7 @@ impl Store for RedisStore {
     async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
         let json = serde_json::to_vec(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = self.keys.webhook_settings(workspace_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { conn.set::<_, _, ()>(key, json).await }).await
     }
 
@@ -593,7 +624,7 @@ impl Store for RedisStore {
             pipe.cmd("LPUSH").arg(&key).arg(json).ignore();
         }
         pipe.cmd("LTRIM").arg(&key).arg(0).arg(cap.max(1) as i64 - 1).ignore();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await
     }
 
@@ -602,7 +633,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let key = self.keys.webhook_logs(workspace_id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let raw: Vec<Vec<u8>> =
             self.bounded(self.timeout, async move { conn.lrange(key, 0, limit as isize - 1).await }).await?;
         raw.iter().map(|bytes| serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
@@ -610,11 +641,11 @@ impl Store for RedisStore {
 
     fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
         let (tx, rx) = mpsc::channel(4096);
-        let client = self.client.clone();
+        let clients = self.pool.pubsub_clients();
         let channel = self.keys.invalidation_channel();
         let timeout = self.timeout;
         tokio::spawn(async move {
-            shutdown.run_until_cancelled(subscribe_forever(client, channel, timeout, tx)).await;
+            shutdown.run_until_cancelled(subscribe_forever(clients, channel, timeout, tx)).await;
         });
         Some(rx)
     }
@@ -629,9 +660,15 @@ fn as_int(value: Option<Value>) -> Option<i64> {
 
 /// Keeps one subscription to the invalidation channel alive, reconnecting with backoff. After every
 /// (re)subscription it sends `Invalidation::All`, since messages published meanwhile are lost.
-async fn subscribe_forever(client: redis::Client, channel: String, timeout: Duration, tx: mpsc::Sender<Invalidation>) {
+/// With a cluster, it subscribes on one seed node after the other (`PUBLISH` reaches every node).
+async fn subscribe_forever(
+    clients: Vec<redis::Client>,
+    channel: String,
+    timeout: Duration,
+    tx: mpsc::Sender<Invalidation>,
+) {
     let mut backoff = Duration::from_millis(100);
-    loop {
+    for client in clients.iter().cycle() {
         let subscribed = async {
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.ok()?.ok()?;
             tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await.ok()?.ok()?;

@@ -23,10 +23,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::redis_conn::Pool;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
 use super::Job;
@@ -180,9 +180,9 @@ return #due
 
 /// The Redis Stream outbox.
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: Pool,
     /// A second connection for the blocking `XREADGROUP`, so it never holds up other commands.
-    blocking: ConnectionManager,
+    blocking: Pool,
     stream: String,
     retry: String,
     dead: String,
@@ -194,21 +194,10 @@ pub struct RedisQueue {
 impl RedisQueue {
     /// Connects (lazily) and names this process's consumer. Must be called inside a Tokio runtime.
     pub fn open(url: &str, prefix: &str, consumer: &str, claim_idle: Duration) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url).map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        let config = || {
-            redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(None)
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(2))
-        };
-        let open = |c| {
-            ConnectionManager::new_lazy_with_config(client.clone(), c)
-                .map_err(|e| QueueError::Unavailable(e.to_string()))
-        };
+        let open = || Pool::open(url, Duration::from_secs(2)).map_err(QueueError::Unavailable);
         Ok(Self {
-            conn: open(config())?,
-            blocking: open(config())?,
+            conn: open()?,
+            blocking: open()?,
             stream: format!("{prefix}:wh:{{q}}:stream"),
             retry: format!("{prefix}:wh:{{q}}:retry"),
             dead: format!("{prefix}:wh:{{q}}:dead"),
@@ -220,12 +209,15 @@ impl RedisQueue {
 
     async fn run<T: redis::FromRedisValue>(
         &self,
-        conn: &ConnectionManager,
+        pool: &Pool,
         deadline: Duration,
         pipe: redis::Pipeline,
     ) -> Result<T, QueueError> {
-        let mut conn = conn.clone();
-        match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
+        let work = async {
+            let mut conn = pool.get().await?;
+            pipe.query_async(&mut conn).await
+        };
+        match tokio::time::timeout(deadline, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(QueueError::Unavailable(e.to_string())),
             Err(_) => Err(QueueError::Unavailable("outbox command timed out".into())),
@@ -234,7 +226,7 @@ impl RedisQueue {
 
     /// Creates the consumer group (and the stream) if needed. Idempotent.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get().await.map_err(|e| QueueError::Unavailable(e.to_string()))?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
