@@ -40,17 +40,19 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// Initialises `tracing` from `RUST_LOG` (default `info`), writing to stderr so that stdout carries
-/// only what is meant for the operator's eyes (the generated admin token).
+/// only what is meant for the operator's eyes (the generated admin token). `LINKHIT_LOG_FORMAT=json`
+/// switches to one JSON object per line for log shippers.
 pub fn init_tracing() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let json = std::env::var("LINKHIT_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// Counter handles for redirect outcomes, resolved once so the hot path does no registry lookup.

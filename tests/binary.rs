@@ -85,3 +85,25 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         assert!(stderr.contains(value) || stderr.contains(var), "{var}={value}: unclear message: {stderr}");
     }
 }
+
+#[test]
+fn json_logs_on_request() {
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linkhit"))
+        .env("LINKHIT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LINKHIT_ADMIN_TOKEN", common::ADMIN)
+        .env("LINKHIT_LOG_FORMAT", "json")
+        .env_remove("LINKHIT_REDIS_URL")
+        .env("LINKHIT_JOURNAL_DIR", common::temp_dir("json-logs"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    common::signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert!(lines.iter().any(|l| l["message"] == "linkhit serving" && l["level"] == "INFO"), "{stderr}");
+}

@@ -408,6 +408,12 @@ async fn unknown_routes_and_methods(backend: Backend) {
     assert_eq!(error_code(status, &body, 405), "METHOD_NOT_ALLOWED");
     let (status, body) = env.get_json("/api").await;
     assert_eq!(error_code(status, &body, 404), "NOT_FOUND");
+    // Request ids: echoed when the caller sends a sane one, minted otherwise.
+    let resp = env.http.get(env.url("/api/v1/nothing")).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let resp =
+        env.http.get(env.url("/api/v1/nothing")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    assert!(uuid::Uuid::parse_str(resp.headers()["x-request-id"].to_str().unwrap()).is_ok());
 }
 
 async fn ops_endpoints(backend: Backend) {

@@ -24,12 +24,37 @@ pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// Entry point for every request whose path starts with `/api/`.
+/// Entry point for every request whose path starts with `/api/`. Each request gets a request id — the
+/// caller's `X-Request-Id` when it is a sane token, a fresh UUID otherwise — echoed in the response and
+/// attached to every log line of the request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route(app, req).await {
-        Ok(response) => response,
-        Err(err) => error_response(&err),
+    let request_id = request_id(req.headers());
+    let span = tracing::info_span!("api", request_id = %request_id, method = %req.method(), path = %req.uri().path());
+    let mut response = {
+        use tracing::Instrument;
+        async {
+            match route(app, req).await {
+                Ok(response) => response,
+                Err(err) => error_response(&err),
+            }
+        }
+        .instrument(span)
+        .await
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
     }
+    response
+}
+
+/// The caller's request id if it is 1-128 visible ASCII characters, else a new UUID.
+pub fn request_id(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
