@@ -89,7 +89,7 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
 #[test]
 fn json_logs_on_request() {
     let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linkhit"))
+    let child = Command::new(env!("CARGO_BIN_EXE_linkhit"))
         .env("LINKHIT_LISTEN", format!("127.0.0.1:{port}"))
         .env("LINKHIT_ADMIN_TOKEN", common::ADMIN)
         .env("LINKHIT_LOG_FORMAT", "json")
