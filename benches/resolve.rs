@@ -37,7 +37,8 @@ fn link(code: String) -> Link {
 }
 
 fn bench(c: &mut Criterion) {
-    let policy = CodePolicy::new(8, 8);
+    let policy = CodePolicy::checked(8, 8);
+    policy.set_key(*b"0123456789abcdef");
     let cache = LinkCache::new(LINKS, Duration::from_secs(3600), 100_000, Duration::from_secs(3600));
     let codes: Vec<String> = (0..LINKS).map(|_| policy.generate()).collect();
     for code in &codes {
@@ -47,7 +48,7 @@ fn bench(c: &mut Criterion) {
     for code in &missing {
         cache.insert_missing(code, cache.generation());
     }
-    let resolver = Arc::new(Resolver::new(cache, Arc::new(MemoryStore::default()), policy));
+    let resolver = Arc::new(Resolver::new(cache, Arc::new(MemoryStore::default()), policy.clone()));
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 
     let mut i = 0usize;

@@ -120,10 +120,18 @@ impl App {
             (Capture::disabled(), None)
         };
 
-        let codes = CodePolicy::new(
-            usize::from(config.code_length),
-            usize::from(config.code_min_length.unwrap_or(config.code_length)),
-        );
+        let (length, min_length) =
+            (usize::from(config.code_length), usize::from(config.code_min_length.unwrap_or(config.code_length)));
+        let codes = if config.code_check {
+            CodePolicy::checked(length, min_length)
+        } else {
+            CodePolicy::new(length, min_length)
+        };
+        if let Some(secret) = &config.code_secret {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(secret.as_bytes());
+            codes.set_key(digest[..16].try_into().expect("16 bytes"));
+        }
         let cache = LinkCache::new(
             config.cache_capacity,
             config.cache_ttl,

@@ -105,6 +105,16 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_CODE_MIN_LENGTH", value_parser = clap::value_parser!(u8).range(6..=32))]
     pub code_min_length: Option<u8>,
 
+    /// End codes with two check characters (a keyed hash) so that random-code floods are rejected
+    /// without a lookup. Turn off only to keep accepting codes created without them.
+    #[arg(long, env = "LINKHIT_CODE_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub code_check: bool,
+
+    /// Secret the check key is derived from. Unset: a random key is created in the store on first
+    /// start and shared by every instance through it.
+    #[arg(long, env = "LINKHIT_CODE_SECRET", hide_env_values = true)]
+    pub code_secret: Option<String>,
+
     /// Most links held in the in-process redirect cache (about 200 bytes each plus the URL).
     #[arg(long, env = "LINKHIT_CACHE_CAPACITY", default_value_t = 1_000_000)]
     pub cache_capacity: usize,

@@ -65,6 +65,15 @@ async fn serve(
         tokio::spawn(Arc::clone(&app.resolver).follow(feed));
     }
     let worker = background.worker.map(|w| w.spawn(stop_background.clone(), grace));
+    if !app.resolver.codes().ready() {
+        // Usually the store answers at once; if not, keep trying in the background.
+        match app.store.code_key().await {
+            Ok(key) => app.resolver.codes().set_key(key),
+            Err(_) => {
+                tokio::spawn(load_code_key(Arc::clone(&app), stop_background.clone()));
+            }
+        }
+    }
     tracing::info!(
         listen = %bound,
         base_url = %app.base_url,
@@ -85,4 +94,22 @@ async fn serve(
     }
     tracing::info!("linkhit stopped");
     Ok(())
+}
+
+/// Reads (or creates) the shared code key, retrying until the store answers.
+async fn load_code_key(app: Arc<app::App>, stop: CancellationToken) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match app.store.code_key().await {
+            Ok(key) => {
+                app.resolver.codes().set_key(key);
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the code key yet; codes are checked for shape only");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }

@@ -59,18 +59,20 @@ async fn readyz_follows_redis_and_cached_links_outlive_it() {
 
     // Redis hangs (SIGSTOP): cached links still redirect, misses fail fast with 503, readyz says 503.
     let redis = env.redis.as_ref().unwrap();
+    let unknown = redis.unknown_valid_code();
     redis.pause();
     let started = Instant::now();
     assert_eq!(env.hit(&code).await, (302, Some("https://example.com/up".into())));
-    assert_eq!(env.hit("zzzzzzzz").await.0, 503);
+    assert_eq!(env.hit(&unknown).await.0, 503);
     assert!(started.elapsed() < Duration::from_secs(5), "a miss must not hang: {:?}", started.elapsed());
+    assert_eq!(env.hit("zzzzzzzz").await.0, 404, "a code with wrong check characters never reaches Redis");
     assert_eq!(ready().await, 503);
     let (status, body) = env.post("/api/v1/links", json!({"target_url": "https://example.com"})).await;
     assert_eq!(common::error_code(status, &body, 503), "STORE_UNAVAILABLE");
 
     redis.resume();
     assert!(eventually(Duration::from_secs(5), || async { ready().await == 200 }).await);
-    assert_eq!(env.hit("zzzzzzzz").await.0, 404);
+    assert_eq!(env.hit(&unknown).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,4 +95,24 @@ async fn starts_without_redis_and_becomes_ready_when_it_appears() {
         send(http.post(server.url("/api/v1/workspaces")).bearer_auth(ADMIN).json(&json!({"name": "late"}))).await;
     assert_eq!(status, 201);
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_codes_barely_reaches_redis() {
+    let env = Env::new(common::Backend::Redis).await;
+    let redis = env.redis.as_ref().unwrap();
+    let gets = || -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+        info.lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = gets();
+    let plain = linkhit::code::CodePolicy::new(8, 8);
+    for _ in 0..1000 {
+        assert_eq!(env.hit(&plain.generate()).await.0, 404);
+    }
+    let reached = gets() - before;
+    assert!(reached <= 10, "{reached} of 1,000 random codes reached Redis");
 }

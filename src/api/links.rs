@@ -194,7 +194,11 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView
 
 /// Stores new links with unique codes and tells this instance's cache about them.
 async fn store_links(app: &App, links: &mut [Link]) -> Result<(), ApiError> {
-    crate::store::insert_unique(app.store.as_ref(), links, &app.resolver.codes()).await?;
+    if !app.resolver.codes().ready() {
+        // The shared code key has not been read from the store yet (it was unreachable at start-up).
+        return Err(crate::store::StoreError::Unavailable("code key not loaded yet".into()).into());
+    }
+    crate::store::insert_unique(app.store.as_ref(), links, app.resolver.codes()).await?;
     for link in links.iter() {
         app.resolver.cache.created(&link.code);
     }

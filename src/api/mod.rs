@@ -169,9 +169,20 @@ pub fn empty(status: StatusCode) -> ApiResult {
 
 /// Reads the whole body, refusing more than `limit` bytes with `413 PAYLOAD_TOO_LARGE`.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    /// Oversized bodies up to this size are read and discarded before answering 413, so that a client
+    /// still sending gets the answer instead of a reset connection; larger ones are cut off at once.
+    const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
+        if len <= DRAIN_LIMIT {
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        }
         return Err(too_large(limit));
     }
     match Limited::new(req.into_body(), limit).collect().await {

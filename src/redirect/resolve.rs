@@ -32,8 +32,8 @@ impl Resolver {
         Self { cache, store, codes }
     }
 
-    pub fn codes(&self) -> CodePolicy {
-        self.codes
+    pub fn codes(&self) -> &CodePolicy {
+        &self.codes
     }
 
     pub async fn resolve(self: &Arc<Self>, code: &str) -> Resolved {

@@ -19,8 +19,9 @@ use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Worksp
 use crate::webhook::DeliveryLog;
 use crate::webhook::settings::WebhookSettings;
 
-#[derive(Default)]
 pub struct MemoryStore {
+    /// Random per process: nothing outlives the process anyway.
+    code_key: [u8; 16],
     links: DashMap<String, Link>,
     /// Click counters, behind one lock: they are written by one committer task in batches.
     clicks: Mutex<ClickState>,
@@ -57,6 +58,21 @@ struct BroadcastAgg {
     timeline: std::collections::BTreeMap<i64, (u64, u64)>,
 }
 
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            code_key: rand::random(),
+            links: DashMap::new(),
+            clicks: Mutex::default(),
+            broadcast_links: DashMap::new(),
+            workspaces: DashMap::new(),
+            keys: DashMap::new(),
+            webhook_settings: DashMap::new(),
+            webhook_logs: DashMap::new(),
+        }
+    }
+}
+
 impl MemoryStore {
     fn click_state(&self) -> std::sync::MutexGuard<'_, ClickState> {
         self.clicks.lock().unwrap_or_else(|p| p.into_inner())
@@ -71,6 +87,10 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn code_key(&self) -> Result<[u8; 16], StoreError> {
+        Ok(self.code_key)
     }
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {

@@ -57,6 +57,9 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The key of the codes' check characters, shared by every instance: created once, then read.
+    async fn code_key(&self) -> Result<[u8; 16], StoreError>;
+
     /// Creates a workspace; ids are random, so a clash is an error, not an overwrite.
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
     async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError>;

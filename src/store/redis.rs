@@ -21,6 +21,7 @@
 //! The webhook outbox (stream, retry set, dead letters) is `webhook::queue`'s business.
 //! | `P:ws:{WS}` | string | the workspace as JSON |
 //! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
+//! | `P:codekey` | string | hex key of the codes' check characters, created once (`SET NX`) |
 //! | `P:invalidate` | pub/sub channel | codes whose cached copies must be dropped |
 //!
 //! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
@@ -145,6 +146,9 @@ impl Keys {
     pub fn api_key(&self, hash: &str) -> String {
         format!("{}:key:{hash}", self.prefix)
     }
+    pub fn code_key(&self) -> String {
+        format!("{}:codekey", self.prefix)
+    }
     pub fn invalidation_channel(&self) -> String {
         format!("{}:invalidate", self.prefix)
     }
@@ -238,6 +242,21 @@ impl Store for RedisStore {
         let _: String =
             self.bounded(self.timeout, async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
         Ok(())
+    }
+
+    async fn code_key(&self) -> Result<[u8; 16], StoreError> {
+        let key = self.keys.code_key();
+        let fresh = hex::encode(rand::random::<[u8; 16]>());
+        let mut conn = self.conn().await?;
+        let stored: String = self
+            .bounded(self.timeout, async move {
+                let _: Option<String> =
+                    redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async(&mut conn).await?;
+                conn.get(&key).await
+            })
+            .await?;
+        let bytes = hex::decode(stored.trim()).map_err(|e| StoreError::Corrupt(format!("code key: {e}")))?;
+        bytes.try_into().map_err(|_| StoreError::Corrupt("code key is not 16 bytes".into()))
     }
 
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {

@@ -80,6 +80,17 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// A code that passes the deployment's check characters but names no link (key read from Redis).
+    pub fn unknown_valid_code(&self) -> String {
+        let hex: String = redis::cmd("GET").arg("lh:codekey").query(&mut self.conn()).unwrap();
+        let key: [u8; 16] = hex::decode(hex).unwrap().try_into().unwrap();
+        let policy = linkhit::code::CodePolicy::checked(8, 8);
+        policy.set_key(key);
+        policy.generate()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         signal(self.pid(), "CONT");
