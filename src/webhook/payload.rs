@@ -76,7 +76,13 @@ pub fn render(format: Format, click_fields: &[&str], kind: EventKind, f: &Facts<
             }
         }),
         (Format::Fields, EventKind::Click) => {
-            Value::Object(click_fields.iter().map(|name| ((*name).to_owned(), field(name, f))).collect())
+            // Parse the user agent once, and only if a device field was chosen.
+            let wants_device = click_fields.iter().any(|n| matches!(*n, "device" | "os" | "browser"));
+            let device =
+                if wants_device { f.user_agent.and_then(|ua| woothee::parser::Parser::new().parse(ua)) } else { None };
+            Value::Object(
+                click_fields.iter().map(|name| ((*name).to_owned(), field(name, f, device.as_ref()))).collect(),
+            )
         }
         // The `fields` selection describes clicks; an opt-out keeps the flat style with the facts an
         // opt-out has.
@@ -94,7 +100,7 @@ pub fn render(format: Format, click_fields: &[&str], kind: EventKind, f: &Facts<
                 "message_ref",
                 "workspace_id",
             ] {
-                m.insert(name.to_owned(), field(name, f));
+                m.insert(name.to_owned(), field(name, f, None));
             }
             m.insert("event_type".to_owned(), json!("opt_out"));
             m.insert("source".to_owned(), json!("link"));
@@ -114,8 +120,7 @@ fn source_message(f: &Facts<'_>) -> Value {
 }
 
 /// One named field of the `fields` format.
-fn field(name: &str, f: &Facts<'_>) -> Value {
-    let device = || f.user_agent.and_then(|ua| woothee::parser::Parser::new().parse(ua));
+fn field(name: &str, f: &Facts<'_>, device: Option<&woothee::parser::WootheeResult<'_>>) -> Value {
     match name {
         "event_id" => json!(f.event_id),
         "occurred_at" => json!(f.occurred_at),
@@ -129,9 +134,9 @@ fn field(name: &str, f: &Facts<'_>) -> Value {
         "message_ref" => json!(f.message_ref),
         "user_agent" => json!(f.user_agent),
         "ip" => json!(f.ip),
-        "device" => json!(device().map(|d| d.category.to_owned())),
-        "os" => json!(device().map(|d| d.os.to_owned())),
-        "browser" => json!(device().map(|d| d.name.to_owned())),
+        "device" => json!(device.map(|d| d.category)),
+        "os" => json!(device.map(|d| d.os)),
+        "browser" => json!(device.map(|d| d.name)),
         "hits" => json!(f.hits),
         "first_click" => json!(f.first_click),
         "workspace_id" => json!(f.workspace_id),
