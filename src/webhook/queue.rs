@@ -224,6 +224,12 @@ impl RedisQueue {
         }
     }
 
+    /// Appends what ends a lease: acknowledge the entry and delete it from the stream.
+    fn release(&self, pipe: &mut redis::Pipeline, lease: &Lease) {
+        pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&lease.receipt).ignore();
+        pipe.cmd("XDEL").arg(&self.stream).arg(&lease.receipt).ignore();
+    }
+
     /// Creates the consumer group (and the stream) if needed. Idempotent.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.get().await.map_err(|e| QueueError::Unavailable(e.to_string()))?;
@@ -325,37 +331,16 @@ impl Queue for RedisQueue {
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&lease.receipt)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(&lease.receipt)
-            .ignore();
+        pipe.atomic();
+        self.release(&mut pipe, lease);
         self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError> {
         let json = serde_json::to_vec(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZADD")
-            .arg(&self.retry)
-            .arg(due.timestamp_millis())
-            .arg(json)
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&lease.receipt)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(&lease.receipt)
-            .ignore();
+        pipe.atomic().cmd("ZADD").arg(&self.retry).arg(due.timestamp_millis()).arg(json).ignore();
+        self.release(&mut pipe, lease);
         self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
@@ -371,16 +356,8 @@ impl Queue for RedisQueue {
             .arg(&self.dead)
             .arg(0)
             .arg(9_999)
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&lease.receipt)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(&lease.receipt)
             .ignore();
+        self.release(&mut pipe, lease);
         self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
     }
 
