@@ -99,25 +99,35 @@ def children(pid):
         return []
 
 
-def wrk(port, codes_file, duration, connections, bot_percent=0, random_codes=False, threads=1):
-    env = {**os.environ, "CODES_FILE": codes_file, "BOT_PERCENT": str(bot_percent), "RANDOM_CODES": "1" if random_codes else "0"}
+def wrk(port, codes_file, duration, connections, bot_percent=0, random_codes=False, threads=1, sequential=False):
+    env = {**os.environ, "CODES_FILE": codes_file, "BOT_PERCENT": str(bot_percent), "RANDOM_CODES": "1" if random_codes else "0",
+           "SEQUENTIAL": "1" if sequential else "0"}
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", "loadtest/wrk.lua",
                           f"http://127.0.0.1:{port}"], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     return json.loads(line[5:])
 
 
-def measure(name, port, pids, codes_file, args, connections, **kw):
-    c0 = cpu_ticks(pids)
+def measure(name, port, pids, codes_file, args, connections, store_pids=(), **kw):
+    c0, s0 = cpu_ticks(pids), cpu_ticks(store_pids)
     r = wrk(port, codes_file, args.duration, connections, **kw)
-    c1 = cpu_ticks(pids)
+    c1, s1 = cpu_ticks(pids), cpu_ticks(store_pids)
     secs = r["duration_us"] / 1e6
     return {
+        "redis_cpu_us_per_req": (s1 - s0) / HZ / max(1, r["requests"]) * 1e6,
         "scenario": name, "connections": connections, "requests": r["requests"],
         "req_per_s": r["requests"] / secs, "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
         "p999_ms": r["p999_us"] / 1000, "errors": r["errors"], "cpu_us_per_req": (c1 - c0) / HZ / max(1, r["requests"]) * 1e6,
         "rss_mib": rss_mib(pids),
     }
+
+
+def metric(base, name):
+    """One unlabelled gauge or counter from linkhit's /metrics."""
+    for line in urllib.request.urlopen(base + "/metrics").read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def stats(base, key):
@@ -239,8 +249,13 @@ def main():
         nginx = start(["nginx", "-c", conf, "-p", os.path.join(a.out, "nginx")])
         wait_port(nport)
     lpids = [linkhit.pid]
-    # Warm linkhit's cache with every code once (wrk random picks would leave some cold).
-    wrk(lport, codes_file, 3, 16, bot_percent=100)
+    # Warm linkhit's cache: walk every code in order (random picks would leave a third of them cold),
+    # at a pace of well under 20,000 cache misses per second, then check the cache holds them all.
+    warm = wrk(lport, codes_file, max(3, len(codes) // 20_000 + 2), 16, bot_percent=100, sequential=True)
+    cached = metric(base, "linkhit_cache_links")
+    print(f"warm-up: {warm['requests']:,} requests, {cached:,.0f} links cached", flush=True)
+    if cached < len(codes):
+        sys.exit("the warm-up did not cache every code; raise its duration")
     counted = wait_counted(base, key, 1)[0]["hits"]
 
     results = []
@@ -255,7 +270,7 @@ def main():
                     bots = {"cache-hit": 100, "bot-heavy": 90, "human-webhooks": 0}[sc]
                     before = receiver_stats(wport)["distinct_ids"]
                     human_before = stats(base, key)["human_hits"]
-                    r = measure(sc, lport, lpids, codes_file, a, c, bot_percent=bots)
+                    r = measure(sc, lport, lpids, codes_file, a, c, store_pids=[redis.pid], bot_percent=bots)
                     # Wait for the counters to hold every request served, then for the webhooks.
                     s, lag = wait_counted(base, key, expected_hits + r["requests"])
                     expected_hits = s["hits"]
@@ -273,12 +288,12 @@ def main():
                     cold = start(["target/release/linkhit"], env={**base_env, "LINKHIT_LISTEN": f"127.0.0.1:{mport2}",
                                                                   "LINKHIT_CACHE_CAPACITY": "1", "LINKHIT_CAPTURE": "false"})
                     wait_port(mport2)
-                    results.append(measure("cache-miss", mport2, [cold.pid], codes_file, a, c, bot_percent=100))
+                    results.append(measure("cache-miss", mport2, [cold.pid], codes_file, a, c, store_pids=[redis.pid], bot_percent=100))
                     cold.send_signal(signal.SIGTERM)
                     cold.wait()
                 elif sc == "404-flood":
                     g0 = redis_gets(rport)
-                    r = measure("404-flood", lport, lpids, codes_file, a, c, random_codes=True)
+                    r = measure("404-flood", lport, lpids, codes_file, a, c, store_pids=[redis.pid], random_codes=True)
                     r["redis_gets"] = redis_gets(rport) - g0
                     r["redis_share"] = r["redis_gets"] / max(1, r["requests"])
                     results.append(r)
@@ -301,7 +316,7 @@ def main():
     rows = []
     nginx_rps = {c: statistics.median(x["req_per_s"] for x in table.get(("nginx", c), [{"req_per_s": 0}])) for c in conns}
     for (sc, c), rs in table.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("req_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "rss_mib")}
+        med = {k: statistics.median(x[k] for x in rs) for k in ("req_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "redis_cpu_us_per_req", "rss_mib")}
         row = {"scenario": sc, "connections": c, "runs": len(rs), **{k: round(v, 3) for k, v in med.items()},
                "ratio_to_nginx": round(med["req_per_s"] / nginx_rps[c], 3) if nginx_rps.get(c) else None}
         for extra in ("human_clicks", "webhooks_delivered", "webhook_drain_s", "counted_after_s", "redis_gets", "redis_share"):
@@ -312,7 +327,7 @@ def main():
                "duration_s": a.duration, "runs": a.runs, "machine": f"{os.cpu_count()} cores", "rows": rows}
     json.dump(summary, open(os.path.join(a.out, "results.json"), "w"), indent=2)
 
-    print(f"\n{'scenario':16} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'CPU µs/req':>10} {'RSS MiB':>8} {'×nginx':>7}  notes")
+    print(f"\n{'scenario':16} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'CPU µs/req':>10} {'Redis µs':>8} {'RSS MiB':>8} {'×nginx':>7}  notes")
     for r in rows:
         notes = []
         if "webhooks_delivered" in r:
@@ -323,7 +338,7 @@ def main():
             notes.append(f"counted +{r['counted_after_s']:.2f} s")
         ratio = f"{r['ratio_to_nginx']:.2f}" if r["ratio_to_nginx"] else "-"
         print(f"{r['scenario']:16} {r['connections']:>5} {r['req_per_s']:>9,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['p999_ms']:>7.2f} "
-              f"{r['cpu_us_per_req']:>10.1f} {r['rss_mib']:>8.0f} {ratio:>7}  {'; '.join(notes)}")
+              f"{r['cpu_us_per_req']:>10.1f} {r['redis_cpu_us_per_req']:>8.1f} {r['rss_mib']:>8.0f} {ratio:>7}  {'; '.join(notes)}")
     chart(rows, a.out)
 
 

@@ -2,10 +2,13 @@
 --   CODES_FILE    one code per line (the requests pick random codes from it)
 --   BOT_PERCENT   share of requests sent with a link-preview bot user agent (default 0)
 --   RANDOM_CODES  "1": request random 8-character codes that do not exist (404 flood)
+--   SEQUENTIAL    "1": walk the codes in file order, round and round (cache warm-up: every code once)
 -- At the end it prints one line "JSON {...}" with requests, errors and latency percentiles (µs).
 local codes = {}
 local bot_percent = tonumber(os.getenv("BOT_PERCENT") or "0")
 local random_codes = os.getenv("RANDOM_CODES") == "1"
+local sequential = os.getenv("SEQUENTIAL") == "1"
+local next_code = 0
 local human_ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
 local bot_ua = "facebookexternalhit/1.1 Facebot Twitterbot/1.0"
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -31,7 +34,15 @@ end
 function request()
   local ua = human_ua
   if bot_percent > 0 and math.random(100) <= bot_percent then ua = bot_ua end
-  local path = random_codes and random_code() or codes[math.random(#codes)]
+  local path
+  if random_codes then
+    path = random_code()
+  elseif sequential then
+    next_code = next_code % #codes + 1
+    path = codes[next_code]
+  else
+    path = codes[math.random(#codes)]
+  end
   return wrk.format("GET", path, { ["User-Agent"] = ua })
 end
 

@@ -7,6 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 use linkhit::config::{ClassifyArgs, Cli, Command};
 
+/// mimalloc instead of glibc's malloc: hyper, the click pipeline and the Redis client allocate and free
+/// small buffers on every request, and glibc's allocator was 18 % of linkhit's CPU under load
+/// (docs/PERFORMANCE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {

@@ -147,8 +147,8 @@ impl Pool {
             for cmd in prelude {
                 pipe.add_command(cmd.clone()).ignore();
             }
-            for (_, cmd) in &tagged {
-                pipe.add_command(cmd.clone());
+            for (_, cmd) in tagged {
+                pipe.add_command(cmd);
             }
             return pipe.query_async(&mut conn).await;
         }

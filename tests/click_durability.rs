@@ -216,8 +216,12 @@ async fn shutdown_while_redis_is_down_journals_then_the_next_run_counts() {
     let ok = eventually(Duration::from_secs(5), || async { journal_segments(&journal_dir) == 0 }).await;
     assert!(ok, "the journal was replayed at start-up");
     let mut conn = _redis.conn();
-    let hits: u64 = redis::cmd("HGET").arg(format!("lh:cnt:{{{code}}}")).arg("hits").query(&mut conn).unwrap();
-    assert_eq!(hits, 10);
+    let (human, bot): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(format!("lh:cnt:{{{code}}}"))
+        .arg(&["human_hits", "bot_hits"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!((human, bot.unwrap_or(0)), (Some(10), 0));
     let _ = key;
     server.stop().await.unwrap();
 }

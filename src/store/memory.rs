@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
-use crate::click::{ClickRecord, ClickTally};
+use crate::click::{ClickRecord, ClickTally, RecentClick};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
 use crate::webhook::DeliveryLog;
 use crate::webhook::settings::WebhookSettings;
@@ -255,12 +255,12 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<RecentClick>, StoreError> {
         Ok(self
             .click_state()
             .links
             .get(code)
-            .map(|a| a.recent.iter().take(limit).cloned().collect())
+            .map(|a| a.recent.iter().take(limit).map(ClickRecord::to_recent).collect())
             .unwrap_or_default())
     }
 

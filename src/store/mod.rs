@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::click::{ClickRecord, ClickTally};
+use crate::click::{ClickRecord, ClickTally, RecentClick};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
 use crate::webhook::DeliveryLog;
 use crate::webhook::settings::WebhookSettings;
@@ -106,7 +106,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(i64, u64, u64)>, StoreError>;
 
     /// The most recent clicks of a link, newest first.
-    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError>;
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<RecentClick>, StoreError>;
 
     /// Opt-outs of a workspace, newest first.
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError>;

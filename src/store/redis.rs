@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
-use crate::click::{ClickRecord, ClickTally};
+use crate::click::{ClickRecord, ClickTally, RecentClick};
 use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkKind, LinkStats, OptOut, Workspace};
 use crate::redis_conn::{Conn, Pool, hash_tag};
 use crate::webhook::DeliveryLog;
@@ -55,24 +55,23 @@ const INSERT_CONCURRENCY: usize = 4;
 /// committer waits rather than retries; the capture side spills to the journal meanwhile.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts one link's hits of a batch. KEYS: counters hash, recent list. ARGV: hits, human hits, bot
-/// hits, earliest and latest human click (unix ms, 0 = none), recent cap, then click JSONs oldest first.
-/// Returns the link's human hits after the batch.
+/// Counts one link's hits of a batch that holds human hits of it. KEYS: counters hash, recent list.
+/// ARGV: human hits, bot hits, earliest and latest human click (unix ms), recent cap, then the recent
+/// clicks' JSON oldest first. Returns the link's human hits after the batch.
+///
+/// A batch with only bot hits of a link needs none of this: it is counted with plain commands
+/// (`HINCRBY bot_hits`, `LPUSH`), which cost Redis a fraction of a script call. `hits` is not stored per
+/// link: it is `human_hits + bot_hits` (links counted by earlier versions hold it too, always equal).
 const LINK_SCRIPT: &str = r"
-local human = tonumber(ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
-local after = redis.call('HINCRBY', KEYS[1], 'human_hits', human)
-if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[3]) end
-if human > 0 then
-  local first = redis.call('HGET', KEYS[1], 'first_click_at')
-  if (not first) or tonumber(first) > tonumber(ARGV[4]) then redis.call('HSET', KEYS[1], 'first_click_at', ARGV[4]) end
-  local last = redis.call('HGET', KEYS[1], 'last_click_at')
-  if (not last) or tonumber(last) < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], 'last_click_at', ARGV[5]) end
-end
-local cap = tonumber(ARGV[6])
-if cap > 0 and #ARGV > 6 then
-  for i = 7, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
-  redis.call('LTRIM', KEYS[2], 0, cap - 1)
+local after = redis.call('HINCRBY', KEYS[1], 'human_hits', ARGV[1])
+if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[2]) end
+local first = redis.call('HGET', KEYS[1], 'first_click_at')
+if (not first) or tonumber(first) > tonumber(ARGV[3]) then redis.call('HSET', KEYS[1], 'first_click_at', ARGV[3]) end
+local last = redis.call('HGET', KEYS[1], 'last_click_at')
+if (not last) or tonumber(last) < tonumber(ARGV[4]) then redis.call('HSET', KEYS[1], 'last_click_at', ARGV[4]) end
+local cap = tonumber(ARGV[5])
+if cap > 0 and #ARGV > 5 then
+  if redis.call('LPUSH', KEYS[2], unpack(ARGV, 6)) > cap then redis.call('LTRIM', KEYS[2], 0, cap - 1) end
 end
 return after
 ";
@@ -399,25 +398,50 @@ impl Store for RedisStore {
             cmd
         };
         let mut tagged: Vec<(String, redis::Cmd)> = Vec::new();
+        // What each link's commands answer, in `tagged` order.
+        enum LinkReply {
+            /// The script: the link's human hits after the batch.
+            Script,
+            /// `HINCRBY bot_hits`, then `LPUSH` (the list's length) when `true`.
+            Bots(bool),
+        }
+        let mut link_replies = Vec::with_capacity(links.len());
         for (code, members) in &links {
             let human: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.is_human()).collect();
+            let skip = members.len().saturating_sub(recent);
+            let newest = members.iter().skip(skip).map(|&i| clicks[i].recent_json());
+            if human.is_empty() {
+                let mut count = redis::cmd("HINCRBY");
+                count.arg(self.keys.counters(code)).arg("bot_hits").arg(members.len());
+                tagged.push(((*code).to_owned(), count));
+                let listed = recent > 0;
+                if listed {
+                    let mut push = redis::cmd("LPUSH");
+                    push.arg(self.keys.recent_clicks(code));
+                    for json in newest {
+                        push.arg(json);
+                    }
+                    tagged.push(((*code).to_owned(), push));
+                }
+                link_replies.push(LinkReply::Bots(listed));
+                continue;
+            }
             let first = human.iter().map(|c| c.at.timestamp_millis()).min().unwrap_or(0);
             let last = human.iter().map(|c| c.at.timestamp_millis()).max().unwrap_or(0);
             let mut cmd = script(&self.link_script, LINK_SCRIPT);
             cmd.arg(2)
                 .arg(self.keys.counters(code))
                 .arg(self.keys.recent_clicks(code))
-                .arg(members.len())
                 .arg(human.len())
                 .arg(members.len() - human.len())
                 .arg(first)
                 .arg(last)
                 .arg(recent);
-            let skip = members.len().saturating_sub(recent);
-            for &i in members.iter().skip(skip) {
-                cmd.arg(serde_json::to_vec(&clicks[i]).map_err(corrupt)?);
+            for json in newest {
+                cmd.arg(json);
             }
             tagged.push(((*code).to_owned(), cmd));
+            link_replies.push(LinkReply::Script);
         }
         for ((workspace, broadcast), members) in &broadcasts {
             let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
@@ -461,9 +485,24 @@ impl Store for RedisStore {
         let bad = |what: &str| StoreError::Corrupt(format!("unexpected reply to {what}"));
 
         let mut human_after: HashMap<&str, u64> = HashMap::new();
-        for (code, _) in &links {
-            let after = as_int(replies.next()).ok_or_else(|| bad("the link script"))?;
-            human_after.insert(code, after.max(0) as u64);
+        // Lists that grew past the cap, trimmed after this pipeline: most links never get `recent`
+        // clicks, so an `LTRIM` with every push would nearly always be wasted work.
+        let mut trims: Vec<(String, redis::Cmd)> = Vec::new();
+        for ((code, _), reply) in links.iter().zip(&link_replies) {
+            match reply {
+                LinkReply::Script => {
+                    let after = as_int(replies.next()).ok_or_else(|| bad("the link script"))?;
+                    human_after.insert(code, after.max(0) as u64);
+                }
+                LinkReply::Bots(listed) => {
+                    as_int(replies.next()).ok_or_else(|| bad("HINCRBY"))?;
+                    if *listed && as_int(replies.next()).ok_or_else(|| bad("LPUSH"))? > recent as i64 {
+                        let mut trim = redis::cmd("LTRIM");
+                        trim.arg(self.keys.recent_clicks(code)).arg(0).arg(recent - 1);
+                        trims.push(((*code).to_owned(), trim));
+                    }
+                }
+            }
         }
         let mut first_in_broadcast = vec![false; clicks.len()];
         for (_, members) in &broadcasts {
@@ -481,27 +520,33 @@ impl Store for RedisStore {
         for i in opt_out_clicks {
             opted_out[i] = as_int(replies.next()) == Some(1);
         }
+        if !trims.is_empty() {
+            // Idempotent: a failure here leaves a list a little long until its next push.
+            if let Err(err) = self.spread(self.timeout, trims, &[]).await {
+                tracing::debug!(error = %err, "trimming recent-click lists failed");
+            }
+        }
         Ok(super::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         let key = self.keys.counters(code);
         let mut conn = self.conn().await?;
-        type Row = (Option<u64>, Option<u64>, Option<u64>, Option<i64>, Option<i64>);
-        let (hits, human_hits, bot_hits, first, last): Row = self
+        type Row = (Option<u64>, Option<u64>, Option<i64>, Option<i64>);
+        let (human_hits, bot_hits, first, last): Row = self
             .bounded(self.timeout, async move {
                 redis::cmd("HMGET")
                     .arg(key)
-                    .arg(&["hits", "human_hits", "bot_hits", "first_click_at", "last_click_at"])
+                    .arg(&["human_hits", "bot_hits", "first_click_at", "last_click_at"])
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        let human_hits = human_hits.unwrap_or(0);
+        let (human_hits, bot_hits) = (human_hits.unwrap_or(0), bot_hits.unwrap_or(0));
         Ok(LinkStats {
-            hits: hits.unwrap_or(0),
+            hits: human_hits + bot_hits,
             human_hits,
-            bot_hits: bot_hits.unwrap_or(0),
+            bot_hits,
             unique_clicks: u64::from(human_hits > 0),
             first_click_at: first.and_then(DateTime::from_timestamp_millis),
             last_click_at: last.and_then(DateTime::from_timestamp_millis),
@@ -592,7 +637,7 @@ impl Store for RedisStore {
         Ok(minutes.into_iter().map(|(m, (h, b))| (m, h, b)).collect())
     }
 
-    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<ClickRecord>, StoreError> {
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<RecentClick>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
