@@ -230,13 +230,20 @@ def main():
     ws = api(base, "POST", "/api/v1/workspaces", ADMIN, {"name": "loadtest"})
     key = ws["api_key"]
     target = "https://shop.example.com/fall-campaign?utm_source=sms"
-    codes, t0, n = [], time.time(), 0
+    # Bulk create: only the HTTP exchanges are timed (the client's JSON work is not linkhit's).
+    codes, create_secs, n = [], 0.0, 0
     while n < a.links:
         size = min(100_000, a.links - n)
         rec = [{"recipient": f"+1{2000000000 + n + i}", "message_id": f"m{n + i}"} for i in range(size)]
-        codes += [l["code"] for l in api(base, "POST", "/api/v1/broadcasts/loadtest/links", key, {"target_url": target, "recipients": rec})["links"]]
+        data = json.dumps({"target_url": target, "recipients": rec}).encode()
+        req = urllib.request.Request(base + "/api/v1/broadcasts/loadtest/links", method="POST", data=data,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        t0 = time.monotonic()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            raw = r.read()
+        create_secs += time.monotonic() - t0
+        codes += [l["code"] for l in json.loads(raw)["links"]]
         n += size
-    create_secs = time.time() - t0
     codes_file = os.path.join(a.out, "codes.txt")
     open(codes_file, "w").write("\n".join(codes) + "\n")
     api(base, "PUT", "/api/v1/webhooks", key, {"click_url": f"http://127.0.0.1:{wport}/hook"})

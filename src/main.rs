@@ -1,4 +1,5 @@
 //! The `linkhit` binary: parse the configuration, bind, run until SIGTERM/SIGINT, exit 0.
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;

@@ -239,13 +239,16 @@ fn truncate(s: &str, max: usize) -> &str {
 /// needs no lock.
 pub struct Classifier {
     rules: Arc<Rules>,
-    memo: HashMap<Box<str>, Verdict>,
+    /// Keyed with foldhash (seeded per process): hashing each hit's user agent with SipHash cost more
+    /// than the memo lookup itself; the memo is bounded and cleared, so a flood of distinct agents
+    /// only costs classification time.
+    memo: HashMap<Box<str>, Verdict, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 impl Classifier {
     pub fn new(rules: Arc<Rules>, capacity: usize) -> Self {
-        Self { rules, memo: HashMap::new(), capacity: capacity.max(1) }
+        Self { rules, memo: HashMap::default(), capacity: capacity.max(1) }
     }
 
     pub fn classify(&mut self, signals: Signals<'_>) -> Verdict {

@@ -74,7 +74,10 @@ pub enum Lookup {
 
 /// A `DashMap` with a size bound and FIFO eviction.
 struct Bounded<V> {
-    map: DashMap<Box<str>, V>,
+    /// foldhash rather than the default SipHash: a lookup hashes a short code on every request, and
+    /// keys only enter after passing code validation (check characters), so flooding one bucket is
+    /// not in an attacker's hands (`cargo bench --bench resolve`, docs/PERFORMANCE.md).
+    map: DashMap<Box<str>, V, foldhash::fast::RandomState>,
     /// Insertion order of keys, for eviction. May hold keys already removed (they are skipped).
     order: Mutex<VecDeque<Box<str>>>,
     len: AtomicUsize,
@@ -84,7 +87,7 @@ struct Bounded<V> {
 impl<V> Bounded<V> {
     fn new(capacity: usize) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             order: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
             capacity: capacity.max(1),
