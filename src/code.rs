@@ -70,16 +70,20 @@ impl CodePolicy {
     }
 
     /// A fresh random code. Not guaranteed unique: the store decides that.
+    ///
+    /// The bytes come from the thread-local CSPRNG ([`rand::rng`], ChaCha, seeded from the OS):
+    /// `nanoid!`'s default seeds a new generator from the OS for every code (a `getrandom` call plus
+    /// a ChaCha key setup, most of the cost of creating a link in bulk).
     pub fn generate(&self) -> String {
         loop {
             let code = match self.check.as_ref().and_then(|slot| slot.get()) {
                 Some(key) => {
-                    let mut code = nanoid::nanoid!(self.length - CHECK_CHARS, &ALPHABET);
+                    let mut code = nanoid::format(random_bytes, &ALPHABET, self.length - CHECK_CHARS);
                     let check = check_chars(*key, code.as_bytes());
                     code.extend(check);
                     code
                 }
-                None => nanoid::nanoid!(self.length, &ALPHABET),
+                None => nanoid::format(random_bytes, &ALPHABET, self.length),
             };
             if !RESERVED.contains(&code.as_str()) {
                 return code;
@@ -110,6 +114,14 @@ impl CodePolicy {
 }
 
 /// The two check characters of a code body.
+/// `size` random bytes for `nanoid::format` (64-character alphabet: it masks each byte to 6 bits).
+fn random_bytes(size: usize) -> Vec<u8> {
+    use rand::Rng;
+    let mut bytes = vec![0u8; size];
+    rand::rng().fill(&mut bytes[..]);
+    bytes
+}
+
 fn check_chars(key: (u64, u64), body: &[u8]) -> [char; CHECK_CHARS] {
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher24::new_with_keys(key.0, key.1);
