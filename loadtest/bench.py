@@ -16,6 +16,7 @@ Scenarios:
   bot-heavy       linkhit, warm cache, 90 % bots, 10 % humans (each human click fires a webhook)
   human-webhooks  linkhit, warm cache, 100 % humans: every request is a webhook; waits for the drain
                   and checks that every human click was delivered
+  bots-N          linkhit, warm cache, N % bots (e.g. bots-50): the bot/human mix sweep
   cache-miss      a second linkhit with a 1-entry cache: every request reads Redis
   404-flood       random codes that do not exist; reports how many reached Redis
   redis-hang      cache hits while Redis is SIGSTOPped for the whole run; checks every hit is counted
@@ -256,11 +257,13 @@ def main():
         nginx = start(["nginx", "-c", conf, "-p", os.path.join(a.out, "nginx")])
         wait_port(nport)
     lpids = [linkhit.pid]
+    rss_created = rss_mib(lpids)
     # Warm linkhit's cache: walk every code in order (random picks would leave a third of them cold),
     # at a pace of well under 20,000 cache misses per second, then check the cache holds them all.
     warm = wrk(lport, codes_file, max(3, len(codes) // 20_000 + 2), 16, bot_percent=100, sequential=True)
     cached = metric(base, "linkhit_cache_links")
-    print(f"warm-up: {warm['requests']:,} requests, {cached:,.0f} links cached", flush=True)
+    rss_cached = rss_mib(lpids)
+    print(f"warm-up: {warm['requests']:,} requests, {cached:,.0f} links cached, linkhit RSS {rss_cached:.0f} MiB", flush=True)
     if cached < len(codes):
         sys.exit("the warm-up did not cache every code; raise its duration")
     counted = wait_counted(base, key, 1)[0]["hits"]
@@ -273,8 +276,8 @@ def main():
                 if sc == "nginx":
                     time.sleep(0.5)
                     results.append(measure("nginx", nport, [nginx.pid] + children(nginx.pid), codes_file, a, c))
-                elif sc in ("cache-hit", "bot-heavy", "human-webhooks"):
-                    bots = {"cache-hit": 100, "bot-heavy": 90, "human-webhooks": 0}[sc]
+                elif sc in ("cache-hit", "bot-heavy", "human-webhooks") or sc.startswith("bots-"):
+                    bots = {"cache-hit": 100, "bot-heavy": 90, "human-webhooks": 0}.get(sc) or int(sc[5:])
                     before = receiver_stats(wport)["distinct_ids"]
                     human_before = stats(base, key)["human_hits"]
                     r = measure(sc, lport, lpids, codes_file, a, c, store_pids=[redis.pid], bot_percent=bots)
@@ -331,6 +334,7 @@ def main():
                 row[extra] = rs[-1][extra]
         rows.append(row)
     summary = {"links": len(codes), "create_seconds": round(create_secs, 3), "links_per_second": round(len(codes) / create_secs),
+               "rss_mib_after_create": round(rss_created), "rss_mib_all_cached": round(rss_cached),
                "duration_s": a.duration, "runs": a.runs, "machine": f"{os.cpu_count()} cores", "rows": rows}
     json.dump(summary, open(os.path.join(a.out, "results.json"), "w"), indent=2)
 

@@ -14,6 +14,7 @@ on_both_stores!(
     humans_and_bots_are_counted_apart,
     unique_clicks_count_recipients_not_taps,
     recent_clicks_newest_first_with_anonymised_ip,
+    recent_clicks_keep_the_newest_up_to_the_cap,
     full_ip_and_trusted_proxy,
     opt_out_by_human_not_by_bot,
     stats_routes_auth_and_isolation,
@@ -126,6 +127,36 @@ async fn recent_clicks_newest_first_with_anonymised_ip(backend: Backend) {
         let (status, body) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit={bad}")).await;
         assert_eq!(error_code(status, &body, 400), "INVALID_LIMIT");
     }
+}
+
+/// Bot-only batches and batches with humans keep the list at `LINKHIT_RECENT_CLICKS`, newest first (in
+/// Redis, bot-only batches push without trimming and trim afterwards only when a list outgrew the cap).
+async fn recent_clicks_keep_the_newest_up_to_the_cap(backend: Backend) {
+    let redis = (backend == Backend::Redis).then(common::RedisServer::start);
+    let mut config = common::config(redis.as_ref());
+    config.recent_clicks = 3;
+    let env = Env::with_config(config, redis).await;
+    let code =
+        env.create_link(json!({"target_url": "https://example.com/cap"})).await["code"].as_str().unwrap().to_owned();
+    // One batch per hit: the link's list grows one by one past the cap.
+    let agents = [WHATSAPP, IMESSAGE_PREVIEW, WHATSAPP, IMESSAGE_PREVIEW, IPHONE, WHATSAPP];
+    for (i, agent) in agents.iter().enumerate() {
+        tap(&env.http, &env.server, &code, agent).await;
+        stats_within_a_second(&env, &code, |s| s["hits"] == i + 1).await;
+    }
+    let (status, body) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit=3")).await;
+    assert_eq!(status, 200, "{body}");
+    let reasons: Vec<&str> = body["clicks"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["preview:whatsapp", "browser:Safari", "preview:imessage"], "{body}");
+    let (status, over) = env.get_json(&format!("/api/v1/links/{code}/clicks?limit=4")).await;
+    assert_eq!(error_code(status, &over, 400), "INVALID_LIMIT", "the cap is the largest limit");
+    if let Some(redis) = &env.redis {
+        let mut conn = redis.conn();
+        let kept: usize = redis::cmd("LLEN").arg(format!("lh:clicks:{{{code}}}")).query(&mut conn).unwrap();
+        assert_eq!(kept, 3, "the list itself is trimmed, not just the answer");
+    }
+    let s = stats_within_a_second(&env, &code, |s| s["hits"] == 6).await;
+    assert_eq!((s["human_hits"].as_u64(), s["bot_hits"].as_u64()), (Some(1), Some(5)));
 }
 
 async fn full_ip_and_trusted_proxy(backend: Backend) {

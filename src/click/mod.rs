@@ -107,3 +107,45 @@ pub struct ClickTally {
     /// This click recorded a new opt-out.
     pub opted_out: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn click() -> ClickRecord {
+        ClickRecord {
+            code: "abc".into(),
+            workspace_id: "ws".into(),
+            broadcast_id: Some("b".into()),
+            recipient: Some("+12025550293".into()),
+            kind: LinkKind::Redirect,
+            at: "2026-11-29T10:00:00.123Z".parse().unwrap(),
+            class: Class::Bot,
+            reason: "preview:whatsapp".into(),
+            method: "GET".into(),
+            user_agent: Some("WhatsApp/2.23".into()),
+            ip: Some("203.0.113.0".into()),
+        }
+    }
+
+    #[test]
+    fn recent_json_is_compact_and_reads_back() {
+        let c = click();
+        let json: serde_json::Value = serde_json::from_slice(&c.recent_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"at": "2026-11-29T10:00:00.123Z", "class": "bot", "reason": "preview:whatsapp",
+                               "method": "GET", "user_agent": "WhatsApp/2.23", "ip": "203.0.113.0"}),
+            "the link's own fields are not repeated in its list"
+        );
+        let back: RecentClick = serde_json::from_slice(&c.recent_json()).unwrap();
+        assert_eq!(back, c.to_recent());
+    }
+
+    #[test]
+    fn whole_records_of_earlier_versions_still_read() {
+        let c = click();
+        let back: RecentClick = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c.to_recent());
+    }
+}
