@@ -277,7 +277,7 @@ def main():
                     time.sleep(0.5)
                     results.append(measure("nginx", nport, [nginx.pid] + children(nginx.pid), codes_file, a, c))
                 elif sc in ("cache-hit", "bot-heavy", "human-webhooks") or sc.startswith("bots-"):
-                    bots = {"cache-hit": 100, "bot-heavy": 90, "human-webhooks": 0}.get(sc) or int(sc[5:])
+                    bots = int(sc[5:]) if sc.startswith("bots-") else {"cache-hit": 100, "bot-heavy": 90, "human-webhooks": 0}[sc]
                     before = receiver_stats(wport)["distinct_ids"]
                     human_before = stats(base, key)["human_hits"]
                     r = measure(sc, lport, lpids, codes_file, a, c, store_pids=[redis.pid], bot_percent=bots)
