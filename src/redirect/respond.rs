@@ -70,8 +70,8 @@ pub fn response(outcome: Outcome, link: Option<&CachedLink>, method: &Method) ->
     let headers = builder.headers_mut().expect("fresh builder");
     let body = match outcome {
         Outcome::Redirected => {
-            if let Some(location) = link.and_then(|l| l.location.clone()) {
-                headers.insert(header::LOCATION, location);
+            if let Some(location) = link.and_then(|l| l.location.as_deref()) {
+                headers.insert(header::LOCATION, location.clone());
             }
             headers.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
             Full::new(Bytes::new())

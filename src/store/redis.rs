@@ -8,8 +8,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `hits`, `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms) |
-//! | `P:clicks:{CODE}` | list | recent clicks as JSON, newest first, capped |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
+//! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped (may exceed the cap by one batch until the follow-up `LTRIM`) |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
 //! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
