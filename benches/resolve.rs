@@ -1,5 +1,6 @@
 //! The redirect hot path in isolation: code validation, cache lookup (hit, negative hit), the full
-//! `resolve` + response build, and code generation.
+//! `resolve` + response build (cache hit, and cache miss read from the embedded store), and code
+//! generation.
 //!
 //! Run: `cargo bench --bench resolve`
 
@@ -84,6 +85,21 @@ fn bench(c: &mut Criterion) {
                 };
                 black_box(respond::response(outcome, link, &Method::GET))
             }
+        })
+    });
+    // A 1-entry cache over a store of 100,000 links: every resolve misses, reads the (embedded) store
+    // and fills the cache. The Redis miss path adds a round trip: see `bench.py`'s cache-miss scenario.
+    let stored: Vec<Link> = codes.iter().take(100_000).map(|code| link(code.clone())).collect();
+    let store = Arc::new(MemoryStore::default());
+    rt.block_on(linkhit::store::Store::insert_links(store.as_ref(), &stored)).unwrap();
+    let cold =
+        Arc::new(Resolver::new(LinkCache::new(1, Duration::from_secs(3600), 1, Duration::ZERO), store, policy.clone()));
+    c.bench_function("resolve/miss_embedded_store", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 7919) % stored.len();
+            let code = &stored[i].code;
+            let cold = &cold;
+            async move { black_box(cold.resolve(code).await) }
         })
     });
     c.bench_function("code/generate", |b| b.iter(|| black_box(policy.generate())));
