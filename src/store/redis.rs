@@ -71,7 +71,9 @@ local last = redis.call('HGET', KEYS[1], 'last_click_at')
 if (not last) or tonumber(last) < tonumber(ARGV[4]) then redis.call('HSET', KEYS[1], 'last_click_at', ARGV[4]) end
 local cap = tonumber(ARGV[5])
 if cap > 0 and #ARGV > 5 then
-  if redis.call('LPUSH', KEYS[2], unpack(ARGV, 6)) > cap then redis.call('LTRIM', KEYS[2], 0, cap - 1) end
+  local n = 0
+  for i = 6, #ARGV do n = redis.call('LPUSH', KEYS[2], ARGV[i]) end
+  if n > cap then redis.call('LTRIM', KEYS[2], 0, cap - 1) end
 end
 return after
 ";
