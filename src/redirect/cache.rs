@@ -16,7 +16,7 @@
 //! while the background refresh runs is deliberate: the recipient never waits for the store.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -308,7 +308,7 @@ impl LinkCache {
 /// copies, new ones share anew).
 #[derive(Default)]
 struct Interner {
-    strings: HashMap<Arc<str>, (), foldhash::fast::RandomState>,
+    strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
     locations: HashMap<Box<str>, Arc<HeaderValue>, foldhash::fast::RandomState>,
 }
 
@@ -316,14 +316,14 @@ const INTERNED: usize = 16_384;
 
 impl Interner {
     fn string(&mut self, s: &str) -> Arc<str> {
-        if let Some((shared, ())) = self.strings.get_key_value(s) {
+        if let Some(shared) = self.strings.get(s) {
             return Arc::clone(shared);
         }
         if self.strings.len() >= INTERNED {
             self.strings.clear();
         }
         let shared: Arc<str> = Arc::from(s);
-        self.strings.insert(Arc::clone(&shared), ());
+        self.strings.insert(Arc::clone(&shared));
         shared
     }
 
