@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use linkhit::click::{Class, ClickRecord};
 use linkhit::model::LinkKind;
+use linkhit::model::{Class, ClickRecord};
 use linkhit::store::SharedStore;
 use linkhit::store::memory::MemoryStore;
 use linkhit::store::redis::RedisStore;

@@ -7,9 +7,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use linkhit::model::EventKind;
+use linkhit::model::{CLICK_FIELDS, Format};
 use linkhit::webhook::payload::{Facts, render};
-use linkhit::webhook::settings::{CLICK_FIELDS, Format};
-use linkhit::webhook::{EventKind, sign};
+use linkhit::webhook::sign;
 
 fn facts() -> Facts<'static> {
     Facts {
@@ -69,12 +70,12 @@ fn bench(c: &mut Criterion) {
     let mut headers = hyper::HeaderMap::new();
     headers.insert(hyper::header::USER_AGENT, f.user_agent.unwrap().parse().unwrap());
     let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
-    let capture = linkhit::click::capture::Capture::new(Some(tx));
+    let capture = linkhit::redirect::capture::Capture::new(Some(tx));
     let peer = Some(std::net::IpAddr::from([203, 0, 113, 7]));
     let mut n = 0u32;
     c.bench_function("capture/record", |b| {
         b.iter(|| {
-            capture.record(linkhit::click::capture::Hit::from_request(cached.clone(), false, &headers, peer));
+            capture.record(linkhit::redirect::capture::Hit::from_request(cached.clone(), false, &headers, peer));
             n += 1;
             if n == 60_000 {
                 n = 0;

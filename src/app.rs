@@ -11,20 +11,22 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::AdminToken;
-use crate::click::capture::Capture;
 use crate::click::emit::EventSink;
 use crate::click::journal::Journal;
 use crate::click::pipeline::{Pipeline, Settings};
 use crate::code::CodePolicy;
 use crate::config::Config;
 use crate::redirect::cache::LinkCache;
+use crate::redirect::capture::Capture;
+use crate::redirect::metrics::RedirectMetrics;
 use crate::redirect::resolve::Resolver;
 use crate::store::{self, SharedStore};
-use crate::telemetry::{self, RedirectMetrics};
+use crate::telemetry;
 use crate::webhook::deliver::Deliverer;
 use crate::webhook::outbox::Outbox;
 use crate::webhook::queue::{MemoryQueue, Queue, RedisQueue};
-use crate::webhook::worker::{SettingsCache, Worker, WorkerConfig};
+use crate::webhook::settings_cache::SettingsCache;
+use crate::webhook::worker::{Worker, WorkerConfig};
 
 /// How long webhook settings are cached; a change made on another instance applies within this.
 const SETTINGS_TTL: Duration = Duration::from_secs(2);
@@ -67,9 +69,11 @@ impl App {
         let prometheus = telemetry::prometheus();
         let store = store::open(&config)?;
         let base_url = config.effective_base_url(bound);
-        let rules =
-            crate::config::load_rules(config.extra_human_patterns.as_deref(), config.extra_bot_patterns.as_deref())
-                .map_err(anyhow::Error::msg)?;
+        let rules = crate::click::classify::load_rules(
+            config.extra_human_patterns.as_deref(),
+            config.extra_bot_patterns.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
 
         let settings = Arc::new(SettingsCache::new(Arc::clone(&store), SETTINGS_TTL));
         let deliverer = Arc::new(Deliverer::new(config.webhook_timeout, config.webhook_allow_private)?);

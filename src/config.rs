@@ -45,20 +45,6 @@ pub struct ClassifyArgs {
     pub extra_human_patterns: Option<std::path::PathBuf>,
 }
 
-/// Builds the classification rules from the built-in file and the operator's pattern files.
-pub fn load_rules(
-    extra_human: Option<&std::path::Path>,
-    extra_bot: Option<&std::path::Path>,
-) -> Result<crate::click::classify::Rules, String> {
-    let read = |path: Option<&std::path::Path>| -> Result<String, String> {
-        match path {
-            None => Ok(String::new()),
-            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
-        }
-    };
-    crate::click::classify::Rules::new(&read(extra_human)?, &read(extra_bot)?)
-}
-
 /// Every setting of the server. Built by clap from flags and `LINKHIT_*` variables, or by tests directly
 /// through [`Config::for_tests`].
 #[derive(Debug, Clone, Args)]

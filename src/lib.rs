@@ -12,6 +12,7 @@ pub mod auth;
 pub mod click;
 pub mod code;
 pub mod config;
+pub mod counting;
 pub mod error;
 pub mod model;
 pub mod ops;

@@ -42,8 +42,9 @@ fn main() -> anyhow::Result<()> {
 /// `linkhit classify`: one user agent per stdin line → one JSON verdict per stdout line.
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
-    let rules = linkhit::config::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let rules =
+        linkhit::click::classify::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())
+            .map_err(anyhow::Error::msg)?;
     let mut classifier = linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use linkhit::click::classify::{Class, Rules, Signals};
+use linkhit::click::classify::{Rules, Signals};
+use linkhit::model::Class;
 
 const CORPUS: &str = include_str!("data/user_agents.tsv");
 

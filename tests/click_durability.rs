@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Env, IPHONE, RedisServer, TestServer, WHATSAPP, client, config, eventually, send, tap};
 use linkhit::click::journal::Journal;
-use linkhit::click::{Class, ClickRecord};
 use linkhit::model::LinkKind;
+use linkhit::model::{Class, ClickRecord};
 use serde_json::json;
 
 fn journal_segments(dir: &std::path::Path) -> usize {

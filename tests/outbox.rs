@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
+use linkhit::model::{EventKind, Job};
 use linkhit::webhook::queue::{Queue, RedisQueue};
-use linkhit::webhook::{EventKind, Job};
 
 fn job(id: &str) -> Job {
     Job {

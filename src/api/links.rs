@@ -6,7 +6,7 @@ use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ApiResult, authorize, empty, json, parse_json, read_body};
+use super::{ApiResult, authorize, empty, json, owned_link, parse_json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::model::{Link, LinkKind, LinkStats, Permission, rfc3339};
@@ -169,7 +169,7 @@ struct LinkView<'a> {
     expires_at: Option<String>,
     disabled_at: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    counters: Option<super::stats::LinkStatsView>,
+    counters: Option<super::LinkStatsView>,
 }
 
 fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView<'a> {
@@ -188,7 +188,7 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView
         created_at: rfc3339(link.created_at),
         expires_at: link.expires_at.map(rfc3339),
         disabled_at: link.disabled_at.map(rfc3339),
-        counters: counters.map(super::stats::LinkStatsView::from),
+        counters: counters.map(super::LinkStatsView::from),
     }
 }
 
@@ -391,18 +391,6 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
     }
     let views: Vec<LinkView<'_>> = links.iter().map(|l| view(app, l, None)).collect();
     json(StatusCode::OK, &serde_json::json!({ "text": out, "links": views }))
-}
-
-/// Loads a link of the caller's workspace; another workspace's link is indistinguishable from none.
-pub(super) async fn owned_link(app: &App, workspace_id: &str, code: &str) -> Result<Link, ApiError> {
-    let not_found = || ApiError::not_found("LINK_NOT_FOUND", "no such link");
-    if !app.resolver.codes().is_valid(code) {
-        return Err(not_found());
-    }
-    match app.store.get_link(code).await? {
-        Some(link) if link.workspace_id == workspace_id => Ok(link),
-        _ => Err(not_found()),
-    }
 }
 
 /// `GET /api/v1/links/{code}`: the link with its counters.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::model::Permission;
+use crate::model::{Link, LinkStats, Permission, rfc3339};
 
 pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -238,5 +238,57 @@ pub fn authorize_admin(app: &App, headers: &hyper::HeaderMap) -> Result<(), ApiE
     match crate::auth::presented_credential(headers) {
         Some(token) if app.admin_token.matches(token) => Ok(()),
         _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Link counters as the API shows them (timestamps as RFC 3339 with milliseconds).
+#[derive(Debug, Serialize)]
+pub struct LinkStatsView {
+    pub hits: u64,
+    pub human_hits: u64,
+    pub bot_hits: u64,
+    pub unique_clicks: u64,
+    pub first_click_at: Option<String>,
+    pub last_click_at: Option<String>,
+}
+
+impl From<&LinkStats> for LinkStatsView {
+    fn from(s: &LinkStats) -> Self {
+        Self {
+            hits: s.hits,
+            human_hits: s.human_hits,
+            bot_hits: s.bot_hits,
+            unique_clicks: s.unique_clicks,
+            first_click_at: s.first_click_at.map(rfc3339),
+            last_click_at: s.last_click_at.map(rfc3339),
+        }
+    }
+}
+
+/// Parses `?limit=N` (1..=max, default `default`).
+pub(crate) fn limit(req: &Request<Incoming>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(default.min(max));
+    };
+    for pair in query.split('&') {
+        if let Some(raw) = pair.strip_prefix("limit=") {
+            return match raw.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_request("INVALID_LIMIT", format!("limit must be an integer from 1 to {max}"))),
+            };
+        }
+    }
+    Ok(default.min(max))
+}
+
+/// Loads a link of the caller's workspace; another workspace's link is indistinguishable from none.
+pub(crate) async fn owned_link(app: &App, workspace_id: &str, code: &str) -> Result<Link, ApiError> {
+    let not_found = || ApiError::not_found("LINK_NOT_FOUND", "no such link");
+    if !app.resolver.codes().is_valid(code) {
+        return Err(not_found());
+    }
+    match app.store.get_link(code).await? {
+        Some(link) if link.workspace_id == workspace_id => Ok(link),
+        _ => Err(not_found()),
     }
 }

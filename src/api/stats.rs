@@ -4,55 +4,15 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 
-use super::{ApiResult, authorize, json};
+use super::{ApiResult, LinkStatsView, authorize, json, limit, owned_link};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::model::{LinkStats, Permission, rfc3339};
-
-/// Link counters as the API shows them (timestamps as RFC 3339 with milliseconds).
-#[derive(Debug, Serialize)]
-pub struct LinkStatsView {
-    pub hits: u64,
-    pub human_hits: u64,
-    pub bot_hits: u64,
-    pub unique_clicks: u64,
-    pub first_click_at: Option<String>,
-    pub last_click_at: Option<String>,
-}
-
-impl From<&LinkStats> for LinkStatsView {
-    fn from(s: &LinkStats) -> Self {
-        Self {
-            hits: s.hits,
-            human_hits: s.human_hits,
-            bot_hits: s.bot_hits,
-            unique_clicks: s.unique_clicks,
-            first_click_at: s.first_click_at.map(rfc3339),
-            last_click_at: s.last_click_at.map(rfc3339),
-        }
-    }
-}
-
-/// Parses `?limit=N` (1..=max, default `default`).
-pub(super) fn limit(req: &Request<Incoming>, default: usize, max: usize) -> Result<usize, ApiError> {
-    let Some(query) = req.uri().query() else {
-        return Ok(default.min(max));
-    };
-    for pair in query.split('&') {
-        if let Some(raw) = pair.strip_prefix("limit=") {
-            return match raw.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_request("INVALID_LIMIT", format!("limit must be an integer from 1 to {max}"))),
-            };
-        }
-    }
-    Ok(default.min(max))
-}
+use crate::model::{Permission, rfc3339};
 
 /// `GET /api/v1/links/{code}/stats`
 pub async fn link(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
-    let link = super::links::owned_link(app, &caller.workspace_id, code).await?;
+    let link = owned_link(app, &caller.workspace_id, code).await?;
     let stats = app.store.link_stats(&link.code).await?;
     #[derive(Serialize)]
     struct Out<'a> {
@@ -89,7 +49,7 @@ pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult 
     let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
     let max = app.config.recent_clicks.max(1);
     let limit = limit(&req, 50, max)?;
-    let link = super::links::owned_link(app, &caller.workspace_id, code).await?;
+    let link = owned_link(app, &caller.workspace_id, code).await?;
     let clicks = app.store.recent_clicks(&link.code, limit).await?;
     let clicks: Vec<_> = clicks
         .iter()

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use super::{ApiResult, authorize, json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::model::{DeliveryLog, EventKind, Job};
 use crate::model::{Permission, rfc3339};
 use crate::webhook::payload::{self, Facts};
 use crate::webhook::settings::apply_update;
-use crate::webhook::{DeliveryLog, EventKind, Job};
 
 /// `PUT /api/v1/webhooks`: partial update; answers the stored configuration, secrets masked.
 pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
@@ -128,7 +128,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
 /// `GET /api/v1/webhooks/logs?limit=10`: one entry per attempt, newest first.
 pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
-    let limit = super::stats::limit(&req, 10, app.config.webhook_log_limit.max(1))?;
+    let limit = super::limit(&req, 10, app.config.webhook_log_limit.max(1))?;
     let logs = app.store.webhook_logs(&caller.workspace_id, limit).await?;
     let logs: Vec<Value> = logs
         .iter()

@@ -22,30 +22,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::model::Class;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use serde::{Deserialize, Serialize};
 
 /// linkhit's own rules, embedded at build time.
 pub const BUILTIN_RULES: &str = include_str!("rules.txt");
 
 /// Longest user agent kept and classified; anything longer is truncated first.
 pub const MAX_USER_AGENT: usize = 512;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Class {
-    Human,
-    Bot,
-}
-
-impl Class {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Human => "human",
-            Class::Bot => "bot",
-        }
-    }
-}
 
 /// A classification and the evidence for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +259,17 @@ impl Classifier {
     pub fn memo_len(&self) -> usize {
         self.memo.len()
     }
+}
+
+/// Builds the classification rules from the built-in file and the operator's pattern files.
+pub fn load_rules(extra_human: Option<&std::path::Path>, extra_bot: Option<&std::path::Path>) -> Result<Rules, String> {
+    let read = |path: Option<&std::path::Path>| -> Result<String, String> {
+        match path {
+            None => Ok(String::new()),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        }
+    };
+    Rules::new(&read(extra_human)?, &read(extra_bot)?)
 }
 
 #[cfg(test)]

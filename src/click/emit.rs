@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::{ClickRecord, ClickTally};
+use crate::model::{ClickRecord, ClickTally};
 
 /// An event worth telling the customer about.
 #[derive(Debug, Clone, PartialEq, Eq)]

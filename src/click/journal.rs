@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ClickRecord;
+use crate::model::ClickRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -145,7 +145,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::click::Class;
+    use crate::model::Class;
     use crate::model::LinkKind;
 
     fn click(code: &str) -> ClickRecord {

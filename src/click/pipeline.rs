@@ -21,11 +21,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::capture::{self, Capture, Hit};
+use super::address;
 use super::classify::{Classifier, Rules, Signals};
 use super::emit::{self, EventSink};
 use super::journal::Journal;
-use super::{ClickRecord, ClickTally};
+use crate::model::{Class, ClickRecord, ClickTally};
+use crate::redirect::capture::{Capture, Hit};
 use crate::store::SharedStore;
 
 /// Tuning of the pipeline; see `Config` for the defaults and their reasons.
@@ -93,8 +94,8 @@ fn record(classifier: &mut Classifier, hit: Hit, settings: &Settings, tally: &mu
     let verdict = classifier.classify(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
     tally.add(verdict.class, &verdict.reason);
     let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
-    let ip = capture::client_ip(hit.peer, forwarded, &settings.trusted_proxies)
-        .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { capture::anonymize(ip) })
+    let ip = address::client_ip(hit.peer, forwarded, &settings.trusted_proxies)
+        .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) })
         .map(|ip| ip.to_string());
     let link = &hit.link;
     ClickRecord {
@@ -179,10 +180,10 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Hits per (class, reason) since the last publish: one metrics update per reason per drain instead
 /// of a registry lookup per hit.
 #[derive(Default)]
-struct HitTally(std::collections::HashMap<(super::Class, Arc<str>), u64>);
+struct HitTally(std::collections::HashMap<(Class, Arc<str>), u64>);
 
 impl HitTally {
-    fn add(&mut self, class: super::Class, reason: &Arc<str>) {
+    fn add(&mut self, class: Class, reason: &Arc<str>) {
         *self.0.entry((class, Arc::clone(reason))).or_default() += 1;
     }
 

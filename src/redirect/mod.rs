@@ -4,6 +4,8 @@
 //! page). Later stages (capture → classify → count → emit → deliver) run after the response, off this path.
 
 pub mod cache;
+pub mod capture;
+pub mod metrics;
 pub mod resolve;
 pub mod respond;
 
@@ -20,8 +22,8 @@ use std::net::IpAddr;
 
 use hyper::http::request::Parts;
 
-use crate::click::capture::{Capture, Hit};
-use crate::telemetry::RedirectMetrics;
+use self::metrics::RedirectMetrics;
+use capture::{Capture, Hit};
 
 /// Answers one redirect request for `code` (the path without its leading `/`).
 pub async fn handle(

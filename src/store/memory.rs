@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
-use crate::click::{ClickRecord, ClickTally, RecentClick};
-use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
-use crate::webhook::DeliveryLog;
-use crate::webhook::settings::WebhookSettings;
+use crate::counting;
+use crate::model::{
+    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    WebhookSettings, Workspace,
+};
 
 pub struct MemoryStore {
     /// Random per process: nothing outlives the process anyway.
@@ -193,7 +194,7 @@ impl Store for MemoryStore {
             {
                 let (list, seen) = state.opt_outs.entry(click.workspace_id.clone()).or_default();
                 if seen.insert(recipient.clone()) {
-                    list.push(opt_out_of(click, recipient));
+                    list.push(counting::opt_out_of(click, recipient));
                     opted_out[i] = true;
                 }
             }
@@ -202,7 +203,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
             .collect();
-        Ok(super::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
+        Ok(counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
@@ -303,16 +304,5 @@ impl Store for MemoryStore {
     fn invalidations(&self, _shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
         // One process, one cache: the API invalidates it directly.
         None
-    }
-}
-
-/// The opt-out recorded for a human hit on an opt-out link.
-pub(crate) fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
-    OptOut {
-        recipient: recipient.to_owned(),
-        at: click.at,
-        source: "link".to_owned(),
-        code: click.code.clone(),
-        broadcast_id: click.broadcast_id.clone(),
     }
 }

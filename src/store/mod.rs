@@ -20,10 +20,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::click::{ClickRecord, ClickTally, RecentClick};
-use crate::model::{ApiKeyRecord, BroadcastStats, Link, LinkStats, OptOut, Workspace};
-use crate::webhook::DeliveryLog;
-use crate::webhook::settings::WebhookSettings;
+use crate::model::{
+    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    WebhookSettings, Workspace,
+};
 
 /// Errors of any store operation.
 #[derive(Debug, thiserror::Error)]
@@ -174,56 +174,4 @@ pub async fn insert_unique(
         }
     }
     Err(StoreError::CodeSpaceExhausted)
-}
-
-/// Per-click tallies for a batch, given what the store answered per link and per broadcast. Shared by
-/// both stores so that they agree on the meaning of `human_hits` and `first_click`.
-///
-/// - `human_after[code]`: the link's human hits after the whole batch;
-/// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
-///   recipient to the broadcast's unique set;
-/// - `opted_out[i]`: whether click `i` recorded a new opt-out.
-pub fn tallies(
-    clicks: &[ClickRecord],
-    human_after: &std::collections::HashMap<&str, u64>,
-    first_in_broadcast: &[bool],
-    opted_out: &[bool],
-) -> Vec<ClickTally> {
-    let mut human_in_batch: std::collections::HashMap<&str, u64> = Default::default();
-    for c in clicks.iter().filter(|c| c.is_human()) {
-        *human_in_batch.entry(c.code.as_str()).or_default() += 1;
-    }
-    let mut seen: std::collections::HashMap<&str, u64> = Default::default();
-    clicks
-        .iter()
-        .enumerate()
-        .map(|(i, click)| {
-            let after = human_after.get(click.code.as_str()).copied().unwrap_or(0);
-            let before = after.saturating_sub(human_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
-            let so_far = seen.entry(click.code.as_str()).or_default();
-            if click.is_human() {
-                *so_far += 1;
-            }
-            let human_hits = before + *so_far;
-            let first_click = click.is_human()
-                && if click.broadcast_id.is_some() && click.recipient.is_some() {
-                    first_in_broadcast[i]
-                } else {
-                    human_hits == 1
-                };
-            ClickTally { human_hits, first_click, opted_out: opted_out[i] }
-        })
-        .collect()
-}
-
-/// Hits of a batch per (unix minute start, class), for the broadcast timelines.
-pub fn minute_buckets<'a>(
-    clicks: impl Iterator<Item = &'a ClickRecord>,
-) -> std::collections::BTreeMap<(i64, crate::click::Class), u64> {
-    let mut buckets = std::collections::BTreeMap::new();
-    for click in clicks {
-        let minute = click.at.timestamp().div_euclid(60) * 60;
-        *buckets.entry((minute, click.class)).or_default() += 1;
-    }
-    buckets
 }

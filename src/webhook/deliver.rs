@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use tokio::sync::Mutex;
 
-use super::settings::{CredentialsLocation, OAuth, WebhookSettings};
-use super::{Job, sign, ssrf};
+use super::{sign, ssrf};
+use crate::model::Job;
+use crate::model::{CredentialsLocation, OAuth, WebhookSettings};
 
 /// What an attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use async_trait::async_trait;
 
 use super::payload::{self, Facts};
 use super::queue::Queue;
-use super::worker::SettingsCache;
-use super::{EventKind, Job};
+use super::settings_cache::SettingsCache;
 use crate::click::emit::{Event, EventSink};
+use crate::model::{EventKind, Job};
 use crate::model::{Link, rfc3339};
 use crate::store::SharedStore;
 

@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::EventKind;
-use super::settings::Format;
+use crate::model::EventKind;
+use crate::model::Format;
 
 /// Everything a payload may mention about one event.
 #[derive(Debug, Clone, Default)]
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn fields_hold_exactly_the_selection() {
-        let all: Vec<&str> = super::super::settings::CLICK_FIELDS.to_vec();
+        let all: Vec<&str> = crate::model::CLICK_FIELDS.to_vec();
         assert_eq!(
             render(Format::Fields, &all, EventKind::Click, &facts()),
             literal(

@@ -10,19 +10,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
-use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Attempt, Deliverer};
 use super::queue::{Lease, Queue};
-use super::settings::WebhookSettings;
-use super::{DeliveryLog, Job};
-use crate::store::{SharedStore, StoreError};
+use super::settings_cache::SettingsCache;
+use crate::model::{DeliveryLog, Job};
+use crate::store::SharedStore;
 
 /// How long a job whose endpoint is saturated waits before it is offered again.
 const DEFER: Duration = Duration::from_secs(1);
@@ -42,38 +41,6 @@ pub fn next_delay(
         return Some(delay);
     }
     Some(base.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0)))
-}
-
-/// Webhook settings by workspace, cached briefly: a change made on another instance applies within the
-/// TTL, one made on this instance at once (`invalidate`).
-pub struct SettingsCache {
-    store: SharedStore,
-    ttl: Duration,
-    map: DashMap<String, (Instant, Arc<WebhookSettings>)>,
-}
-
-impl SettingsCache {
-    pub fn new(store: SharedStore, ttl: Duration) -> Self {
-        Self { store, ttl, map: DashMap::new() }
-    }
-
-    pub async fn get(&self, workspace_id: &str) -> Result<Arc<WebhookSettings>, StoreError> {
-        if let Some(entry) = self.map.get(workspace_id)
-            && entry.0.elapsed() < self.ttl
-        {
-            return Ok(Arc::clone(&entry.1));
-        }
-        let settings = Arc::new(self.store.get_webhook_settings(workspace_id).await?.unwrap_or_default());
-        if self.map.len() > 100_000 {
-            self.map.clear();
-        }
-        self.map.insert(workspace_id.to_owned(), (Instant::now(), Arc::clone(&settings)));
-        Ok(settings)
-    }
-
-    pub fn invalidate(&self, workspace_id: &str) {
-        self.map.remove(workspace_id);
-    }
 }
 
 /// Tuning of the workers.

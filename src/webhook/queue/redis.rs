@@ -1,170 +1,15 @@
-//! The webhook outbox: jobs waiting for delivery, leased by workers, rescheduled for retries.
-//!
-//! Two implementations of [`Queue`]:
-//! - [`MemoryQueue`] (embedded store): an in-process queue. **Not durable**: jobs queued or waiting for a
-//!   retry are lost when the process stops.
-//! - [`RedisQueue`]: a Redis Stream read through a consumer group, plus a sorted set of delayed retries.
-//!   A job is acknowledged (`XACK` + `XDEL`) only after the receiver answered 2xx, the job was moved to
-//!   the retry set (in the same `MULTI`), or it was dead-lettered; entries a crashed worker held are
-//!   reclaimed with `XAUTOCLAIM` once idle for `claim_idle`. Killing linkhit at any moment loses no
-//!   accepted job (at least once; the receiver deduplicates by `webhook-id`).
-//!
-//! Architecture Invariant: only this module knows the Redis key layout of the outbox:
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `P:wh:{q}:stream` | stream | ready jobs, field `job` = JSON; consumer group `linkhit` |
-//! | `P:wh:{q}:retry` | sorted set | delayed jobs (JSON) scored by due time, unix ms |
-//! | `P:wh:{q}:dead` | list | dead-lettered jobs (JSON), newest first, capped at 10,000 |
-//!
-//! All three share the hash tag `{q}`, so the `MULTI`s and the promotion script stay in one cluster slot.
+//! The Redis outbox: a Redis Stream read through a consumer group, a sorted set of delayed retries and
+//! a dead-letter list (key layout in `queue/mod.rs`).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::redis_conn::Pool;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::Value;
-use tokio::sync::Notify;
 
-use super::Job;
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("outbox unavailable: {0}")]
-    Unavailable(String),
-    #[error("corrupt outbox entry: {0}")]
-    Corrupt(String),
-}
-
-/// A job handed to one worker until it acknowledges or reschedules it.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub job: Job,
-    /// Stream entry id (Redis) or empty (memory).
-    receipt: String,
-}
-
-/// Depth figures for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct QueueStats {
-    pub ready: u64,
-    pub scheduled: u64,
-    /// Seconds since the oldest ready job was queued.
-    pub oldest_age_secs: f64,
-}
-
-#[async_trait]
-pub trait Queue: Send + Sync + 'static {
-    /// Accepts jobs. Once this returns `Ok`, the jobs are as durable as the queue.
-    async fn push(&self, jobs: &[Job]) -> Result<(), QueueError>;
-    /// Leases up to `max` ready jobs, waiting up to about a second when there are none.
-    async fn pull(&self, max: usize) -> Result<Vec<Lease>, QueueError>;
-    /// The job is done (delivered or dead-lettered): forget it.
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
-    /// Replaces the leased job by `job` (its next attempt), due at `due`.
-    async fn retry(&self, lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError>;
-    /// Keeps a dead-lettered job for inspection and acknowledges it.
-    async fn dead_letter(&self, lease: &Lease) -> Result<(), QueueError>;
-    /// Moves due retries to the ready queue; returns how many.
-    async fn promote(&self) -> Result<usize, QueueError>;
-    /// Leases jobs that a crashed worker held for too long.
-    async fn reclaim(&self, max: usize) -> Result<Vec<Lease>, QueueError>;
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
-}
-
-/// In-process queue for the embedded store.
-#[derive(Default)]
-pub struct MemoryQueue {
-    state: Mutex<MemoryState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct MemoryState {
-    ready: VecDeque<Job>,
-    scheduled: BTreeMap<(i64, u64), Job>,
-    dead: VecDeque<Job>,
-    seq: u64,
-}
-
-impl MemoryQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[async_trait]
-impl Queue for MemoryQueue {
-    async fn push(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        self.lock().ready.extend(jobs.iter().cloned());
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    async fn pull(&self, max: usize) -> Result<Vec<Lease>, QueueError> {
-        for _ in 0..2 {
-            {
-                let mut state = self.lock();
-                if !state.ready.is_empty() {
-                    let n = max.min(state.ready.len());
-                    return Ok(state.ready.drain(..n).map(|job| Lease { job, receipt: String::new() }).collect());
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.ready.notified()).await;
-        }
-        Ok(Vec::new())
-    }
-
-    async fn ack(&self, _lease: &Lease) -> Result<(), QueueError> {
-        Ok(())
-    }
-
-    async fn retry(&self, _lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError> {
-        let mut state = self.lock();
-        state.seq += 1;
-        let key = (due.timestamp_millis(), state.seq);
-        state.scheduled.insert(key, job.clone());
-        Ok(())
-    }
-
-    async fn dead_letter(&self, lease: &Lease) -> Result<(), QueueError> {
-        let mut state = self.lock();
-        state.dead.push_front(lease.job.clone());
-        state.dead.truncate(10_000);
-        Ok(())
-    }
-
-    async fn promote(&self) -> Result<usize, QueueError> {
-        let now = Utc::now().timestamp_millis();
-        let mut state = self.lock();
-        let later = state.scheduled.split_off(&(now + 1, 0));
-        let due = std::mem::replace(&mut state.scheduled, later);
-        let n = due.len();
-        state.ready.extend(due.into_values());
-        drop(state);
-        if n > 0 {
-            self.ready.notify_one();
-        }
-        Ok(n)
-    }
-
-    async fn reclaim(&self, _max: usize) -> Result<Vec<Lease>, QueueError> {
-        Ok(Vec::new())
-    }
-
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let state = self.lock();
-        let oldest = state.ready.front().map_or(0.0, |j| (Utc::now() - j.created_at).as_seconds_f64().max(0.0));
-        Ok(QueueStats {
-            ready: state.ready.len() as u64,
-            scheduled: state.scheduled.len() as u64,
-            oldest_age_secs: oldest,
-        })
-    }
-}
+use super::{Lease, Queue, QueueError, QueueStats};
+use crate::model::Job;
+use crate::redis_conn::Pool;
 
 const GROUP: &str = "linkhit";
 
@@ -219,6 +64,7 @@ impl RedisQueue {
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code() == Some("NOGROUP") => Err(QueueError::NoGroup),
             Ok(Err(e)) => Err(QueueError::Unavailable(e.to_string())),
             Err(_) => Err(QueueError::Unavailable("outbox command timed out".into())),
         }
@@ -243,7 +89,7 @@ impl RedisQueue {
             .await;
         match created {
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             Err(e) => Err(QueueError::Unavailable(e.to_string())),
         }
     }
@@ -307,7 +153,7 @@ impl Queue for RedisQueue {
             .arg(">");
         let reply: Vec<Value> = match self.run(&self.blocking, Duration::from_secs(5), pipe).await {
             Ok(v) => v,
-            Err(QueueError::Unavailable(e)) if e.contains("NOGROUP") => {
+            Err(QueueError::NoGroup) => {
                 // The stream was deleted (or Redis restarted empty): recreate the group.
                 self.ensure_group().await?;
                 return Ok(Vec::new());
@@ -418,39 +264,5 @@ impl Queue for RedisQueue {
             .and_then(|l| l.receipt.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
             .map_or(0.0, |ms| ((Utc::now().timestamp_millis() - ms) as f64 / 1000.0).max(0.0));
         Ok(QueueStats { ready, scheduled, oldest_age_secs })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(id: &str) -> Job {
-        Job {
-            event_id: id.into(),
-            workspace_id: "ws".into(),
-            kind: super::super::EventKind::Click,
-            payload: "{}".into(),
-            attempt: 0,
-            created_at: Utc::now(),
-        }
-    }
-
-    #[tokio::test]
-    async fn memory_queue_retries_come_back_when_due() {
-        let q = MemoryQueue::default();
-        q.push(&[job("a"), job("b")]).await.unwrap();
-        let leases = q.pull(10).await.unwrap();
-        assert_eq!(leases.len(), 2);
-        let mut next = leases[0].job.clone();
-        next.attempt = 1;
-        q.retry(&leases[0], &next, Utc::now() + chrono::Duration::milliseconds(50)).await.unwrap();
-        assert_eq!(q.promote().await.unwrap(), 0, "not due yet");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(q.promote().await.unwrap(), 1);
-        let again = q.pull(10).await.unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!((again[0].job.event_id.as_str(), again[0].job.attempt), ("a", 1));
-        assert_eq!(q.stats().await.unwrap().ready, 0);
     }
 }

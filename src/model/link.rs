@@ -1,9 +1,6 @@
-//! The domain records every layer shares: links, workspaces, API keys, permissions.
-//!
-//! These are plain data with serde derives; the stores persist them as JSON, the API renders them.
-//! Nothing here does I/O.
+//! Links, their counters, workspaces, API keys and permissions.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What a short link does when a recipient opens it.
@@ -173,16 +170,6 @@ impl Permission {
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == raw)
     }
-}
-
-/// Now, as RFC 3339 UTC with milliseconds (`2026-11-29T12:00:00.000Z`), the format of every timestamp
-/// linkhit writes.
-pub fn now_rfc3339() -> String {
-    rfc3339(Utc::now())
-}
-
-pub fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

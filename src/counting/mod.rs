@@ -1,0 +1,216 @@
+//! Counting rules: what a batch of classified hits means for the counters, as pure functions over
+//! `model` records. Both stores call these, so that `human_hits`, `first_click`, the timeline buckets and
+//! opt-outs mean the same whichever store counts them.
+//!
+//! These are rules about records, not a pipeline stage: nothing here does I/O or knows a key layout.
+//!
+//! Architecture Invariant: `counting` imports only `model`; the stores import `counting`, never the
+//! reverse.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{Class, ClickRecord, ClickTally, LinkKind, OptOut};
+
+/// A batch grouped the way the stores count it: per link and per broadcast, batch order kept inside
+/// each group, and the hits that may record an opt-out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Groups<'a> {
+    /// (code, indices of its hits), in order of first appearance.
+    pub links: Vec<(&'a str, Vec<usize>)>,
+    /// ((workspace, broadcast), indices of its hits), in order of first appearance.
+    pub broadcasts: Vec<((&'a str, &'a str), Vec<usize>)>,
+    /// Indices of human hits on opt-out links with a recipient: each may record a new opt-out.
+    pub opt_outs: Vec<usize>,
+}
+
+/// Groups a batch by link and by broadcast.
+pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
+    let mut groups = Groups::default();
+    let mut link_index: HashMap<&str, usize> = HashMap::new();
+    let mut broadcast_index: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, click) in clicks.iter().enumerate() {
+        let g = *link_index.entry(&click.code).or_insert_with(|| {
+            groups.links.push((&click.code, Vec::new()));
+            groups.links.len() - 1
+        });
+        groups.links[g].1.push(i);
+        if let Some(b) = &click.broadcast_id {
+            let key = (click.workspace_id.as_str(), b.as_str());
+            let g = *broadcast_index.entry(key).or_insert_with(|| {
+                groups.broadcasts.push((key, Vec::new()));
+                groups.broadcasts.len() - 1
+            });
+            groups.broadcasts[g].1.push(i);
+        }
+        if records_opt_out(click) {
+            groups.opt_outs.push(i);
+        }
+    }
+    groups
+}
+
+/// Whether a hit may record an opt-out: a human hit on an opt-out link that names its recipient.
+/// A bot hit never opts anyone out.
+pub fn records_opt_out(click: &ClickRecord) -> bool {
+    click.is_human() && click.kind == LinkKind::OptOut && click.recipient.is_some()
+}
+
+/// The opt-out recorded for a human hit on an opt-out link.
+pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
+    OptOut {
+        recipient: recipient.to_owned(),
+        at: click.at,
+        source: "link".to_owned(),
+        code: click.code.clone(),
+        broadcast_id: click.broadcast_id.clone(),
+    }
+}
+
+/// Per-click tallies for a batch, given what the store answered per link and per broadcast.
+///
+/// - `human_after[code]`: the link's human hits after the whole batch;
+/// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
+///   recipient to the broadcast's unique set;
+/// - `opted_out[i]`: whether click `i` recorded a new opt-out.
+pub fn tallies(
+    clicks: &[ClickRecord],
+    human_after: &HashMap<&str, u64>,
+    first_in_broadcast: &[bool],
+    opted_out: &[bool],
+) -> Vec<ClickTally> {
+    let mut human_in_batch: HashMap<&str, u64> = HashMap::new();
+    for c in clicks.iter().filter(|c| c.is_human()) {
+        *human_in_batch.entry(c.code.as_str()).or_default() += 1;
+    }
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    clicks
+        .iter()
+        .enumerate()
+        .map(|(i, click)| {
+            let after = human_after.get(click.code.as_str()).copied().unwrap_or(0);
+            let before = after.saturating_sub(human_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
+            let so_far = seen.entry(click.code.as_str()).or_default();
+            if click.is_human() {
+                *so_far += 1;
+            }
+            let human_hits = before + *so_far;
+            let first_click = click.is_human()
+                && if click.broadcast_id.is_some() && click.recipient.is_some() {
+                    first_in_broadcast[i]
+                } else {
+                    human_hits == 1
+                };
+            ClickTally { human_hits, first_click, opted_out: opted_out[i] }
+        })
+        .collect()
+}
+
+/// The unix minute (its first second) a hit falls in: the timeline's unit.
+pub fn minute_of(click: &ClickRecord) -> i64 {
+    click.at.timestamp().div_euclid(60) * 60
+}
+
+/// Hits of a batch per (unix minute start, class), for the broadcast timelines.
+pub fn minute_buckets<'a>(clicks: impl Iterator<Item = &'a ClickRecord>) -> BTreeMap<(i64, Class), u64> {
+    let mut buckets = BTreeMap::new();
+    for click in clicks {
+        *buckets.entry((minute_of(click), click.class)).or_default() += 1;
+    }
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(code: &str, broadcast: Option<&str>, recipient: Option<&str>, class: Class, at: &str) -> ClickRecord {
+        ClickRecord {
+            code: code.into(),
+            workspace_id: "ws".into(),
+            broadcast_id: broadcast.map(Into::into),
+            recipient: recipient.map(Into::into),
+            kind: LinkKind::Redirect,
+            at: at.parse().unwrap(),
+            class,
+            reason: "test".into(),
+            method: "GET".into(),
+            user_agent: None,
+            ip: None,
+        }
+    }
+
+    const T: &str = "2026-11-29T10:00:30Z";
+
+    #[test]
+    fn grouping_keeps_batch_order_per_link_and_broadcast() {
+        let mut opt_out = hit("c", Some("b1"), Some("+1"), Class::Human, T);
+        opt_out.kind = LinkKind::OptOut;
+        let mut bot_opt_out = opt_out.clone();
+        bot_opt_out.class = Class::Bot;
+        let mut anonymous_opt_out = opt_out.clone();
+        anonymous_opt_out.recipient = None;
+        let batch = [
+            hit("a", Some("b1"), Some("+1"), Class::Human, T),
+            hit("b", None, None, Class::Bot, T),
+            hit("a", Some("b1"), Some("+1"), Class::Bot, T),
+            opt_out,
+            bot_opt_out,
+            anonymous_opt_out,
+        ];
+        let g = group(&batch);
+        assert_eq!(g.links, vec![("a", vec![0, 2]), ("b", vec![1]), ("c", vec![3, 4, 5])]);
+        assert_eq!(g.broadcasts, vec![(("ws", "b1"), vec![0, 2, 3, 4, 5])]);
+        assert_eq!(g.opt_outs, vec![3], "only a human hit naming its recipient opts out");
+    }
+
+    #[test]
+    fn tallies_table() {
+        // (batch, human hits after the batch per link, first-in-broadcast flags, expected (human_hits, first_click))
+        type Case = (Vec<ClickRecord>, Vec<(&'static str, u64)>, Vec<bool>, Vec<(u64, bool)>);
+        let cases: Vec<Case> = vec![
+            // Two human hits of a fresh link without broadcast: the first is the first click.
+            (
+                vec![hit("a", None, None, Class::Human, T), hit("a", None, None, Class::Human, T)],
+                vec![("a", 2)],
+                vec![false, false],
+                vec![(1, true), (2, false)],
+            ),
+            // A link with 5 human hits before: a bot hit reports the human hits so far.
+            (
+                vec![hit("a", None, None, Class::Bot, T), hit("a", None, None, Class::Human, T)],
+                vec![("a", 6)],
+                vec![false, false],
+                vec![(5, false), (6, false)],
+            ),
+            // Broadcast links: first_click comes from the store's unique set, not the link's count.
+            (
+                vec![
+                    hit("a", Some("b"), Some("+1"), Class::Human, T),
+                    hit("b", Some("b"), Some("+1"), Class::Human, T),
+                ],
+                vec![("a", 1), ("b", 1)],
+                vec![true, false],
+                vec![(1, true), (1, false)],
+            ),
+        ];
+        for (batch, after, first, want) in cases {
+            let after: HashMap<&str, u64> = after.into_iter().collect();
+            let opted = vec![false; batch.len()];
+            let got: Vec<(u64, bool)> =
+                tallies(&batch, &after, &first, &opted).iter().map(|t| (t.human_hits, t.first_click)).collect();
+            assert_eq!(got, want, "{batch:?}");
+        }
+    }
+
+    #[test]
+    fn minute_buckets_split_by_class() {
+        let batch = [
+            hit("a", None, None, Class::Human, "2026-11-29T10:00:01Z"),
+            hit("a", None, None, Class::Human, "2026-11-29T10:00:59Z"),
+            hit("a", None, None, Class::Bot, "2026-11-29T10:01:00Z"),
+        ];
+        let minute: i64 = "2026-11-29T10:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp();
+        let buckets: Vec<_> = minute_buckets(batch.iter()).into_iter().collect();
+        assert_eq!(buckets, vec![((minute, Class::Human), 2), ((minute + 60, Class::Bot), 1)]);
+    }
+}

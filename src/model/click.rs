@@ -1,0 +1,155 @@
+//! Classified hits: the record the pipeline counts, journals and shows, and what counting told.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::link::LinkKind;
+
+/// Human or bot: the verdict of a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Human,
+    Bot,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Human => "human",
+            Class::Bot => "bot",
+        }
+    }
+}
+
+/// One classified hit: what the store counts, the journal spills and `GET …/clicks` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClickRecord {
+    pub code: String,
+    pub workspace_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(default)]
+    pub kind: LinkKind,
+    pub at: DateTime<Utc>,
+    pub class: Class,
+    pub reason: String,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Anonymised unless the operator keeps full addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+impl ClickRecord {
+    pub fn is_human(&self) -> bool {
+        self.class == Class::Human
+    }
+
+    /// The JSON a store keeps in the link's recent-clicks list: only what the link does not already
+    /// say (about half the bytes of the whole record).
+    pub fn recent_json(&self) -> Vec<u8> {
+        let recent = RecentClickRef {
+            at: self.at,
+            class: self.class,
+            reason: &self.reason,
+            method: &self.method,
+            user_agent: self.user_agent.as_deref(),
+            ip: self.ip.as_deref(),
+        };
+        serde_json::to_vec(&recent).expect("a recent click always serializes")
+    }
+
+    pub fn to_recent(&self) -> RecentClick {
+        RecentClick {
+            at: self.at,
+            class: self.class,
+            reason: self.reason.clone(),
+            method: self.method.clone(),
+            user_agent: self.user_agent.clone(),
+            ip: self.ip.clone(),
+        }
+    }
+}
+
+/// One of a link's recent clicks, as `GET /api/v1/links/{code}/clicks` shows it. Parses both the
+/// compact form [`ClickRecord::recent_json`] writes and a whole [`ClickRecord`] (earlier versions).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecentClick {
+    pub at: DateTime<Utc>,
+    pub class: Class,
+    pub reason: String,
+    pub method: String,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RecentClickRef<'a> {
+    at: DateTime<Utc>,
+    class: Class,
+    reason: &'a str,
+    method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
+}
+
+/// What counting one click told us, for the webhook payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClickTally {
+    /// The link's human hits including this click (for a bot hit: the human hits so far).
+    pub human_hits: u64,
+    /// First human hit of its (broadcast, recipient); for links without both, of the link.
+    pub first_click: bool,
+    /// This click recorded a new opt-out.
+    pub opted_out: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn click() -> ClickRecord {
+        ClickRecord {
+            code: "abc".into(),
+            workspace_id: "ws".into(),
+            broadcast_id: Some("b".into()),
+            recipient: Some("+12025550293".into()),
+            kind: LinkKind::Redirect,
+            at: "2026-11-29T10:00:00.123Z".parse().unwrap(),
+            class: Class::Bot,
+            reason: "preview:whatsapp".into(),
+            method: "GET".into(),
+            user_agent: Some("WhatsApp/2.23".into()),
+            ip: Some("203.0.113.0".into()),
+        }
+    }
+
+    #[test]
+    fn recent_json_is_compact_and_reads_back() {
+        let c = click();
+        let json: serde_json::Value = serde_json::from_slice(&c.recent_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"at": "2026-11-29T10:00:00.123Z", "class": "bot", "reason": "preview:whatsapp",
+                               "method": "GET", "user_agent": "WhatsApp/2.23", "ip": "203.0.113.0"}),
+            "the link's own fields are not repeated in its list"
+        );
+        let back: RecentClick = serde_json::from_slice(&c.recent_json()).unwrap();
+        assert_eq!(back, c.to_recent());
+    }
+
+    #[test]
+    fn whole_records_of_earlier_versions_still_read() {
+        let c = click();
+        let back: RecentClick = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c.to_recent());
+    }
+}

@@ -1,0 +1,213 @@
+//! Webhook records: what happened (`EventKind`), one event to deliver (`Job`), one delivery attempt as
+//! logged (`DeliveryLog`), and a workspace's stored configuration (`WebhookSettings`), with its masked
+//! view. The `PUT` rules that change the configuration live in `webhook::settings`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Click,
+    OptOut,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Click => "click",
+            EventKind::OptOut => "opt_out",
+        }
+    }
+}
+
+/// One event to deliver. The payload is rendered once, when the event is accepted, so every attempt
+/// sends (and signs) the same bytes; `event_id` is the idempotency key and never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub event_id: String,
+    pub workspace_id: String,
+    pub kind: EventKind,
+    pub payload: String,
+    /// Attempts already made.
+    #[serde(default)]
+    pub attempt: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One delivery attempt (or a decision not to attempt), as `GET /api/v1/webhooks/logs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryLog {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub url: String,
+    pub attempt: u32,
+    /// The JSON sent, as text.
+    pub payload: String,
+    pub response_code: Option<u16>,
+    pub response_time_ms: u64,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+    /// `delivered`, `retry_scheduled`, `dead_lettered`, `cancelled` or `test`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The mask shown instead of a secret.
+pub const MASK: &str = "***";
+/// Payload format of a workspace's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Format {
+    /// 8x8's `short_url_clicked` envelope.
+    #[default]
+    #[serde(rename = "8x8")]
+    EightByEight,
+    /// Burst-style `LINK_HIT` / `OPT_OUT`.
+    #[serde(rename = "link_hit")]
+    LinkHit,
+    /// A flat object of the selected `click_fields`.
+    #[serde(rename = "fields")]
+    Fields,
+}
+
+impl Format {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "8x8" => Some(Self::EightByEight),
+            "link_hit" => Some(Self::LinkHit),
+            "fields" => Some(Self::Fields),
+            _ => None,
+        }
+    }
+}
+
+/// Field names allowed in `click_fields`.
+pub const CLICK_FIELDS: [&str; 18] = [
+    "event_id",
+    "occurred_at",
+    "code",
+    "short_url",
+    "target_url",
+    "broadcast_id",
+    "recipient",
+    "message_id",
+    "sender",
+    "message_ref",
+    "user_agent",
+    "ip",
+    "device",
+    "os",
+    "browser",
+    "hits",
+    "first_click",
+    "workspace_id",
+];
+
+/// The fields of the `fields` format when none were chosen.
+pub const DEFAULT_CLICK_FIELDS: [&str; 7] =
+    ["event_id", "occurred_at", "short_url", "target_url", "recipient", "message_id", "hits"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialsLocation {
+    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1's preferred form).
+    #[default]
+    Header,
+    /// `client_id` and `client_secret` in the form body.
+    Body,
+}
+
+/// OAuth 2 client-credentials settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub credentials_location: CredentialsLocation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The stored configuration of one workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSettings {
+    pub click_url: Option<String>,
+    pub opt_out_url: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub click_fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub unique_clicks_only: bool,
+    pub signing_secret: Option<String>,
+    pub http_authorization: Option<String>,
+    pub oauth: Option<OAuth>,
+    pub enabled: bool,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            click_url: None,
+            opt_out_url: None,
+            format: Format::default(),
+            click_fields: None,
+            unique_clicks_only: false,
+            signing_secret: None,
+            http_authorization: None,
+            oauth: None,
+            enabled: true,
+            updated_at: None,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The click fields in effect for the `fields` format.
+    pub fn effective_click_fields(&self) -> Vec<&str> {
+        match &self.click_fields {
+            Some(fields) => fields.iter().map(String::as_str).collect(),
+            None => DEFAULT_CLICK_FIELDS.to_vec(),
+        }
+    }
+
+    /// The URL of a channel, if that channel is on.
+    pub fn url_for(&self, kind: EventKind) -> Option<&str> {
+        if !self.enabled {
+            return None;
+        }
+        match kind {
+            EventKind::Click => self.click_url.as_deref(),
+            EventKind::OptOut => self.opt_out_url.as_deref(),
+        }
+    }
+
+    /// The configuration as the API shows it: every secret replaced by `"***"`.
+    pub fn masked(&self) -> Value {
+        let mask = |s: &Option<String>| s.as_ref().map(|_| MASK);
+        serde_json::json!({
+            "click_url": self.click_url,
+            "opt_out_url": self.opt_out_url,
+            "format": self.format,
+            "click_fields": self.effective_click_fields(),
+            "unique_clicks_only": self.unique_clicks_only,
+            "signing_secret": mask(&self.signing_secret),
+            "http_authorization": mask(&self.http_authorization),
+            "oauth": self.oauth.as_ref().map(|o| serde_json::json!({
+                "url": o.url,
+                "client_id": o.client_id,
+                "client_secret": MASK,
+                "credentials_location": o.credentials_location,
+                "scope": o.scope,
+            })),
+            "enabled": self.enabled,
+            "updated_at": self.updated_at.map(crate::model::rfc3339),
+        })
+    }
+}

@@ -1,0 +1,94 @@
+//! Redis key names: the only place that knows them.
+//!
+//! Key layout (all under the configurable prefix `P`, default `lh`). Keys are designed for Redis Cluster:
+//! everything about one link shares the hash tag `{code}`, so per-link multi-key operations stay in one
+//! slot, while different links spread over the whole cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:link:{CODE}` | string | the link as JSON |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
+//! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped (may exceed the cap by one batch until the follow-up `LTRIM`) |
+//! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
+//! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
+//! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
+//! | `P:bcs:{WS}` | set | the workspace's broadcast ids |
+//! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
+//! | `P:whcfg:{WS}` | string | the workspace's webhook settings as JSON (secrets included) |
+//! | `P:whlog:{WS}` | list | webhook delivery log entries as JSON, newest first, capped |
+//!
+//! The webhook outbox (stream, retry set, dead letters) is `webhook::queue`'s business.
+//! | `P:ws:{WS}` | string | the workspace as JSON |
+//! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
+//! | `P:codekey` | string | hex key of the codes' check characters, created once (`SET NX`) |
+//! | `P:invalidate` | pub/sub channel | codes whose cached copies must be dropped |
+//!
+//! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
+
+/// Key names. The only place that knows them.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+    pub fn link(&self, code: &str) -> String {
+        format!("{}:link:{{{code}}}", self.prefix)
+    }
+    pub fn counters(&self, code: &str) -> String {
+        format!("{}:cnt:{{{code}}}", self.prefix)
+    }
+    pub fn broadcast(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bc:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn broadcast_uniques(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bcu:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn timeline(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:tl:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    pub fn broadcasts(&self, workspace_id: &str) -> String {
+        format!("{}:bcs:{{{workspace_id}}}", self.prefix)
+    }
+    pub fn recent_clicks(&self, code: &str) -> String {
+        format!("{}:clicks:{{{code}}}", self.prefix)
+    }
+    pub fn webhook_settings(&self, workspace_id: &str) -> String {
+        format!("{}:whcfg:{{{workspace_id}}}", self.prefix)
+    }
+    pub fn webhook_logs(&self, workspace_id: &str) -> String {
+        format!("{}:whlog:{{{workspace_id}}}", self.prefix)
+    }
+    pub fn opt_outs(&self, workspace_id: &str) -> String {
+        format!("{}:optout:{{{workspace_id}}}", self.prefix)
+    }
+    pub fn workspace(&self, id: &str) -> String {
+        format!("{}:ws:{{{id}}}", self.prefix)
+    }
+    pub fn api_key(&self, hash: &str) -> String {
+        format!("{}:key:{hash}", self.prefix)
+    }
+    pub fn code_key(&self) -> String {
+        format!("{}:codekey", self.prefix)
+    }
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}:invalidate", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_link_keys_share_a_hash_tag() {
+        let keys = Keys::new("lh");
+        assert_eq!(keys.link("abcDEF12"), "lh:link:{abcDEF12}");
+        assert_eq!(keys.counters("abcDEF12"), "lh:cnt:{abcDEF12}");
+        assert_eq!(keys.broadcast("ws_1", "fall"), "lh:bc:{ws_1:fall}");
+        assert_eq!(keys.invalidation_channel(), "lh:invalidate");
+    }
+}

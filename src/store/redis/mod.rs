@@ -1,0 +1,327 @@
+//! The Redis store: one multiplexed, self-reconnecting connection (`ConnectionManager`, or the cluster
+//! connection) shared by every task, plus one pub/sub connection that carries cache invalidations
+//! between instances.
+//!
+//! - [`keys`]: the key layout, the only place that knows Redis key names;
+//! - [`counting`]: a batch of classified hits as commands and scripts, and their replies;
+//! - [`stats`]: the counters, timelines, recent clicks and opt-outs read back;
+//! - [`invalidation`]: the subscription that keeps every instance's cache coherent;
+//! - this file: connections, deadlines, links, workspaces, keys, webhook settings and logs.
+//!
+//! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
+//! never into a hung request.
+
+mod counting;
+mod invalidation;
+mod keys;
+mod stats;
+
+pub use keys::Keys;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use redis::{AsyncCommands, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Invalidation, Store, StoreError};
+use crate::model::{
+    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    WebhookSettings, Workspace,
+};
+use crate::redis_conn::{Conn, Pool, hash_tag};
+
+/// Links per pipeline round trip in bulk inserts: large enough to amortise the round trip, small
+/// enough that one batch never comes near the command timeout.
+const INSERT_BATCH: usize = 2_000;
+/// Pipelines in flight at once during a bulk insert.
+const INSERT_CONCURRENCY: usize = 4;
+
+pub struct RedisStore {
+    pool: Pool,
+    keys: Keys,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
+    /// while Redis is down; `/readyz` tells when it is reachable. Must be called inside a Tokio runtime.
+    pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let pool =
+            Pool::open(url, timeout).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
+        Ok(Self { pool, keys: Keys::new(prefix), timeout })
+    }
+
+    /// A connection, established within the timeout (the cluster connects on first use).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.bounded(self.timeout, self.pool.get()).await
+    }
+
+    /// Runs tagged commands that may span cluster slots (see [`Pool::spread`]) under a deadline.
+    async fn spread(
+        &self,
+        deadline: Duration,
+        tagged: Vec<(String, redis::Cmd)>,
+        prelude: &[redis::Cmd],
+    ) -> Result<Vec<Value>, StoreError> {
+        self.bounded(deadline, self.pool.spread(tagged, prelude)).await
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs one Redis future under a deadline.
+    async fn bounded<T>(
+        &self,
+        deadline: Duration,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, StoreError> {
+        let mut conn = self.conn().await?;
+        let raw: Option<Vec<u8>> = self.bounded(self.timeout, async move { conn.get(key).await }).await?;
+        raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+    }
+
+    async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
+        let mut tagged = Vec::with_capacity(links.len());
+        for link in links {
+            let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.keys.link(&link.code)).arg(json).arg("NX");
+            tagged.push((link.code.clone(), cmd));
+        }
+        // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
+        let replies = self.spread(self.timeout * 20, tagged, &[]).await?;
+        Ok(replies.into_iter().map(|v| matches!(v, Value::Okay)).collect())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: String =
+            self.bounded(self.timeout, async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        Ok(())
+    }
+
+    async fn code_key(&self) -> Result<[u8; 16], StoreError> {
+        let key = self.keys.code_key();
+        let fresh = hex::encode(rand::random::<[u8; 16]>());
+        let mut conn = self.conn().await?;
+        let stored: String = self
+            .bounded(self.timeout, async move {
+                let _: Option<String> =
+                    redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async(&mut conn).await?;
+                conn.get(&key).await
+            })
+            .await?;
+        let bytes = hex::decode(stored.trim()).map_err(|e| StoreError::Corrupt(format!("code key: {e}")))?;
+        bytes.try_into().map_err(|_| StoreError::Corrupt("code key is not 16 bytes".into()))
+    }
+
+    async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(workspace).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = self.keys.workspace(&workspace.id);
+        let mut conn = self.conn().await?;
+        let created: bool = self.bounded(self.timeout, async move { conn.set_nx(key, json).await }).await?;
+        if created { Ok(()) } else { Err(StoreError::Corrupt(format!("workspace {} exists", workspace.id))) }
+    }
+
+    async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+        self.get_json(self.keys.workspace(id)).await
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let redis_key = self.keys.api_key(&key.key_hash);
+        let mut conn = self.conn().await?;
+        self.bounded(self.timeout, async move { conn.set::<_, _, ()>(redis_key, json).await }).await
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get_json(self.keys.api_key(key_hash)).await
+    }
+
+    async fn insert_links(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
+        let batches: Vec<_> = links.chunks(INSERT_BATCH).map(|batch| self.insert_batch(batch)).collect();
+        let results: Vec<Result<Vec<bool>, StoreError>> =
+            futures_util::stream::iter(batches).buffered(INSERT_CONCURRENCY).collect().await;
+        let mut inserted = Vec::with_capacity(links.len());
+        for batch in results {
+            inserted.extend(batch?);
+        }
+        // Count the new links of each broadcast with one HINCRBY per broadcast, after the links exist.
+        let mut per_broadcast: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        for (link, fresh) in links.iter().zip(&inserted) {
+            if let (true, Some(broadcast)) = (fresh, &link.broadcast_id) {
+                *per_broadcast.entry((&link.workspace_id, broadcast)).or_default() += 1;
+            }
+        }
+        if !per_broadcast.is_empty() {
+            let mut tagged = Vec::new();
+            for ((workspace, broadcast), n) in per_broadcast {
+                let key = self.keys.broadcast(workspace, broadcast);
+                let mut count = redis::cmd("HINCRBY");
+                count.arg(&key).arg("links").arg(n);
+                tagged.push((hash_tag(&key).to_owned(), count));
+                let index = self.keys.broadcasts(workspace);
+                let mut register = redis::cmd("SADD");
+                register.arg(&index).arg(broadcast);
+                tagged.push((hash_tag(&index).to_owned(), register));
+            }
+            self.spread(self.timeout * 4, tagged, &[]).await?;
+        }
+        Ok(inserted)
+    }
+
+    async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        self.get_json(self.keys.link(code)).await
+    }
+
+    async fn get_links(&self, codes: &[&str]) -> Result<Vec<Option<Link>>, StoreError> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // GETs rather than MGET: the keys live in different cluster slots.
+        let tagged = codes
+            .iter()
+            .map(|code| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.keys.link(code));
+                ((*code).to_owned(), cmd)
+            })
+            .collect();
+        let raw = self.spread(self.timeout * 20, tagged, &[]).await?;
+        raw.into_iter()
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                Value::BulkString(b) => {
+                    serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+                }
+                other => Err(StoreError::Corrupt(format!("unexpected reply {other:?}"))),
+            })
+            .collect()
+    }
+
+    async fn disable_link(&self, code: &str, at: DateTime<Utc>) -> Result<Option<Link>, StoreError> {
+        let Some(mut link) = self.get_link(code).await? else {
+            return Ok(None);
+        };
+        if link.disabled_at.is_none() {
+            // Links are immutable apart from this flag, so a read-modify-write race between two
+            // disables only decides which timestamp is kept.
+            link.disabled_at = Some(at);
+            let json = serde_json::to_vec(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let key = self.keys.link(code);
+            let mut conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(key).arg(json).arg("XX").ignore();
+            self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await?;
+        }
+        // Publish even when already disabled: an instance that missed the first message learns now.
+        let channel = self.keys.invalidation_channel();
+        let code = code.to_owned();
+        let mut conn = self.conn().await?;
+        self.bounded(self.timeout, async move { conn.publish::<_, _, i64>(channel, code).await }).await?;
+        Ok(Some(link))
+    }
+
+    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError> {
+        counting::record_clicks(self, clicks, recent).await
+    }
+
+    async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
+        stats::link_stats(self, code).await
+    }
+
+    async fn broadcast_stats(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastStats>, StoreError> {
+        stats::broadcast_stats(self, workspace_id, broadcast_id).await
+    }
+
+    async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError> {
+        stats::list_broadcasts(self, workspace_id).await
+    }
+
+    async fn broadcast_timeline(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        stats::broadcast_timeline(self, workspace_id, broadcast_id).await
+    }
+
+    async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<RecentClick>, StoreError> {
+        stats::recent_clicks(self, code, limit).await
+    }
+
+    async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError> {
+        stats::opt_outs(self, workspace_id, limit).await
+    }
+
+    fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
+        invalidation::invalidations(self, shutdown)
+    }
+
+    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError> {
+        self.get_json(self.keys.webhook_settings(workspace_id)).await
+    }
+
+    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = self.keys.webhook_settings(workspace_id);
+        let mut conn = self.conn().await?;
+        self.bounded(self.timeout, async move { conn.set::<_, _, ()>(key, json).await }).await
+    }
+
+    async fn append_webhook_logs(
+        &self,
+        workspace_id: &str,
+        entries: &[DeliveryLog],
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.webhook_logs(workspace_id);
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let json = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            pipe.cmd("LPUSH").arg(&key).arg(json).ignore();
+        }
+        pipe.cmd("LTRIM").arg(&key).arg(0).arg(cap.max(1) as i64 - 1).ignore();
+        let mut conn = self.conn().await?;
+        self.bounded(self.timeout, async move { pipe.query_async::<()>(&mut conn).await }).await
+    }
+
+    async fn webhook_logs(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeliveryLog>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.webhook_logs(workspace_id);
+        let mut conn = self.conn().await?;
+        let raw: Vec<Vec<u8>> =
+            self.bounded(self.timeout, async move { conn.lrange(key, 0, limit as isize - 1).await }).await?;
+        raw.iter().map(|bytes| serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+    }
+}
