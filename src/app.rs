@@ -72,8 +72,7 @@ impl App {
         let rules = crate::click::classify::load_rules(
             config.extra_human_patterns.as_deref(),
             config.extra_bot_patterns.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
 
         let settings = Arc::new(SettingsCache::new(Arc::clone(&store), SETTINGS_TTL));
         let deliverer = Arc::new(Deliverer::new(config.webhook_timeout, config.webhook_allow_private)?);

@@ -236,53 +236,42 @@ impl Config {
     }
 
     /// Checks what clap cannot check field by field. Called once at start-up.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(min) = self.code_min_length
             && min > self.code_length
         {
-            return Err(format!(
-                "LINKHIT_CODE_MIN_LENGTH ({min}) must not exceed LINKHIT_CODE_LENGTH ({})",
-                self.code_length
-            ));
+            return Err(ConfigError::CodeMinLength { min, length: self.code_length });
         }
-        if self.cache_capacity == 0 {
-            return Err("LINKHIT_CACHE_CAPACITY must be at least 1".into());
-        }
-        if self.max_connections == 0 {
-            return Err("LINKHIT_MAX_CONNECTIONS must be at least 1".into());
+        let at_least_one = [
+            ("LINKHIT_CACHE_CAPACITY", self.cache_capacity),
+            ("LINKHIT_MAX_CONNECTIONS", self.max_connections),
+            ("LINKHIT_CAPTURE_BUFFER", self.capture_buffer),
+            ("LINKHIT_CLICK_BATCH", self.click_batch),
+            ("LINKHIT_COMMIT_QUEUE", self.commit_queue),
+            ("LINKHIT_WEBHOOK_CONCURRENCY", self.webhook_concurrency),
+            ("LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", self.webhook_endpoint_concurrency),
+            ("LINKHIT_WORKER_THREADS", self.worker_threads.unwrap_or(1)),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Zero(name));
         }
         if let Some(token) = &self.admin_token
             && token.trim().len() < 16
         {
-            return Err("LINKHIT_ADMIN_TOKEN must be at least 16 characters".into());
+            return Err(ConfigError::ShortAdminToken);
         }
         if self.max_header_bytes < 8192 {
-            return Err("LINKHIT_MAX_HEADER_BYTES must be at least 8192".into());
+            return Err(ConfigError::SmallHeaderLimit);
         }
-        if self.capture_buffer == 0 || self.click_batch == 0 || self.commit_queue == 0 {
-            return Err(
-                "LINKHIT_CAPTURE_BUFFER, LINKHIT_CLICK_BATCH and LINKHIT_COMMIT_QUEUE must be at least 1".into()
-            );
-        }
-        if self.click_flush_interval.is_zero() {
-            return Err("LINKHIT_CLICK_FLUSH_INTERVAL must be above 0".into());
+        let above_zero = [
+            ("LINKHIT_CLICK_FLUSH_INTERVAL", self.click_flush_interval),
+            ("LINKHIT_WEBHOOK_TIMEOUT", self.webhook_timeout),
+        ];
+        if let Some((name, _)) = above_zero.iter().find(|(_, v)| v.is_zero()) {
+            return Err(ConfigError::NotPositive(name));
         }
         if self.role != Role::All && self.redis_url.is_none() {
-            return Err(
-                "LINKHIT_ROLE=redirect or worker needs LINKHIT_REDIS_URL: split roles share the outbox through Redis"
-                    .into(),
-            );
-        }
-        if self.webhook_concurrency == 0 || self.webhook_endpoint_concurrency == 0 {
-            return Err(
-                "LINKHIT_WEBHOOK_CONCURRENCY and LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1".into()
-            );
-        }
-        if self.webhook_timeout.is_zero() {
-            return Err("LINKHIT_WEBHOOK_TIMEOUT must be above 0".into());
-        }
-        if self.worker_threads == Some(0) {
-            return Err("LINKHIT_WORKER_THREADS must be at least 1".into());
+            return Err(ConfigError::SplitRoleWithoutRedis);
         }
         Ok(())
     }
@@ -294,6 +283,23 @@ impl Config {
             None => format!("http://{bound}"),
         }
     }
+}
+
+/// A configuration that is inconsistent as a whole (each message names the variable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("LINKHIT_CODE_MIN_LENGTH ({min}) must not exceed LINKHIT_CODE_LENGTH ({length})")]
+    CodeMinLength { min: u8, length: u8 },
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("LINKHIT_ADMIN_TOKEN must be at least 16 characters")]
+    ShortAdminToken,
+    #[error("LINKHIT_MAX_HEADER_BYTES must be at least 8192")]
+    SmallHeaderLimit,
+    #[error("{0} must be above 0")]
+    NotPositive(&'static str),
+    #[error("LINKHIT_ROLE=redirect or worker needs LINKHIT_REDIS_URL: split roles share the outbox through Redis")]
+    SplitRoleWithoutRedis,
 }
 
 /// What an instance runs.
@@ -399,9 +405,13 @@ mod tests {
         let mut c = Config::for_tests();
         assert!(c.validate().is_ok());
         c.code_min_length = Some(12);
-        assert!(c.validate().unwrap_err().contains("CODE_MIN_LENGTH"));
+        assert_eq!(c.validate(), Err(ConfigError::CodeMinLength { min: 12, length: 8 }));
+        assert!(c.validate().unwrap_err().to_string().contains("LINKHIT_CODE_MIN_LENGTH"));
         let mut c = Config::for_tests();
         c.admin_token = Some("short".into());
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate(), Err(ConfigError::ShortAdminToken));
+        let mut c = Config::for_tests();
+        c.click_batch = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("LINKHIT_CLICK_BATCH")));
     }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod click;
 pub mod code;
 pub mod config;
@@ -55,7 +56,7 @@ async fn serve(
     shutdown: CancellationToken,
     sink: Option<Arc<dyn click::emit::EventSink>>,
 ) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let bound = listener.local_addr()?;
     let grace = config.shutdown_grace;
     let (app, background) = app::App::build(config, bound, sink)?;
@@ -99,7 +100,7 @@ async fn serve(
 
 /// Reads (or creates) the shared code key, retrying until the store answers.
 async fn load_code_key(app: Arc<app::App>, stop: CancellationToken) {
-    let mut backoff = std::time::Duration::from_millis(100);
+    let mut backoff = backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5));
     while !stop.is_cancelled() {
         match app.store.code_key().await {
             Ok(key) => {
@@ -108,8 +109,7 @@ async fn load_code_key(app: Arc<app::App>, stop: CancellationToken) {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the code key yet; codes are checked for shape only");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                backoff.wait().await;
             }
         }
     }

@@ -43,8 +43,7 @@ fn main() -> anyhow::Result<()> {
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
     let rules =
-        linkhit::click::classify::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        linkhit::click::classify::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())?;
     let mut classifier = linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

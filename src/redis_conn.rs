@@ -24,18 +24,28 @@ pub enum Target {
     Cluster(Vec<String>),
 }
 
+/// Why `LINKHIT_REDIS_URL` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("LINKHIT_REDIS_URL is empty")]
+    Empty,
+    #[error("`{node}` is not a Redis URL: {problem}")]
+    NotRedis { node: String, problem: String },
+}
+
 /// Parses `LINKHIT_REDIS_URL`.
-pub fn parse_target(raw: &str) -> Result<Target, String> {
+pub fn parse_target(raw: &str) -> Result<Target, TargetError> {
     let raw = raw.trim();
     let (cluster, list) = match raw.strip_prefix("redis+cluster://") {
         Some(rest) => (true, rest.split(',').map(|n| format!("redis://{}", n.trim())).collect::<Vec<_>>()),
         None => (raw.contains(','), raw.split(',').map(|n| n.trim().to_owned()).collect()),
     };
     for node in &list {
-        redis::Client::open(node.as_str()).map_err(|e| format!("`{node}` is not a Redis URL: {e}"))?;
+        redis::Client::open(node.as_str())
+            .map_err(|e| TargetError::NotRedis { node: node.clone(), problem: e.to_string() })?;
     }
     match (cluster, list.len()) {
-        (_, 0) => Err("LINKHIT_REDIS_URL is empty".into()),
+        (_, 0) => Err(TargetError::Empty),
         (false, 1) => Ok(Target::Single(list.into_iter().next().expect("one"))),
         _ => Ok(Target::Cluster(list)),
     }
@@ -86,18 +96,20 @@ pub struct Pool {
 
 impl Pool {
     /// Prepares connections without connecting. Must be called inside a Tokio runtime.
-    pub fn open(url: &str, connect_timeout: Duration) -> Result<Self, String> {
+    pub fn open(url: &str, connect_timeout: Duration) -> Result<Self, TargetError> {
         let target = parse_target(url)?;
+        let not_redis =
+            |node: &str, e: redis::RedisError| TargetError::NotRedis { node: node.to_owned(), problem: e.to_string() };
         let (single, cluster_client) = match &target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+                let client = redis::Client::open(url.as_str()).map_err(|e| not_redis(url, e))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     // Deadlines are applied per operation by the callers.
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(2));
-                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| not_redis(url, e))?;
                 (Some(manager), None)
             }
             Target::Cluster(nodes) => {
@@ -106,7 +118,7 @@ impl Pool {
                     .response_timeout(Duration::from_secs(60))
                     .retries(2)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| not_redis(&nodes.join(","), e))?;
                 (None, Some(client))
             }
         };
@@ -177,6 +189,13 @@ impl Pool {
     }
 }
 
+/// Whether Redis answered with the error `code` (`NOGROUP`, `BUSYGROUP`, …), for a single command or
+/// for any command of a pipeline. Matches the code the client parsed, never the message text.
+pub fn has_error_code(err: &redis::RedisError, code: &str) -> bool {
+    err.code() == Some(code)
+        || err.clone().into_server_errors().is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == code))
+}
+
 /// The hash tag of a key (`lh:link:{abc}` → `abc`), or the whole key.
 pub fn hash_tag(key: &str) -> &str {
     match (key.find('{'), key.find('}')) {
@@ -202,6 +221,15 @@ mod tests {
         );
         assert_eq!(parse_target("redis+cluster://a:1"), Ok(Target::Cluster(vec!["redis://a:1".into()])));
         assert!(parse_target("http://nope").is_err());
+    }
+
+    #[test]
+    fn error_codes_are_matched_by_code() {
+        let nogroup = redis::make_extension_error("NOGROUP".into(), Some("No such key or consumer group".into()));
+        assert!(has_error_code(&nogroup, "NOGROUP"));
+        assert!(!has_error_code(&nogroup, "BUSYGROUP"));
+        let other = redis::make_extension_error("ERR".into(), Some("mentions NOGROUP in its text".into()));
+        assert!(!has_error_code(&other, "NOGROUP"), "the message text is not the code");
     }
 
     #[test]

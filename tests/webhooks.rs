@@ -23,6 +23,7 @@ on_both_stores!(
     static_and_oauth_authorization,
     test_endpoint_sends_a_sample_now,
     a_slow_receiver_does_not_delay_another_workspace,
+    a_hanging_token_endpoint_does_not_delay_another_workspace,
 );
 
 /// An env whose webhooks may target 127.0.0.1 and whose retries are fast.
@@ -438,4 +439,55 @@ async fn a_slow_receiver_does_not_delay_another_workspace(backend: Backend) {
     fast.wait_for(1, Duration::from_secs(5)).await;
     let slow_done = slow.hooks().len();
     assert!(slow_done < 10, "B was delivered while A's backlog ({slow_done} of 10 received) was still draining");
+}
+
+/// OAuth tokens are fetched under a lock per (workspace, token URL, client id), not one lock for all:
+/// workspace A's token endpoint accepting the connection and never answering must not hold up B.
+async fn a_hanging_token_endpoint_does_not_delay_another_workspace(backend: Backend) {
+    let redis = (backend == Backend::Redis).then(common::RedisServer::start);
+    let mut config = common::config(redis.as_ref());
+    config.webhook_allow_private = true;
+    config.webhook_timeout = Duration::from_secs(30);
+    let env = Env::with_config(config, redis).await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/token", hanging.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = hanging.accept().await {
+                held.lock().unwrap().push(stream);
+            }
+        })
+    };
+    let receiver = Receiver::start().await;
+    let oauth = |url: &str, id: &str| json!({"url": url, "client_id": id, "client_secret": "s3cret"});
+    let (status, body) = put(&env, json!({"click_url": receiver.url, "oauth": oauth(&hanging_url, "a")})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, key_b) = common::create_workspace(&env.http, &env.server, "b").await;
+    let settings_b = json!({"click_url": receiver.url, "oauth": oauth(&format!("{}/token", receiver.url), "b")});
+    let (status, _) = send(env.http.put(env.url("/api/v1/webhooks")).bearer_auth(&key_b).json(&settings_b)).await;
+    assert_eq!(status, 200);
+
+    let test_a = {
+        let (http, url, key) = (env.http.clone(), env.url("/api/v1/webhooks/test"), env.key.clone());
+        tokio::spawn(async move { send(http.post(url).bearer_auth(key).json(&json!({"type": "click"}))).await })
+    };
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            let held = held.clone();
+            async move { !held.lock().unwrap().is_empty() }
+        })
+        .await,
+        "A's token request reached its hanging endpoint"
+    );
+    let (status, body) =
+        send(env.http.post(env.url("/api/v1/webhooks/test")).bearer_auth(&key_b).json(&json!({"type": "click"}))).await;
+    assert_eq!((status, body["success"].clone()), (200, json!(true)), "{body}");
+    assert_eq!(receiver.hooks()[0].header("authorization").as_deref(), Some("Bearer tok-1"));
+    assert!(!test_a.is_finished(), "B was delivered while A still waits for its token endpoint");
+    holder.abort();
+    held.lock().unwrap().clear(); // closing A's connection ends its attempt
+    let (_, body_a) = test_a.await.unwrap();
+    assert_eq!(body_a["success"], false, "{body_a}");
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{ApiResult, authorize, json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::model::{DeliveryLog, EventKind, Job};
+use crate::model::{DeliveryLog, EventKind, Job, LogOutcome};
 use crate::model::{Permission, rfc3339};
 use crate::webhook::payload::{self, Facts};
 use crate::webhook::settings::apply_update;
@@ -102,11 +102,11 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         url: url.clone(),
         attempt: 1,
         payload: job.payload.clone(),
-        response_code: attempt.status,
+        response_code: attempt.status(),
         response_time_ms: attempt.elapsed_ms,
-        error: attempt.error.clone(),
+        error: attempt.error(),
         at: Utc::now(),
-        outcome: "test".to_owned(),
+        outcome: LogOutcome::Test,
         next_attempt_at: None,
     };
     app.store.append_webhook_logs(&caller.workspace_id, &[entry], app.config.webhook_log_limit).await?;
@@ -117,9 +117,9 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
             "type": kind.as_str(),
             "url": url,
             "success": attempt.succeeded(),
-            "response_code": attempt.status,
+            "response_code": attempt.status(),
             "response_time_ms": attempt.elapsed_ms,
-            "error": attempt.error,
+            "error": attempt.error(),
             "payload": body,
         }),
     )

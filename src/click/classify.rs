@@ -55,6 +55,17 @@ pub struct Signals<'a> {
     pub prefetch: bool,
 }
 
+/// Why a rule set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("rules line {line}: {problem}")]
+    Syntax { line: usize, problem: String },
+    #[error("cannot compile user-agent rules: {0}")]
+    Compile(String),
+}
+
 /// A compiled substring rule set: first listed match wins.
 struct RuleSet {
     matcher: Option<AhoCorasick>,
@@ -62,7 +73,7 @@ struct RuleSet {
 }
 
 impl RuleSet {
-    fn new(rules: Vec<(String, Verdict)>) -> Result<Self, String> {
+    fn new(rules: Vec<(String, Verdict)>) -> Result<Self, RulesError> {
         if rules.is_empty() {
             return Ok(Self { matcher: None, verdicts: Vec::new() });
         }
@@ -70,7 +81,7 @@ impl RuleSet {
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(rules.iter().map(|(p, _)| p.as_str()))
-            .map_err(|e| format!("cannot compile user-agent rules: {e}"))?;
+            .map_err(|e| RulesError::Compile(e.to_string()))?;
         Ok(Self { matcher: Some(matcher), verdicts: rules.into_iter().map(|(_, v)| v).collect() })
     }
 
@@ -81,7 +92,7 @@ impl RuleSet {
 }
 
 /// Parses the rule file format: `<human|bot> TAB <reason> TAB <substring>`, `#` comments.
-pub fn parse_rules(text: &str) -> Result<Vec<(String, Verdict)>, String> {
+pub fn parse_rules(text: &str) -> Result<Vec<(String, Verdict)>, RulesError> {
     let mut rules = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end();
@@ -90,17 +101,20 @@ pub fn parse_rules(text: &str) -> Result<Vec<(String, Verdict)>, String> {
         }
         let mut parts = line.splitn(3, '\t');
         let (Some(class), Some(reason), Some(pattern)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("rules line {}: expected `class<TAB>reason<TAB>pattern`", n + 1));
+            return Err(RulesError::Syntax { line: n + 1, problem: "expected `class<TAB>reason<TAB>pattern`".into() });
         };
         let class = match class {
             "human" => Class::Human,
             "bot" => Class::Bot,
             other => {
-                return Err(format!("rules line {}: class must be human or bot, not `{other}`", n + 1));
+                return Err(RulesError::Syntax {
+                    line: n + 1,
+                    problem: format!("class must be human or bot, not `{other}`"),
+                });
             }
         };
         if pattern.trim().is_empty() {
-            return Err(format!("rules line {}: empty pattern", n + 1));
+            return Err(RulesError::Syntax { line: n + 1, problem: "empty pattern".into() });
         }
         rules.push((pattern.to_owned(), Verdict::new(class, reason)));
     }
@@ -130,7 +144,7 @@ pub struct Rules {
 
 impl Rules {
     /// The built-in rules plus the operator's extra patterns (both may be empty).
-    pub fn new(extra_human: &str, extra_bot: &str) -> Result<Self, String> {
+    pub fn new(extra_human: &str, extra_bot: &str) -> Result<Self, RulesError> {
         let mut operator = parse_patterns(extra_human, Class::Human);
         operator.extend(parse_patterns(extra_bot, Class::Bot));
         Ok(Self {
@@ -262,11 +276,14 @@ impl Classifier {
 }
 
 /// Builds the classification rules from the built-in file and the operator's pattern files.
-pub fn load_rules(extra_human: Option<&std::path::Path>, extra_bot: Option<&std::path::Path>) -> Result<Rules, String> {
-    let read = |path: Option<&std::path::Path>| -> Result<String, String> {
+pub fn load_rules(
+    extra_human: Option<&std::path::Path>,
+    extra_bot: Option<&std::path::Path>,
+) -> Result<Rules, RulesError> {
+    let read = |path: Option<&std::path::Path>| -> Result<String, RulesError> {
         match path {
             None => Ok(String::new()),
-            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Some(p) => std::fs::read_to_string(p).map_err(|source| RulesError::Read { path: p.to_owned(), source }),
         }
     };
     Rules::new(&read(extra_human)?, &read(extra_bot)?)

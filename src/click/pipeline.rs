@@ -25,6 +25,7 @@ use super::address;
 use super::classify::{Classifier, Rules, Signals};
 use super::emit::{self, EventSink};
 use super::journal::Journal;
+use crate::backoff::Backoff;
 use crate::model::{Class, ClickRecord, ClickTally};
 use crate::redirect::capture::{Capture, Hit};
 use crate::store::SharedStore;
@@ -269,7 +270,7 @@ impl Committer {
     }
 
     async fn count(&self, batch: &[ClickRecord]) -> Option<Vec<ClickTally>> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut give_up_at: Option<Instant> = None;
         loop {
             match self.store.record_clicks(batch, self.settings.recent_clicks).await {
@@ -286,10 +287,9 @@ impl Committer {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = backoff.wait() => {}
                 () = self.stop.cancelled(), if give_up_at.is_none() => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

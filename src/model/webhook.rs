@@ -37,6 +37,19 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
 }
 
+/// What became of a logged attempt (or of a decision not to attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogOutcome {
+    Delivered,
+    RetryScheduled,
+    DeadLettered,
+    /// The channel was switched off after the event was accepted.
+    Cancelled,
+    /// A `POST /api/v1/webhooks/test` send.
+    Test,
+}
+
 /// One delivery attempt (or a decision not to attempt), as `GET /api/v1/webhooks/logs` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryLog {
@@ -51,8 +64,7 @@ pub struct DeliveryLog {
     pub response_time_ms: u64,
     pub error: Option<String>,
     pub at: DateTime<Utc>,
-    /// `delivered`, `retry_scheduled`, `dead_lettered`, `cancelled` or `test`.
-    pub outcome: String,
+    pub outcome: LogOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
 }

@@ -4,13 +4,13 @@
 //! The HTTP client is shared (pooled keep-alive connections), never follows redirects (a `3xx` is a
 //! failed attempt: following it could lead anywhere), ignores proxy variables, and resolves host names
 //! through [`GuardedResolver`](super::ssrf::GuardedResolver), so the address connected to is the address
-//! checked. OAuth 2 client-credentials tokens are cached per workspace until shortly before they
-//! expire, and refreshed once when the receiver answers 401.
+//! checked. OAuth 2 client-credentials tokens are cached per (workspace, token URL, client id) until
+//! shortly before they expire, each under its own lock, and refreshed once when the receiver answers 401.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use hyper::StatusCode;
 use tokio::sync::Mutex;
 
@@ -18,21 +18,60 @@ use super::{sign, ssrf};
 use crate::model::Job;
 use crate::model::{CredentialsLocation, OAuth, WebhookSettings};
 
-/// What an attempt came to.
+/// What the receiver (or the way to it) answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// An HTTP status; `retry_after` is the `Retry-After` of a 429 or 503, bounded to an hour.
+    Status { code: u16, retry_after: Option<Duration> },
+    /// No HTTP answer: refused before sending (SSRF, bad URL, no OAuth token) or a transport error. The
+    /// text is secret-free.
+    Failed(String),
+}
+
+/// One attempt: what was answered and how long it took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    pub status: Option<u16>,
+    pub answer: Answer,
     pub elapsed_ms: u64,
-    pub error: Option<String>,
-    /// `Retry-After` of a 429 or 503, bounded to an hour.
-    pub retry_after: Option<Duration>,
 }
 
 impl Attempt {
+    /// A 2xx answer.
     pub fn succeeded(&self) -> bool {
-        self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
+        matches!(self.answer, Answer::Status { code, .. } if (200..300).contains(&code))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.answer {
+            Answer::Status { code, .. } => Some(code),
+            Answer::Failed(_) => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.answer {
+            Answer::Status { retry_after, .. } => retry_after,
+            Answer::Failed(_) => None,
+        }
+    }
+
+    /// What went wrong, for the delivery log: `None` for a 2xx.
+    pub fn error(&self) -> Option<String> {
+        match &self.answer {
+            Answer::Status { code, .. } if (200..300).contains(code) => None,
+            Answer::Status { code, .. } => Some(format!(
+                "receiver answered {}",
+                StatusCode::from_u16(*code).map_or_else(|_| code.to_string(), |s| s.to_string())
+            )),
+            Answer::Failed(error) => Some(error.clone()),
+        }
     }
 }
+
+type TokenKey = (String, String, String);
+
+/// Token cache entries kept before idle, expired ones are dropped.
+const MAX_TOKEN_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Token {
@@ -44,8 +83,10 @@ pub struct Deliverer {
     client: reqwest::Client,
     allow_private: bool,
     user_agent: String,
-    /// Cached OAuth tokens by (workspace, token URL, client id).
-    tokens: Mutex<HashMap<(String, String, String), Token>>,
+    /// Cached OAuth tokens by (workspace, token URL, client id), each behind its own lock: one token
+    /// endpoint that hangs holds up only the deliveries that need its token. A token is never shared
+    /// across workspaces, even for the same endpoint and client id.
+    tokens: DashMap<TokenKey, Arc<Mutex<Option<Token>>>>,
 }
 
 impl Deliverer {
@@ -65,19 +106,18 @@ impl Deliverer {
             client,
             allow_private,
             user_agent: format!("linkhit/{}", env!("CARGO_PKG_VERSION")),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: DashMap::new(),
         })
     }
 
     /// Sends `job` to `url` once (twice when an OAuth token was refused and refreshed).
     pub async fn attempt(&self, settings: &WebhookSettings, workspace_id: &str, url: &str, job: &Job) -> Attempt {
         let started = Instant::now();
-        let mut result = self.send(settings, workspace_id, url, job, false).await;
-        if result.status == Some(401) && settings.oauth.is_some() {
-            result = self.send(settings, workspace_id, url, job, true).await;
+        let mut answer = self.send(settings, workspace_id, url, job, false).await;
+        if matches!(answer, Answer::Status { code: 401, .. }) && settings.oauth.is_some() {
+            answer = self.send(settings, workspace_id, url, job, true).await;
         }
-        result.elapsed_ms = started.elapsed().as_millis() as u64;
-        result
+        Attempt { answer, elapsed_ms: started.elapsed().as_millis() as u64 }
     }
 
     async fn send(
@@ -87,8 +127,8 @@ impl Deliverer {
         url: &str,
         job: &Job,
         fresh_token: bool,
-    ) -> Attempt {
-        let fail = |error: String| Attempt { status: None, elapsed_ms: 0, error: Some(error), retry_after: None };
+    ) -> Answer {
+        let fail = Answer::Failed;
         let parsed = match url::Url::parse(url) {
             Ok(u) => u,
             Err(e) => return fail(format!("invalid URL: {e}")),
@@ -128,8 +168,7 @@ impl Deliverer {
                             .and_then(parse_retry_after)
                     })
                     .flatten();
-                let error = (!status.is_success()).then(|| format!("receiver answered {status}"));
-                Attempt { status: Some(status.as_u16()), elapsed_ms: 0, error, retry_after }
+                Answer::Status { code: status.as_u16(), retry_after }
             }
             Err(e) => fail(describe(&e)),
         }
@@ -138,14 +177,24 @@ impl Deliverer {
     /// A cached or freshly fetched OAuth access token.
     async fn token(&self, workspace_id: &str, oauth: &OAuth, refresh: bool) -> Result<String, String> {
         let key = (workspace_id.to_owned(), oauth.url.clone(), oauth.client_id.clone());
-        let mut tokens = self.tokens.lock().await;
+        if self.tokens.len() > MAX_TOKEN_ENTRIES {
+            let now = Instant::now();
+            self.tokens.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().is_ok_and(|t| t.as_ref().is_some_and(|t| t.expires > now))
+            });
+        }
+        let slot = Arc::clone(&self.tokens.entry(key).or_default());
+        // Held across the token request: concurrent deliveries of this workspace wait for one fetch
+        // instead of each fetching a token.
+        let mut cached = slot.lock().await;
         if !refresh
-            && let Some(token) = tokens.get(&key)
+            && let Some(token) = cached.as_ref()
             && token.expires > Instant::now()
         {
             return Ok(token.value.clone());
         }
-        tokens.remove(&key);
+        *cached = None;
         let parsed = url::Url::parse(&oauth.url).map_err(|e| e.to_string())?;
         ssrf::check_before_send(&parsed, self.allow_private).map_err(|e| e.to_string())?;
         let mut pairs: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
@@ -184,7 +233,7 @@ impl Deliverer {
         // Renew a little early so a token never expires in flight; default lifetime: one hour.
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(3600));
         let expires = Instant::now() + lifetime.saturating_sub(lifetime.min(Duration::from_secs(30)));
-        tokens.insert(key, Token { value: body.access_token.clone(), expires });
+        *cached = Some(Token { value: body.access_token.clone(), expires });
         Ok(body.access_token)
     }
 }

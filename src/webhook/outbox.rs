@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use super::payload::{self, Facts};
 use super::queue::Queue;
 use super::settings_cache::SettingsCache;
+use crate::backoff::Backoff;
 use crate::click::emit::{Event, EventSink};
 use crate::model::{EventKind, Job};
 use crate::model::{Link, rfc3339};
@@ -149,14 +150,13 @@ impl EventSink for Outbox {
 async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     mut op: impl FnMut() -> F,
 ) -> Result<T, E> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     for _ in 0..5 {
         match op().await {
             Ok(v) => return Ok(v),
             Err(err) => {
                 tracing::warn!(error = %err, "webhook outbox: retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                backoff.wait().await;
             }
         }
     }

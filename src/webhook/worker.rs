@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::deliver::{Attempt, Deliverer};
 use super::queue::{Lease, Queue};
 use super::settings_cache::SettingsCache;
-use crate::model::{DeliveryLog, Job};
+use crate::backoff::Backoff;
+use crate::model::{DeliveryLog, Job, LogOutcome};
 use crate::store::SharedStore;
 
 /// How long a job whose endpoint is saturated waits before it is offered again.
@@ -131,7 +132,7 @@ impl Worker {
     }
 
     async fn pull_loop(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let Ok(first) = Arc::clone(&self.global).acquire_owned().await else {
                 return;
@@ -144,15 +145,14 @@ impl Worker {
             }
             match self.queue.pull(room.min(128)).await {
                 Ok(leases) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     self.dispatch(leases, Some(first));
                 }
                 Err(err) => {
                     drop(first);
                     metrics::counter!("linkhit_webhook_queue_errors_total").increment(1);
                     tracing::warn!(error = %err, "cannot read the webhook outbox; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         }
@@ -246,7 +246,20 @@ impl Worker {
         };
         let Some(url) = settings.url_for(job.kind).map(str::to_owned) else {
             // The channel was switched off after the event was accepted.
-            self.log(job, "", job.attempt, None, "cancelled", Some("webhook channel disabled".into()), None).await;
+            let entry = DeliveryLog {
+                event_id: job.event_id.clone(),
+                kind: job.kind,
+                url: String::new(),
+                attempt: job.attempt,
+                payload: job.payload.clone(),
+                response_code: None,
+                response_time_ms: 0,
+                error: Some("webhook channel disabled".into()),
+                at: Utc::now(),
+                outcome: LogOutcome::Cancelled,
+                next_attempt_at: None,
+            };
+            self.append_log(&job.workspace_id, entry).await;
             metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "cancelled").increment(1);
             let _ = self.queue.ack(&lease).await;
             return;
@@ -262,34 +275,27 @@ impl Worker {
         let attempt = self.deliverer.attempt(&settings, &job.workspace_id, &url, job).await;
         metrics::histogram!("linkhit_webhook_attempt_seconds").record(attempt.elapsed_ms as f64 / 1000.0);
         let number = job.attempt + 1;
-        if attempt.succeeded() {
-            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "delivered").increment(1);
-            self.log_attempt(job, &url, number, &attempt, "delivered", None).await;
-            if let Err(err) = self.queue.ack(&lease).await {
-                tracing::warn!(error = %err, event_id = %job.event_id, "delivered but not acknowledged; it may be sent again");
-            }
-            return;
-        }
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
-        match next_delay(&self.config.schedule, number, attempt.retry_after, jitter) {
-            Some(delay) => {
-                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "failed").increment(1);
-                let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                self.log_attempt(job, &url, number, &attempt, "retry_scheduled", Some(due)).await;
-                let next = Job { attempt: number, ..job.clone() };
-                if let Err(err) = self.queue.retry(&lease, &next, due).await {
-                    tracing::warn!(error = %err, event_id = %job.event_id, "could not schedule a retry; the lease will be reclaimed");
-                }
+        let outcome = decide(&attempt, number, &self.config.schedule, Utc::now(), jitter);
+        self.log_attempt(job, &url, number, &attempt, &outcome).await;
+        let done = match &outcome {
+            Outcome::Delivered => {
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "delivered").increment(1);
+                self.queue.ack(&lease).await
             }
-            None => {
+            Outcome::RetryAt(due) => {
+                metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "failed").increment(1);
+                self.queue.retry(&lease, &Job { attempt: number, ..job.clone() }, *due).await
+            }
+            Outcome::DeadLettered(reason) => {
                 metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "dead_lettered").increment(1);
                 metrics::counter!("linkhit_webhook_dead_letters_total").increment(1);
-                tracing::warn!(event_id = %job.event_id, workspace_id = %job.workspace_id, attempts = number, "webhook dead-lettered");
-                self.log_attempt(job, &url, number, &attempt, "dead_lettered", None).await;
-                if let Err(err) = self.queue.dead_letter(&lease).await {
-                    tracing::warn!(error = %err, event_id = %job.event_id, "could not dead-letter; the lease will be reclaimed");
-                }
+                tracing::warn!(event_id = %job.event_id, workspace_id = %job.workspace_id, attempts = number, reason = reason.as_str(), "webhook dead-lettered");
+                self.queue.dead_letter(&lease).await
             }
+        };
+        if let Err(err) = done {
+            tracing::warn!(error = %err, event_id = %job.event_id, outcome = ?outcome, "could not record a delivery outcome in the outbox; the lease will be reclaimed and the event may be sent again");
         }
     }
 
@@ -300,46 +306,67 @@ impl Worker {
         }
     }
 
-    async fn log_attempt(
-        &self,
-        job: &Job,
-        url: &str,
-        number: u32,
-        a: &Attempt,
-        outcome: &str,
-        next: Option<chrono::DateTime<Utc>>,
-    ) {
+    async fn log_attempt(&self, job: &Job, url: &str, number: u32, attempt: &Attempt, outcome: &Outcome) {
+        let (outcome, next_attempt_at) = match outcome {
+            Outcome::Delivered => (LogOutcome::Delivered, None),
+            Outcome::RetryAt(due) => (LogOutcome::RetryScheduled, Some(*due)),
+            Outcome::DeadLettered(_) => (LogOutcome::DeadLettered, None),
+        };
         let entry = DeliveryLog {
             event_id: job.event_id.clone(),
             kind: job.kind,
             url: url.to_owned(),
             attempt: number,
             payload: job.payload.clone(),
-            response_code: a.status,
-            response_time_ms: a.elapsed_ms,
-            error: a.error.clone(),
+            response_code: attempt.status(),
+            response_time_ms: attempt.elapsed_ms,
+            error: attempt.error(),
             at: Utc::now(),
-            outcome: outcome.to_owned(),
-            next_attempt_at: next,
+            outcome,
+            next_attempt_at,
         };
-        if let Err(err) = self.store.append_webhook_logs(&job.workspace_id, &[entry], self.config.log_cap).await {
+        self.append_log(&job.workspace_id, entry).await;
+    }
+
+    async fn append_log(&self, workspace_id: &str, entry: DeliveryLog) {
+        if let Err(err) = self.store.append_webhook_logs(workspace_id, &[entry], self.config.log_cap).await {
             tracing::warn!(error = %err, "could not write a webhook log entry");
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn log(
-        &self,
-        job: &Job,
-        url: &str,
-        number: u32,
-        status: Option<u16>,
-        outcome: &str,
-        error: Option<String>,
-        next: Option<chrono::DateTime<Utc>>,
-    ) {
-        let attempt = Attempt { status, elapsed_ms: 0, error, retry_after: None };
-        self.log_attempt(job, url, number, &attempt, outcome, next).await;
+/// What becomes of an event after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Failed; try again at this time.
+    RetryAt(DateTime<Utc>),
+    DeadLettered(DeadReason),
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The last attempt of the retry schedule failed.
+    RetriesExhausted,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// Decides what an attempt (the `number`-th) leads to. Pure: the worker acts on the answer.
+pub fn decide(attempt: &Attempt, number: u32, schedule: &[Duration], now: DateTime<Utc>, jitter: f64) -> Outcome {
+    if attempt.succeeded() {
+        return Outcome::Delivered;
+    }
+    match next_delay(schedule, number, attempt.retry_after(), jitter) {
+        Some(delay) => Outcome::RetryAt(now + chrono::Duration::from_std(delay).unwrap_or_default()),
+        None => Outcome::DeadLettered(DeadReason::RetriesExhausted),
     }
 }
 
@@ -365,5 +392,31 @@ mod tests {
             assert_eq!(next_delay(&s, attempts, retry_after, jitter), want, "{attempts} {retry_after:?} {jitter}");
         }
         assert_eq!(next_delay(&[], 1, None, 0.0), None, "an empty schedule dead-letters at once");
+    }
+
+    #[test]
+    fn decisions() {
+        use super::super::deliver::Answer;
+        let s: Vec<Duration> = [1, 10].map(Duration::from_secs).to_vec();
+        let now: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
+        let at = |secs: i64| Outcome::RetryAt(now + chrono::Duration::seconds(secs));
+        let status = |code: u16, retry_after: Option<u64>| Attempt {
+            answer: Answer::Status { code, retry_after: retry_after.map(Duration::from_secs) },
+            elapsed_ms: 5,
+        };
+        let failed = Attempt { answer: Answer::Failed("timed out".into()), elapsed_ms: 10_000 };
+        let cases = [
+            (status(200, None), 1, Outcome::Delivered),
+            (status(204, None), 3, Outcome::Delivered),
+            (status(500, None), 1, at(1)),
+            (status(503, Some(120)), 1, at(120)),
+            (status(404, None), 2, at(10)),
+            (failed.clone(), 2, at(10)),
+            (failed, 3, Outcome::DeadLettered(DeadReason::RetriesExhausted)),
+            (status(302, None), 3, Outcome::DeadLettered(DeadReason::RetriesExhausted)),
+        ];
+        for (attempt, number, want) in cases {
+            assert_eq!(decide(&attempt, number, &s, now, 0.0), want, "{attempt:?} #{number}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisStore;
+use crate::backoff::Backoff;
 use crate::store::Invalidation;
 
 pub(super) fn invalidations(store: &RedisStore, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
@@ -30,7 +31,7 @@ async fn subscribe_forever(
     timeout: Duration,
     tx: mpsc::Sender<Invalidation>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     for client in clients.iter().cycle() {
         let subscribed = async {
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.ok()?.ok()?;
@@ -40,7 +41,7 @@ async fn subscribe_forever(
         .await;
         match subscribed {
             Some(pubsub) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 tracing::debug!(%channel, "subscribed to cache invalidations");
                 if tx.send(Invalidation::All).await.is_err() {
                     return;
@@ -57,8 +58,7 @@ async fn subscribe_forever(
                 tracing::warn!("cache invalidation subscription lost; reconnecting");
             }
             None => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
             }
         }
     }

@@ -9,7 +9,7 @@ use redis::Value;
 
 use super::{Lease, Queue, QueueError, QueueStats};
 use crate::model::Job;
-use crate::redis_conn::Pool;
+use crate::redis_conn::{Pool, has_error_code};
 
 const GROUP: &str = "linkhit";
 
@@ -39,7 +39,7 @@ pub struct RedisQueue {
 impl RedisQueue {
     /// Connects (lazily) and names this process's consumer. Must be called inside a Tokio runtime.
     pub fn open(url: &str, prefix: &str, consumer: &str, claim_idle: Duration) -> Result<Self, QueueError> {
-        let open = || Pool::open(url, Duration::from_secs(2)).map_err(QueueError::Unavailable);
+        let open = || Pool::open(url, Duration::from_secs(2)).map_err(|e| QueueError::Unavailable(e.to_string()));
         Ok(Self {
             conn: open()?,
             blocking: open()?,
@@ -64,7 +64,7 @@ impl RedisQueue {
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.code() == Some("NOGROUP") => Err(QueueError::NoGroup),
+            Ok(Err(e)) if has_error_code(&e, "NOGROUP") => Err(QueueError::NoGroup),
             Ok(Err(e)) => Err(QueueError::Unavailable(e.to_string())),
             Err(_) => Err(QueueError::Unavailable("outbox command timed out".into())),
         }
@@ -89,7 +89,7 @@ impl RedisQueue {
             .await;
         match created {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) if has_error_code(&e, "BUSYGROUP") => Ok(()),
             Err(e) => Err(QueueError::Unavailable(e.to_string())),
         }
     }
