@@ -114,7 +114,7 @@ impl App {
                 keep_full_ip: config.keep_full_ip,
                 trusted_proxies: config.trusted_proxies.clone(),
                 classifier_memo: 100_000,
-                shutdown_flush: config.shutdown_grace,
+                guard_ttl: config.commit_guard_ttl,
             };
             let (capture, pipeline) =
                 Pipeline::start(Arc::clone(&store), Arc::new(rules), sink, Some(Arc::new(journal)), pipeline_settings);
@@ -146,9 +146,14 @@ impl App {
             Some(token) => AdminToken::new(token),
             None => {
                 let token = crate::auth::new_admin_token();
-                println!(
+                use std::io::Write;
+                // A closed stdout must not stop the server (`println!` would panic).
+                let mut out = std::io::stdout();
+                let _ = writeln!(
+                    out,
                     "linkhit: no LINKHIT_ADMIN_TOKEN set; generated admin token (shown once, not stored): {token}"
-                );
+                )
+                .and_then(|()| out.flush());
                 AdminToken::new(&token)
             }
         };

@@ -163,6 +163,12 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_JOURNAL_DIR", default_value = "linkhit-journal")]
     pub journal_dir: std::path::PathBuf,
 
+    /// Seconds a counted batch's idempotency guard lives in Redis when it is never released (a batch is
+    /// released once counted and its events queued). A journal entry whose counting was attempted longer
+    /// ago than this is not replayed (it could count twice); it is dropped with a metric and a log line.
+    #[arg(long, env = "LINKHIT_COMMIT_GUARD_TTL", default_value = "2592000", value_parser = parse_seconds)]
+    pub commit_guard_ttl: Duration,
+
     /// Most bytes the click journal may hold; past it, hits are dropped (with a metric and a log line).
     #[arg(long, env = "LINKHIT_JOURNAL_MAX_BYTES", default_value_t = 1 << 30)]
     pub journal_max_bytes: u64,

@@ -84,19 +84,37 @@ async fn serve(
         version = env!("CARGO_PKG_VERSION"),
         "linkhit serving"
     );
+    let began = Arc::new(std::sync::OnceLock::new());
+    {
+        let (began, shutdown) = (Arc::clone(&began), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let _ = began.set(std::time::Instant::now());
+        });
+    }
     server::serve(listener, Arc::clone(&app), shutdown).await;
-    // Connections are drained: nothing captures any more. Count (or journal) what was captured, which
-    // also queues its webhook events; then stop the workers (in-flight attempts get the grace period).
+    // Connections are drained (within the grace period): nothing captures any more. Count what was
+    // captured — or journal it, if the store does not take it before the deadline — which also queues its
+    // webhook events; then stop the workers. The whole shutdown ends within the grace period plus a few
+    // seconds, however the store behaves.
+    let began = began.get().copied().unwrap_or_else(std::time::Instant::now);
+    let deadline = (began + grace).max(std::time::Instant::now() + FLUSH_AT_LEAST);
     if let Some(pipeline) = background.pipeline {
-        pipeline.shutdown().await;
+        pipeline.shutdown(deadline).await;
     }
     stop_background.cancel();
     if let Some(worker) = worker {
-        let _ = worker.await;
+        let _ = tokio::time::timeout(WORKER_STOP, worker).await;
     }
     tracing::info!("linkhit stopped");
     Ok(())
 }
+
+/// Time the click pipeline gets to flush at shutdown even when draining connections used up the grace
+/// period (journal writes are local and fast).
+const FLUSH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
+/// Time the webhook workers get after the pipeline flushed.
+const WORKER_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads (or creates) the shared code key, retrying until the store answers.
 async fn load_code_key(app: Arc<app::App>, stop: CancellationToken) {

@@ -23,20 +23,39 @@ fn main() -> anyhow::Result<()> {
     };
     linkhit::telemetry::init_tracing();
     if let Err(message) = config.validate() {
-        eprintln!("linkhit: invalid configuration: {message}");
-        std::process::exit(2);
+        invalid(&message.to_string());
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
+    // An unusable journal directory would only show during the first outage, as lost clicks: refuse to
+    // start instead.
+    if config.capture
+        && config.role.serves()
+        && let Err(err) = linkhit::click::journal::Journal::probe(&config.journal_dir)
+    {
+        invalid(&format!("LINKHIT_JOURNAL_DIR: {err}"));
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
     if let Some(threads) = config.worker_threads {
-        runtime.worker_threads(threads);
+        builder.worker_threads(threads);
     }
-    runtime.build().context("starting the tokio runtime")?.block_on(async move {
+    let runtime = builder.build().context("starting the tokio runtime")?;
+    let result = runtime.block_on(async move {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         linkhit::run(listener, config, shutdown).await
-    })
+    });
+    // Tasks still blocked on a hung store (background refreshes, abandoned commits) are not waited for:
+    // what they carried is journaled already.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+/// Stops with exit code 2 and a message naming the setting. Writing to a closed stderr is not an error.
+fn invalid(message: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "linkhit: invalid configuration: {message}");
+    std::process::exit(2);
 }
 
 /// `linkhit classify`: one user agent per stdin line → one JSON verdict per stdout line.
@@ -52,9 +71,12 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         let verdict =
             classifier.classify(linkhit::click::classify::Signals { user_agent: Some(&ua), ..Default::default() });
         let json = serde_json::json!({"user_agent": ua, "class": verdict.class, "reason": &*verdict.reason});
-        writeln!(out, "{json}")?;
+        if writeln!(out, "{json}").is_err() {
+            // The reader went away (`| head`): stop quietly.
+            return Ok(());
+        }
     }
-    out.flush()?;
+    let _ = out.flush();
     Ok(())
 }
 
@@ -67,14 +89,17 @@ async fn watch_signals(shutdown: CancellationToken) {
             tracing::error!("could not install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
-        }
+        // Shutdown starts before anything is logged about it: logging must never be able to stop it.
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        shutdown.cancel();
+        tracing::info!(signal = which, "shutting down");
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }

@@ -44,10 +44,35 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("LINKHIT_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    // `log_internal_errors(false)`: by default a failed write makes the subscriber report it with
+    // `eprintln!`, which panics when stderr is closed (a log shipper that died, `| head`), taking the
+    // logging task with it. Lost log lines are counted instead (`linkhit_log_write_errors_total`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .log_internal_errors(false)
+        .with_writer(|| Stderr);
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(true).try_init()
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).try_init()
     };
+}
+
+/// stderr for log lines: a write that fails (closed pipe) is counted and dropped, never an error that
+/// could stop anything.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            metrics::counter!("linkhit_log_write_errors_total").increment(1);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, IPHONE, RedisServer, TestServer, WHATSAPP, client, config, eventually, send, tap};
-use linkhit::click::journal::Journal;
+use linkhit::click::journal::{EntryRef, Journal};
 use linkhit::model::LinkKind;
-use linkhit::model::{Class, ClickRecord};
+use linkhit::model::{Batch, Class, ClickRecord};
 use serde_json::json;
 
 fn journal_segments(dir: &std::path::Path) -> usize {
@@ -149,9 +149,11 @@ async fn a_journal_left_by_a_previous_run_is_replayed_exactly_once() {
     // What a crashed run would have left: 30 human and 12 bot hits in two segments.
     {
         let journal = Journal::open(&journal_dir, 1 << 20).unwrap();
-        journal.append(&vec![record(&code, &workspace, Class::Human); 30]).unwrap();
+        let humans = Batch { id: "crashed-run-1".into(), clicks: vec![record(&code, &workspace, Class::Human); 30] };
+        let bots = Batch { id: "crashed-run-2".into(), clicks: vec![record(&code, &workspace, Class::Bot); 12] };
+        journal.append(&[EntryRef { batch: &humans, attempted_at: None }]).unwrap();
         journal.take_segments().unwrap();
-        journal.append(&vec![record(&code, &workspace, Class::Bot); 12]).unwrap();
+        journal.append(&[EntryRef { batch: &bots, attempted_at: None }]).unwrap();
     }
     assert_eq!(journal_segments(&journal_dir), 2);
 

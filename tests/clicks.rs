@@ -274,7 +274,7 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     );
     let clicks: Vec<_> = events
         .iter()
-        .filter_map(|e| if let Event::Click { click, tally } = e { Some((click, tally)) } else { None })
+        .filter_map(|e| if let Event::Click { click, tally, .. } = e { Some((click, tally)) } else { None })
         .collect();
     assert_eq!(clicks.len(), 2);
     assert_eq!((clicks[0].1.human_hits, clicks[0].1.first_click), (1, true));
@@ -283,7 +283,7 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, Event::OptOut { click } if click.recipient.as_deref() == Some("+12025550100")))
+            .any(|e| matches!(e, Event::OptOut { click, .. } if click.recipient.as_deref() == Some("+12025550100")))
     );
     server.stop().await.unwrap();
 }

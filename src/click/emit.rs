@@ -1,25 +1,46 @@
 //! Stage 6: hand counted human clicks and opt-outs to whoever delivers them (the webhook outbox).
 //!
-//! Bot hits never reach this stage.
+//! Bot hits never reach this stage. Event ids are derived from the batch id and the hit's place in it,
+//! so a batch counted again after a crash (the store answers what it answered the first time) yields
+//! the same events with the same ids, and a receiver deduplicating by `webhook-id` sees each once.
 
 use std::sync::Mutex;
 
-use crate::model::{ClickRecord, ClickTally};
+use crate::model::{Batch, ClickRecord, ClickTally, LinkKind};
 
 /// An event worth telling the customer about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A human hit on a redirect link.
-    Click { click: ClickRecord, tally: ClickTally },
+    Click { id: String, click: ClickRecord, tally: ClickTally },
     /// A human opted out through an opt-out link.
-    OptOut { click: ClickRecord },
+    OptOut { id: String, click: ClickRecord },
 }
 
-/// Receives events after they were counted. The committer awaits `emit`, so a slow sink slows
-/// counting (and capture spills to the journal) rather than losing events.
+impl Event {
+    pub fn id(&self) -> &str {
+        match self {
+            Event::Click { id, .. } | Event::OptOut { id, .. } => id,
+        }
+    }
+
+    pub fn click(&self) -> &ClickRecord {
+        match self {
+            Event::Click { click, .. } | Event::OptOut { click, .. } => click,
+        }
+    }
+}
+
+/// The sink could not take the events; the pipeline keeps the batch (journal) and tries again later.
+#[derive(Debug, thiserror::Error)]
+#[error("events not accepted: {0}")]
+pub struct EmitError(pub String);
+
+/// Receives events after they were counted. The committer awaits `emit`: a batch is finished only when
+/// its events are accepted (durably, for the Redis outbox).
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    async fn emit(&self, events: Vec<Event>);
+    async fn emit(&self, events: Vec<Event>) -> Result<(), EmitError>;
 }
 
 /// Drops events (capture without webhooks, benchmarks).
@@ -27,7 +48,9 @@ pub struct Discard;
 
 #[async_trait::async_trait]
 impl EventSink for Discard {
-    async fn emit(&self, _events: Vec<Event>) {}
+    async fn emit(&self, _events: Vec<Event>) -> Result<(), EmitError> {
+        Ok(())
+    }
 }
 
 /// Keeps events in memory; for tests.
@@ -36,21 +59,48 @@ pub struct Collect(pub Mutex<Vec<Event>>);
 
 #[async_trait::async_trait]
 impl EventSink for Collect {
-    async fn emit(&self, events: Vec<Event>) {
+    async fn emit(&self, events: Vec<Event>) -> Result<(), EmitError> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(events);
+        Ok(())
     }
 }
 
+/// The namespace of event ids (UUID v5 of `<batch id>/<index>`).
+const EVENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c69_6e6b_6869_7400_8000_0000_0000_0001);
+
+/// The id of the event of hit `index` of batch `batch_id`: the same on every replay of the batch.
+pub fn event_id(batch_id: &str, index: usize) -> String {
+    uuid::Uuid::new_v5(&EVENT_NAMESPACE, format!("{batch_id}/{index}").as_bytes()).to_string()
+}
+
 /// Turns a counted batch into events: human clicks on redirect links, and new opt-outs.
-pub fn events(clicks: &[ClickRecord], tallies: &[ClickTally]) -> Vec<Event> {
-    clicks
+pub fn events(batch: &Batch, tallies: &[ClickTally]) -> Vec<Event> {
+    batch
+        .clicks
         .iter()
         .zip(tallies)
-        .filter(|(click, _)| click.is_human())
-        .filter_map(|(click, tally)| match click.kind {
-            crate::model::LinkKind::Redirect => Some(Event::Click { click: click.clone(), tally: *tally }),
-            crate::model::LinkKind::OptOut if tally.opted_out => Some(Event::OptOut { click: click.clone() }),
-            crate::model::LinkKind::OptOut => None,
+        .enumerate()
+        .filter(|(_, (click, _))| click.is_human())
+        .filter_map(|(i, (click, tally))| {
+            let id = event_id(&batch.id, i);
+            match click.kind {
+                LinkKind::Redirect => Some(Event::Click { id, click: click.clone(), tally: *tally }),
+                LinkKind::OptOut if tally.opted_out => Some(Event::OptOut { id, click: click.clone() }),
+                LinkKind::OptOut => None,
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_per_batch_and_position() {
+        assert_eq!(event_id("run-1", 0), event_id("run-1", 0));
+        assert_ne!(event_id("run-1", 0), event_id("run-1", 1));
+        assert_ne!(event_id("run-1", 0), event_id("run-2", 0));
+        assert_eq!(uuid::Uuid::parse_str(&event_id("run-1", 0)).unwrap().get_version_num(), 5);
+    }
 }

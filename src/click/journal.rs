@@ -1,52 +1,138 @@
-//! The spill journal: classified clicks that could not be counted yet (the store is down and the
-//! in-memory commit queue is full), written as JSON lines to segment files in a directory, replayed
-//! after the store recovers and at start-up.
+//! The click journal: batches that are not counted yet, on disk, so that a Redis outage, a slow commit,
+//! a shutdown or a crash neither loses nor double-counts them.
 //!
-//! Guarantees: a segment is deleted only after every click in it was counted; clicks of a segment whose
-//! replay failed part-way are written back to a new segment before the old one is deleted, so a replay
-//! counts each click once. (A crash *during* a replay can count the batches replayed before the crash
-//! twice: the store's counters have no per-click idempotency key.) A torn last line, left by a crash
-//! mid-append, is skipped and counted as `linkhit_journal_corrupt_lines_total`.
+//! Layout of the directory (`LINKHIT_JOURNAL_DIR`):
+//! - `batches-<unix ms>-<seq>.jsonl`: segments, one [`Entry`] per line (a batch, and when its counting
+//!   was first attempted, if ever). Appends go to the active segment; replay takes closed segments.
+//! - `<segment>.state`: what replay did with a segment's batches: `A <batch id> <unix ms>` before an
+//!   attempt to count one, `D <batch id>` once it is counted and its events are queued. Appended and
+//!   fsynced line by line, so a crash in the middle of a replay leaves an exact record.
+//! - `clicks-*.jsonl` from earlier versions (one click per line) are read as batches with ids derived
+//!   from the file name and line, so their replay is idempotent too.
+//! - `.lock`: held (`flock`) by the one process using the directory.
+//!
+//! Why this cannot count twice: a batch is counted idempotently by its id (`Store::record_batch`): the
+//! store keeps a guard per batch until the batch is released, which happens only after its `D` marker
+//! is on disk (or, for batches that never reached the journal, after counting and queueing its events).
+//! A batch whose counting was attempted (an `attempted_at` in its entry or an `A` marker) is *in doubt*:
+//! only the store's guard knows whether it counted, so it is replayed only while its guard can still
+//! exist (`LINKHIT_COMMIT_GUARD_TTL` after the attempt); past that it is dropped with
+//! `linkhit_hits_dropped_total{stage="in_doubt_expired"}` and a log line rather than risk a second count.
+//!
+//! Appends are all-or-nothing: a batch that would pass the size limit is refused whole, and a write that
+//! fails part-way (a full disk) is cut back to the previous length, so no half line stays behind.
 //!
 //! Blocking file I/O: callers run these methods on `spawn_blocking` threads, never on the hot path.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::model::ClickRecord;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Batch, ClickRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal is full ({limit} bytes)")]
     Full { limit: u64 },
+    #[error("journal directory {} cannot be used: {source}", dir.display())]
+    Unusable { dir: PathBuf, source: std::io::Error },
+    #[error("journal directory {} is used by another linkhit process", dir.display())]
+    Locked { dir: PathBuf },
     #[error("journal I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// One journaled batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub batch: Batch,
+    /// When counting it was first attempted (`None`: never; counting it cannot count twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted_at: Option<DateTime<Utc>>,
+}
+
+/// One batch to journal, borrowed (serializes as an [`Entry`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EntryRef<'a> {
+    pub batch: &'a Batch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempted_at: Option<DateTime<Utc>>,
+}
+
+/// A segment as read for replay.
+#[derive(Debug, Default)]
+pub struct Segment {
+    pub entries: Vec<Entry>,
+    /// Batches already counted (`D` markers).
+    pub done: HashSet<String>,
+    /// Latest replay attempt per batch (`A` markers).
+    pub attempted: HashMap<String, DateTime<Utc>>,
+}
+
+/// Hits per legacy batch when reading `clicks-*.jsonl` segments of earlier versions.
+const LEGACY_BATCH: usize = 1000;
 
 pub struct Journal {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
     seq: AtomicU64,
+    /// Held for the life of the journal: one process per directory.
+    _lock: File,
 }
 
 struct State {
-    /// The segment currently appended to.
-    active: Option<(PathBuf, File)>,
+    /// The segment currently appended to, and its length.
+    active: Option<(PathBuf, File, u64)>,
     /// Bytes in all segments of the directory.
     bytes: u64,
 }
 
 impl Journal {
-    /// Opens (creating) the journal directory and accounts for segments left by a previous run.
+    /// Checks that `dir` can hold a journal: creates it and writes, syncs and removes a probe file.
+    /// Start-up calls this before anything else so that an unusable directory stops the process instead
+    /// of dropping clicks during the first outage.
+    pub fn probe(dir: &Path) -> Result<(), JournalError> {
+        let unusable = |source| JournalError::Unusable { dir: dir.to_owned(), source };
+        fs::create_dir_all(dir).map_err(unusable)?;
+        let probe = dir.join(format!(".probe-{}", std::process::id()));
+        let written = File::create(&probe).and_then(|mut f| {
+            f.write_all(b"probe\n")?;
+            f.sync_all()
+        });
+        let removed = fs::remove_file(&probe);
+        written.map_err(unusable)?;
+        removed.map_err(unusable)?;
+        Ok(())
+    }
+
+    /// Opens (creating) the journal directory, takes its lock, and accounts for segments left by a
+    /// previous run.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, JournalError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
-        let journal =
-            Self { dir, max_bytes, state: Mutex::new(State { active: None, bytes: 0 }), seq: AtomicU64::new(0) };
+        Self::probe(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))
+            .map_err(|source| JournalError::Unusable { dir: dir.clone(), source })?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::Locked { dir });
+        }
+        let journal = Self {
+            dir,
+            max_bytes,
+            state: Mutex::new(State { active: None, bytes: 0 }),
+            seq: AtomicU64::new(0),
+            _lock: lock,
+        };
         let bytes = journal.segments()?.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
         journal.lock().bytes = bytes;
         metrics::gauge!("linkhit_journal_bytes").set(bytes as f64);
@@ -61,12 +147,11 @@ impl Journal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends clicks to the active segment and syncs it to disk. All or nothing: a batch that would
-    /// exceed the size limit is refused whole.
-    pub fn append(&self, clicks: &[ClickRecord]) -> Result<(), JournalError> {
-        let mut buf = Vec::with_capacity(clicks.len() * 256);
-        for click in clicks {
-            serde_json::to_writer(&mut buf, click).map_err(std::io::Error::other)?;
+    /// Appends entries to the active segment and syncs it to disk. All or nothing.
+    pub fn append(&self, entries: &[EntryRef<'_>]) -> Result<(), JournalError> {
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.batch.clicks.len() * 256 + 64).sum());
+        for entry in entries {
+            serde_json::to_writer(&mut buf, entry).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
         let mut state = self.lock();
@@ -75,19 +160,28 @@ impl Journal {
         }
         if state.active.is_none() {
             let path = self.dir.join(format!(
-                "clicks-{}-{:06}.jsonl",
-                chrono::Utc::now().timestamp_millis(),
+                "batches-{}-{:06}.jsonl",
+                Utc::now().timestamp_millis(),
                 self.seq.fetch_add(1, Ordering::Relaxed)
             ));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            state.active = Some((path, file));
+            state.active = Some((path, file, 0));
         }
-        let (_, file) = state.active.as_mut().expect("just opened");
-        file.write_all(&buf)?;
-        file.sync_data()?;
+        let (_, file, len) = state.active.as_mut().expect("just opened");
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        if let Err(err) = written {
+            // Cut a partial write back so the next append starts on a line of its own; a segment that
+            // cannot even be cut back is closed (a new one is tried next time).
+            if file.set_len(*len).and_then(|()| file.sync_data()).is_err() {
+                state.active = None;
+            }
+            return Err(err.into());
+        }
+        *len += buf.len() as u64;
         state.bytes += buf.len() as u64;
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
-        metrics::counter!("linkhit_journal_spilled_total").increment(clicks.len() as u64);
+        let hits: usize = entries.iter().map(|e| e.batch.clicks.len()).sum();
+        metrics::counter!("linkhit_journal_spilled_total").increment(hits as u64);
         Ok(())
     }
 
@@ -108,33 +202,92 @@ impl Journal {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
             .collect();
+        // Legacy `clicks-` segments sort before `batches-` ones: they are older.
         segments.sort();
         Ok(segments)
     }
 
-    /// Reads a segment. Unparsable lines (a torn write) are skipped and counted.
-    pub fn read(path: &Path) -> Result<Vec<ClickRecord>, JournalError> {
-        let mut clicks = Vec::new();
-        for line in BufReader::new(File::open(path)?).lines() {
+    fn state_path(segment: &Path) -> PathBuf {
+        let mut name = segment.as_os_str().to_owned();
+        name.push(".state");
+        PathBuf::from(name)
+    }
+
+    /// Reads a segment and its replay state. Unparsable lines (a torn write of a crashed process) are
+    /// skipped and counted.
+    pub fn read(path: &Path) -> Result<Segment, JournalError> {
+        let legacy = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("clicks-"));
+        let mut segment = Segment::default();
+        let mut legacy_clicks: Vec<(usize, ClickRecord)> = Vec::new();
+        for (n, line) in BufReader::new(File::open(path)?).lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str(&line) {
-                Ok(click) => clicks.push(click),
-                Err(err) => {
-                    metrics::counter!("linkhit_journal_corrupt_lines_total").increment(1);
-                    tracing::warn!(path = %path.display(), error = %err, "skipping a corrupt journal line");
+            let parsed = if legacy {
+                serde_json::from_str::<ClickRecord>(&line).map(|c| legacy_clicks.push((n, c)))
+            } else {
+                serde_json::from_str::<Entry>(&line).map(|e| segment.entries.push(e))
+            };
+            if let Err(err) = parsed {
+                metrics::counter!("linkhit_journal_corrupt_lines_total").increment(1);
+                tracing::warn!(path = %path.display(), line = n + 1, error = %err, "skipping a corrupt journal line");
+            }
+        }
+        if legacy {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            for chunk in legacy_clicks.chunks(LEGACY_BATCH) {
+                let id = format!("legacy:{name}:{}", chunk[0].0);
+                // Earlier versions could have counted these before a crash: they count as attempted
+                // at the segment's creation time only if a replay marker says so (below).
+                let clicks = chunk.iter().map(|(_, c)| c.clone()).collect();
+                segment.entries.push(Entry { batch: Batch { id, clicks }, attempted_at: None });
+            }
+        }
+        let state = Self::state_path(path);
+        if state.exists() {
+            for line in BufReader::new(File::open(&state)?).lines() {
+                let line = line?;
+                let mut parts = line.split(' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("D"), Some(id), None) => {
+                        segment.done.insert(id.to_owned());
+                    }
+                    (Some("A"), Some(id), Some(ms)) => {
+                        if let Some(at) = ms.parse().ok().and_then(DateTime::from_timestamp_millis) {
+                            segment.attempted.insert(id.to_owned(), at);
+                        }
+                    }
+                    // A torn last marker: the attempt it announced is covered by the guard anyway.
+                    _ => {}
                 }
             }
         }
-        Ok(clicks)
+        Ok(segment)
     }
 
-    /// Deletes a replayed segment.
+    /// Records, durably, that replay is about to try to count `batch_id` of `segment`.
+    pub fn mark_attempt(&self, segment: &Path, batch_id: &str, at: DateTime<Utc>) -> Result<(), JournalError> {
+        self.mark(segment, &format!("A {batch_id} {}\n", at.timestamp_millis()))
+    }
+
+    /// Records, durably, that `batch_id` of `segment` is counted and its events are queued.
+    pub fn mark_done(&self, segment: &Path, batch_id: &str) -> Result<(), JournalError> {
+        self.mark(segment, &format!("D {batch_id}\n"))
+    }
+
+    fn mark(&self, segment: &Path, line: &str) -> Result<(), JournalError> {
+        let mut file = OpenOptions::new().create(true).append(true).open(Self::state_path(segment))?;
+        file.write_all(line.as_bytes())?;
+        file.sync_data()?;
+        Ok(())
+    }
+
+    /// Deletes a replayed segment and its state.
     pub fn remove(&self, path: &Path) -> Result<(), JournalError> {
         let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(path)?;
+        let _ = fs::remove_file(Self::state_path(path));
         let mut state = self.lock();
         state.bytes = state.bytes.saturating_sub(len);
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
@@ -145,8 +298,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Class;
-    use crate::model::LinkKind;
+    use crate::model::{Class, LinkKind};
 
     fn click(code: &str) -> ClickRecord {
         ClickRecord {
@@ -155,7 +307,7 @@ mod tests {
             broadcast_id: None,
             recipient: None,
             kind: LinkKind::Redirect,
-            at: chrono::Utc::now(),
+            at: Utc::now(),
             class: Class::Human,
             reason: "browser:Safari".into(),
             method: "GET".into(),
@@ -164,30 +316,50 @@ mod tests {
         }
     }
 
+    fn batch(id: &str, codes: &[&str]) -> Batch {
+        Batch { id: id.into(), clicks: codes.iter().map(|c| click(c)).collect() }
+    }
+
+    fn entry(b: &Batch) -> EntryRef<'_> {
+        EntryRef { batch: b, attempted_at: None }
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("linkhit-journal-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
 
+    fn ids(segment: &Segment) -> Vec<&str> {
+        segment.entries.iter().map(|e| e.batch.id.as_str()).collect()
+    }
+
     #[test]
-    fn append_take_read_remove() {
+    fn append_take_read_mark_remove() {
         let dir = temp_dir("basic");
         let journal = Journal::open(&dir, 1 << 20).unwrap();
         assert!(journal.is_empty());
-        journal.append(&[click("a"), click("b")]).unwrap();
-        journal.append(&[click("c")]).unwrap();
-        assert!(!journal.is_empty());
+        journal.append(&[entry(&batch("b1", &["a", "b"]))]).unwrap();
+        journal.append(&[entry(&batch("b2", &["c"]))]).unwrap();
         let segments = journal.take_segments().unwrap();
         assert_eq!(segments.len(), 1);
         let read = Journal::read(&segments[0]).unwrap();
-        assert_eq!(read.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(ids(&read), ["b1", "b2"]);
+        assert_eq!(read.entries[0].batch.clicks.len(), 2);
+        // Replay state survives a re-read.
+        let now = Utc::now();
+        journal.mark_attempt(&segments[0], "b1", now).unwrap();
+        journal.mark_done(&segments[0], "b1").unwrap();
+        let read = Journal::read(&segments[0]).unwrap();
+        assert!(read.done.contains("b1") && !read.done.contains("b2"));
+        assert_eq!(read.attempted.get("b1").map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
         // Appends after a take go to a new segment.
-        journal.append(&[click("d")]).unwrap();
+        journal.append(&[entry(&batch("b3", &["d"]))]).unwrap();
         journal.remove(&segments[0]).unwrap();
+        assert!(!Journal::state_path(&segments[0]).exists());
         let rest = journal.take_segments().unwrap();
         assert_eq!(rest.len(), 1);
-        assert_eq!(Journal::read(&rest[0]).unwrap()[0].code, "d");
+        assert_eq!(ids(&Journal::read(&rest[0]).unwrap()), ["b3"]);
         // A reopened journal sees what is left.
         drop(journal);
         let reopened = Journal::open(&dir, 1 << 20).unwrap();
@@ -196,24 +368,52 @@ mod tests {
     }
 
     #[test]
-    fn size_limit_refuses_whole_batches() {
-        let dir = temp_dir("limit");
-        let journal = Journal::open(&dir, 600).unwrap();
-        journal.append(&[click("a")]).unwrap();
-        assert!(matches!(journal.append(&[click("b"), click("c"), click("d")]), Err(JournalError::Full { .. })));
+    fn one_process_per_directory() {
+        let dir = temp_dir("lock");
+        let first = Journal::open(&dir, 1 << 20).unwrap();
+        assert!(matches!(Journal::open(&dir, 1 << 20), Err(JournalError::Locked { .. })));
+        drop(first);
+        assert!(Journal::open(&dir, 1 << 20).is_ok(), "the lock dies with its holder");
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn torn_lines_are_skipped() {
+    fn an_unusable_directory_is_refused_at_open() {
+        let dir = temp_dir("unusable");
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        fs::write(&dir, b"a file where the directory should be").unwrap();
+        let err = Journal::open(dir.join("journal"), 1 << 20).err().expect("refused");
+        assert!(matches!(err, JournalError::Unusable { .. }), "{err}");
+        fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn size_limit_refuses_whole_batches() {
+        let dir = temp_dir("limit");
+        let journal = Journal::open(&dir, 700).unwrap();
+        journal.append(&[entry(&batch("b1", &["a"]))]).unwrap();
+        assert!(matches!(journal.append(&[entry(&batch("b2", &["b", "c", "d"]))]), Err(JournalError::Full { .. })));
+        let segment = journal.take_segments().unwrap().remove(0);
+        assert_eq!(ids(&Journal::read(&segment).unwrap()), ["b1"], "nothing of the refused batch was written");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_lines_are_skipped_and_legacy_segments_read_as_batches() {
         let dir = temp_dir("torn");
         let journal = Journal::open(&dir, 1 << 20).unwrap();
-        journal.append(&[click("a")]).unwrap();
+        journal.append(&[entry(&batch("b1", &["a"]))]).unwrap();
         let segment = journal.take_segments().unwrap().remove(0);
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
-        f.write_all(b"{\"code\":\"b\",\"work").unwrap();
-        let read = Journal::read(&segment).unwrap();
-        assert_eq!(read.len(), 1);
+        f.write_all(b"{\"batch\":{\"id\":\"b2\",\"cli").unwrap();
+        assert_eq!(ids(&Journal::read(&segment).unwrap()), ["b1"]);
+        let legacy = dir.join("clicks-1-000000.jsonl");
+        let lines: String = ["x", "y"].iter().map(|c| serde_json::to_string(&click(c)).unwrap() + "\n").collect();
+        fs::write(&legacy, lines).unwrap();
+        let read = Journal::read(&legacy).unwrap();
+        assert_eq!(ids(&read), ["legacy:clicks-1-000000.jsonl:0"]);
+        assert_eq!(read.entries[0].batch.clicks.len(), 2);
+        assert_eq!(ids(&Journal::read(&legacy).unwrap()), ids(&read), "legacy ids are stable across reads");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

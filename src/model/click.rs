@@ -101,6 +101,15 @@ struct RecentClickRef<'a> {
     ip: Option<&'a str>,
 }
 
+/// Classified hits counted as one unit. The id makes counting idempotent: a store that already applied
+/// the batch `id` applies nothing the second time and answers what it answered the first time
+/// (`Store::record_batch`). Ids are unique per process run (`<run id>-<sequence>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub id: String,
+    pub clicks: Vec<ClickRecord>,
+}
+
 /// What counting one click told us, for the webhook payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClickTally {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Invalidation, Store, StoreError};
 use crate::counting;
 use crate::model::{
-    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
     WebhookSettings, Workspace,
 };
 
@@ -35,8 +35,13 @@ pub struct MemoryStore {
     webhook_logs: DashMap<String, VecDeque<DeliveryLog>>,
 }
 
+/// Batches counted and not released yet, remembered for idempotency.
+const MAX_UNRELEASED_BATCHES: usize = 4096;
+
 #[derive(Default)]
 struct ClickState {
+    /// Tallies of counted, unreleased batches by id.
+    applied: HashMap<String, Vec<ClickTally>>,
     links: HashMap<String, LinkAgg>,
     broadcasts: HashMap<(String, String), BroadcastAgg>,
     /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
@@ -150,8 +155,14 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError> {
+    async fn record_batch(&self, batch: &Batch, recent: usize) -> Result<Vec<ClickTally>, StoreError> {
         let mut state = self.click_state();
+        // The same guarantee as Redis: a batch counted before changes nothing and answers as it did.
+        if let Some(tallies) = state.applied.get(&batch.id) {
+            metrics::counter!("linkhit_batches_deduplicated_total").increment(1);
+            return Ok(tallies.clone());
+        }
+        let clicks = &batch.clicks;
         let mut first_in_broadcast = vec![false; clicks.len()];
         let mut opted_out = vec![false; clicks.len()];
         for (i, click) in clicks.iter().enumerate() {
@@ -203,7 +214,19 @@ impl Store for MemoryStore {
             .iter()
             .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
             .collect();
-        Ok(counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
+        let tallies = counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out);
+        if state.applied.len() >= MAX_UNRELEASED_BATCHES {
+            // Only batches whose pipeline stopped before releasing them are left here; nothing can
+            // count them again in this process's lifetime except a journal replay, which the journal's
+            // own done markers cover.
+            state.applied.clear();
+        }
+        state.applied.insert(batch.id.clone(), tallies.clone());
+        Ok(tallies)
+    }
+
+    fn release_batch(&self, batch: &Batch) {
+        self.click_state().applied.remove(&batch.id);
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    ApiKeyRecord, Batch, BroadcastStats, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
     WebhookSettings, Workspace,
 };
 
@@ -83,7 +83,16 @@ pub trait Store: Send + Sync + 'static {
     /// Counts a batch of classified hits: per-link and per-broadcast counters, unique recipients, the
     /// capped list of recent clicks per link (`recent` newest kept), and opt-outs (human hits on opt-out
     /// links with a recipient). Returns one tally per click, in order.
-    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError>;
+    ///
+    /// Idempotent by `batch.id`: counting a batch that was counted before changes nothing and returns
+    /// the tallies of the first time, until the batch is released (or its guard expires). Atomic per
+    /// slot: each part of the store (a Redis Cluster slot; all of it elsewhere) applies its share of the
+    /// batch in full or not at all, so a failed call may be repeated safely.
+    async fn record_batch(&self, batch: &Batch, recent: usize) -> Result<Vec<ClickTally>, StoreError>;
+
+    /// Forgets what made `batch` idempotent: it is counted and its events are queued, so it will never be
+    /// counted again. Never waits; the work may ride on a later call.
+    fn release_batch(&self, batch: &Batch);
 
     /// Counters of a link (zeros if it was never hit).
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError>;
@@ -142,7 +151,10 @@ pub fn open(config: &crate::config::Config) -> Result<SharedStore, StoreError> {
             );
             Ok(Arc::new(memory::MemoryStore::default()))
         }
-        Some(url) => Ok(Arc::new(redis::RedisStore::open(url, &config.redis_prefix, config.redis_timeout)?)),
+        Some(url) => Ok(Arc::new(
+            redis::RedisStore::open(url, &config.redis_prefix, config.redis_timeout)?
+                .with_guard_ttl(config.commit_guard_ttl),
+        )),
     }
 }
 

@@ -2,10 +2,10 @@
 //!
 //! For each event: does the workspace want it (channel URL set and enabled; `unique_clicks_only`
 //! keeps only the first human hit of a broadcast recipient — links without a broadcast always
-//! deliver)? If so, render the payload in the workspace's format, give it an event id, and push the
-//! job to the queue. Store or queue errors are retried for a few seconds (the pipeline's committer
-//! waits meanwhile, so capture spills to the journal instead of piling up), then the event is dropped
-//! with `linkhit_webhook_events_total{outcome="dropped"}` and an error log line.
+//! deliver)? If so, render the payload in the workspace's format under the event's id (derived from its
+//! batch, so a replayed batch renders the same ids), and push the job to the queue. Store or queue errors
+//! are retried for a few seconds, then `emit` fails: the pipeline keeps the batch unfinished (journaled)
+//! and emits it again later. No event is dropped here.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +18,7 @@ use super::payload::{self, Facts};
 use super::queue::Queue;
 use super::settings_cache::SettingsCache;
 use crate::backoff::Backoff;
-use crate::click::emit::{Event, EventSink};
+use crate::click::emit::{EmitError, Event, EventSink};
 use crate::model::{EventKind, Job};
 use crate::model::{Link, rfc3339};
 use crate::store::SharedStore;
@@ -43,13 +43,8 @@ impl Outbox {
 
     /// Loads, in one round trip, the links of `events` not cached yet.
     async fn prefetch_links(&self, events: &[Event]) {
-        let mut missing: Vec<&str> = events
-            .iter()
-            .map(|e| match e {
-                Event::Click { click, .. } | Event::OptOut { click } => click.code.as_str(),
-            })
-            .filter(|code| self.cached_link(code).is_none())
-            .collect();
+        let mut missing: Vec<&str> =
+            events.iter().map(|e| e.click().code.as_str()).filter(|code| self.cached_link(code).is_none()).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
@@ -68,8 +63,8 @@ impl Outbox {
     /// Turns one event into a job, or `None` when the workspace does not want it.
     async fn job(&self, event: &Event) -> Result<Option<Job>, String> {
         let (kind, click, tally) = match event {
-            Event::Click { click, tally } => (EventKind::Click, click, Some(tally)),
-            Event::OptOut { click } => (EventKind::OptOut, click, None),
+            Event::Click { click, tally, .. } => (EventKind::Click, click, Some(tally)),
+            Event::OptOut { click, .. } => (EventKind::OptOut, click, None),
         };
         let settings = patiently(|| self.settings.get(&click.workspace_id)).await.map_err(|e| e.to_string())?;
         if settings.url_for(kind).is_none() {
@@ -83,7 +78,7 @@ impl Outbox {
             return Ok(None);
         }
         let link = self.cached_link(&click.code);
-        let event_id = uuid::Uuid::new_v4().to_string();
+        let event_id = event.id().to_owned();
         let occurred_at = rfc3339(click.at);
         let short_url = format!("{}/{}", self.base_url, click.code);
         let facts = Facts {
@@ -117,32 +112,35 @@ impl Outbox {
 
 #[async_trait]
 impl EventSink for Outbox {
-    async fn emit(&self, events: Vec<Event>) {
+    async fn emit(&self, events: Vec<Event>) -> Result<(), EmitError> {
         let mut jobs = Vec::with_capacity(events.len());
         self.prefetch_links(&events).await;
+        let mut skipped = 0;
         for event in &events {
             match self.job(event).await {
-                Ok(Some(job)) => {
-                    metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => "queued").increment(1);
-                    jobs.push(job);
-                }
-                Ok(None) => metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped")
-                    .increment(1),
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => skipped += 1,
                 Err(err) => {
-                    metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped")
-                        .increment(1);
-                    tracing::error!(error = %err, "dropping a webhook event: its settings could not be read");
+                    // The batch stays unfinished and is tried again (from the journal): no event is
+                    // dropped because a settings read failed.
+                    return Err(EmitError(format!("webhook settings could not be read: {err}")));
                 }
             }
         }
-        if jobs.is_empty() {
-            return;
+        if !jobs.is_empty() {
+            patiently(|| self.queue.push(&jobs))
+                .await
+                .map_err(|err| EmitError(format!("the webhook outbox is unreachable: {err}")))?;
         }
-        if let Err(err) = patiently(|| self.queue.push(&jobs)).await {
-            metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "dropped")
-                .increment(jobs.len() as u64);
-            tracing::error!(error = %err, events = jobs.len(), "dropping webhook events: the outbox is unreachable");
+        for job in &jobs {
+            metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => "queued")
+                .increment(1);
         }
+        if skipped > 0 {
+            metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped")
+                .increment(skipped);
+        }
+        Ok(())
     }
 }
 

@@ -1,222 +1,354 @@
-//! Counting a batch of classified hits in Redis: the grouping comes from `crate::counting`, this file
-//! builds the commands and scripts for it and reads their replies.
+//! Counting a batch of classified hits in Redis, idempotently and atomically per slot.
+//!
+//! The batch is grouped by `crate::counting`, turned into operations (one per link, per broadcast and per
+//! possible opt-out) and run by one Lua script per *slot*: on a single node the whole batch is one
+//! script call; on a cluster the operations are split by the slot of their hash tag and each slot's
+//! share is one call. Each call first checks the slot's guard key for the batch id
+//! (`P:guard:{TAG}:BATCH`): if present, the call changes nothing and answers the stored reply; if not,
+//! it applies every operation and stores its reply under the guard. So:
+//!
+//! - a retry after a timeout, a journal replay, a second instance replaying, or a replay interrupted by a
+//!   crash changes nothing that was applied before (and learns what it told the first time);
+//! - a slot applies its share in full or not at all: a script runs atomically, and the `#!lua` shebang
+//!   makes Redis refuse the whole call up front when it is out of memory (`maxmemory` with
+//!   `noeviction`), instead of failing at the first write half-way through;
+//! - when one cluster node fails mid-batch, the slots that answered are guarded and the retry applies
+//!   only the rest.
+//!
+//! Guards are deleted when the pipeline releases the batch (counted and its events queued; the
+//! `UNLINK`s ride on the next batch's pipeline) and otherwise expire after `LINKHIT_COMMIT_GUARD_TTL`.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Value;
+use redis::cluster_routing::Slot;
 
 use super::RedisStore;
 use crate::counting;
-use crate::model::{Class, ClickRecord, ClickTally};
+use crate::model::{Batch, Class, ClickRecord, ClickTally};
 use crate::redis_conn::hash_tag;
 use crate::store::StoreError;
 
-/// Deadline of one click-counting pipeline. Long on purpose: a retry after a timeout could count a batch
-/// twice if Redis executed it late (a hung Redis executes queued commands when it resumes), so the
-/// committer waits rather than retries; the capture side spills to the journal meanwhile.
+/// Deadline of one counting call. Long enough for a big batch on a busy Redis; the pipeline does not
+/// wait this long on the hot side: it journals a batch whose commit is slow (`click::pipeline`).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts one link's hits of a batch that holds human hits of it. KEYS: counters hash, recent list.
-/// ARGV: human hits, bot hits, earliest and latest human click (unix ms), recent cap, then the recent
-/// clicks' JSON oldest first. Returns the link's human hits after the batch.
+/// Applies one slot's share of a batch. KEYS[1]: the guard; KEYS[2..]: the keys the operations name by
+/// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
-/// A batch with only bot hits of a link needs none of this: it is counted with plain commands
-/// (`HINCRBY bot_hits`, `LPUSH`), which cost Redis a fraction of a script call. `hits` is not stored per
-/// link: it is `human_hits + bot_hits` (links counted by earlier versions hold it too, always equal).
-const LINK_SCRIPT: &str = r"
-local after = redis.call('HINCRBY', KEYS[1], 'human_hits', ARGV[1])
-if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[2]) end
-local first = redis.call('HGET', KEYS[1], 'first_click_at')
-if (not first) or tonumber(first) > tonumber(ARGV[3]) then redis.call('HSET', KEYS[1], 'first_click_at', ARGV[3]) end
-local last = redis.call('HGET', KEYS[1], 'last_click_at')
-if (not last) or tonumber(last) < tonumber(ARGV[4]) then redis.call('HSET', KEYS[1], 'last_click_at', ARGV[4]) end
-local cap = tonumber(ARGV[5])
-if cap > 0 and #ARGV > 5 then
-  local n = 0
-  for i = 6, #ARGV do n = redis.call('LPUSH', KEYS[2], ARGV[i]) end
-  if n > cap then redis.call('LTRIM', KEYS[2], 0, cap - 1) end
+/// - `L` counters-key recent-key human bot first-ms last-ms cap k json×k — a link: counters, first and
+///   last human click, the newest `k` recent clicks pushed (oldest first), the list capped; answers the
+///   link's human hits after the batch (0 when the batch has no human hit of it: not read, not needed).
+/// - `B` hash-key uniques-key timeline-key hits human bot r recipient×r p (field n)×p — a broadcast:
+///   counters, the exact unique-recipient set, the per-minute timeline; answers 1/0 per recipient (new
+///   to the set or not), or 0 when `r` is 0.
+/// - `O` key recipient json — a possible opt-out (`HSETNX`); answers 1 if new.
+///
+/// Returns `{0, reply}` after applying, `{1, reply}` when the guard shows the batch was applied before;
+/// `reply` is the JSON array of the operations' answers.
+const APPLY_SCRIPT: &str = r"#!lua
+local stored = redis.call('GET', KEYS[1])
+if stored then return {1, stored} end
+local out = {}
+local i = 2
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'L' then
+    local counters = KEYS[tonumber(ARGV[i + 1])]
+    local recent = KEYS[tonumber(ARGV[i + 2])]
+    local human = tonumber(ARGV[i + 3])
+    local bots = tonumber(ARGV[i + 4])
+    local cap = tonumber(ARGV[i + 7])
+    local k = tonumber(ARGV[i + 8])
+    local after = 0
+    if human > 0 then
+      after = redis.call('HINCRBY', counters, 'human_hits', human)
+      local first = redis.call('HGET', counters, 'first_click_at')
+      if (not first) or tonumber(first) > tonumber(ARGV[i + 5]) then
+        redis.call('HSET', counters, 'first_click_at', ARGV[i + 5])
+      end
+      local last = redis.call('HGET', counters, 'last_click_at')
+      if (not last) or tonumber(last) < tonumber(ARGV[i + 6]) then
+        redis.call('HSET', counters, 'last_click_at', ARGV[i + 6])
+      end
+    end
+    if bots > 0 then redis.call('HINCRBY', counters, 'bot_hits', bots) end
+    local len = 0
+    local s = i + 9
+    local e = i + 8 + k
+    while s <= e do
+      local t = math.min(s + 99, e)
+      len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
+      s = t + 1
+    end
+    if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
+    out[#out + 1] = after
+    i = i + 9 + k
+  elseif op == 'B' then
+    local hash = KEYS[tonumber(ARGV[i + 1])]
+    local uniques = KEYS[tonumber(ARGV[i + 2])]
+    local timeline = KEYS[tonumber(ARGV[i + 3])]
+    redis.call('HINCRBY', hash, 'hits', ARGV[i + 4])
+    if tonumber(ARGV[i + 5]) > 0 then redis.call('HINCRBY', hash, 'human_hits', ARGV[i + 5]) end
+    if tonumber(ARGV[i + 6]) > 0 then redis.call('HINCRBY', hash, 'bot_hits', ARGV[i + 6]) end
+    local r = tonumber(ARGV[i + 7])
+    local added = {}
+    local new = 0
+    for j = i + 8, i + 7 + r do
+      local a = redis.call('SADD', uniques, ARGV[j])
+      added[#added + 1] = a
+      new = new + a
+    end
+    if new > 0 then redis.call('HINCRBY', hash, 'unique_clicks', new) end
+    local p = tonumber(ARGV[i + 8 + r])
+    for j = i + 9 + r, i + 7 + r + 2 * p, 2 do
+      redis.call('HINCRBY', timeline, ARGV[j], ARGV[j + 1])
+    end
+    if r == 0 then out[#out + 1] = 0 else out[#out + 1] = added end
+    i = i + 9 + r + 2 * p
+  elseif op == 'O' then
+    out[#out + 1] = redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  else
+    return redis.error_reply('linkhit: unknown counting operation ' .. tostring(op))
+  end
 end
-return after
+local reply = cjson.encode(out)
+redis.call('SET', KEYS[1], reply, 'PX', ARGV[1])
+return {0, reply}
 ";
 
-/// Counts one broadcast's hits of a batch. KEYS: counters hash, unique-recipients set, per-minute
-/// timeline hash (one hash tag). ARGV: hits, human hits, bot hits, the number R of recipients, the R
-/// recipients of human hits in order, then (timeline field, increment) pairs. Returns, per recipient
-/// argument, 1 if it was new to the set.
-const BROADCAST_SCRIPT: &str = r"
-redis.call('HINCRBY', KEYS[1], 'hits', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'human_hits', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'bot_hits', ARGV[3])
-local r = tonumber(ARGV[4])
-local added = {}
-local new = 0
-for i = 5, 4 + r do
-  local a = redis.call('SADD', KEYS[2], ARGV[i])
-  added[#added + 1] = a
-  new = new + a
-end
-if new > 0 then redis.call('HINCRBY', KEYS[1], 'unique_clicks', new) end
-for i = 5 + r, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-end
-return added
-";
+static APPLY_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(APPLY_SCRIPT).get_hash().to_owned());
 
-/// SHA1 of the scripts, for `EVALSHA`.
-static LINK_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(LINK_SCRIPT).get_hash().to_owned());
-static BROADCAST_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(BROADCAST_SCRIPT).get_hash().to_owned());
+/// What one operation's answer means.
+#[derive(Debug, Clone, Copy)]
+enum Answer<'a> {
+    /// The link's human hits after the batch.
+    Link(&'a str),
+    /// Broadcast group `n` of the batch: per human recipient hit, new to the set or not.
+    Broadcast(usize),
+    /// Click `i` may have recorded an opt-out.
+    OptOut(usize),
+}
 
-/// Counts a batch (see `Store::record_clicks`).
-pub(super) async fn record_clicks(
-    store: &RedisStore,
-    clicks: &[ClickRecord],
-    recent: usize,
-) -> Result<Vec<ClickTally>, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-    let groups = counting::group(clicks);
-    let (links, broadcasts) = (&groups.links, &groups.broadcasts);
-    // On a single node the scripts are loaded at the head of every pipeline (two cheap commands) and
-    // run with `EVALSHA`: safe after a restart or `SCRIPT FLUSH` without retries (a retried pipeline
-    // could count twice), and `EVAL` would make Redis hash the script text once per link, which
-    // halves throughput. A cluster pipeline is split per slot, so there each call carries its script.
-    let cluster = store.pool.is_cluster();
-    let script = |sha: &str, text: &str| {
-        let mut cmd = if cluster { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
-        cmd.arg(if cluster { text } else { sha });
-        cmd
-    };
-    let mut tagged: Vec<(String, redis::Cmd)> = Vec::new();
-    // What each link's commands answer, in `tagged` order.
-    enum LinkReply {
-        /// The script: the link's human hits after the batch.
-        Script,
-        /// `HINCRBY bot_hits`, then `LPUSH` (the list's length) when `true`.
-        Bots(bool),
+/// One script call: a slot's share of the batch.
+struct Call<'a> {
+    /// The hash tag the guard shares (the slot's first operation's).
+    tag: String,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    answers: Vec<Answer<'a>>,
+}
+
+impl Call<'_> {
+    fn key(&mut self, key: String) -> Vec<u8> {
+        self.keys.push(key);
+        // KEYS[1] is the guard, so the first operation key is KEYS[2].
+        (self.keys.len() + 1).to_string().into_bytes()
     }
-    let mut link_replies = Vec::with_capacity(links.len());
-    for (code, members) in links {
+}
+
+fn arg(v: impl ToString) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+/// The script calls of a batch: one on a single node, one per slot on a cluster.
+fn calls<'a>(
+    store: &RedisStore,
+    batch: &'a Batch,
+    groups: &counting::Groups<'a>,
+    recent: usize,
+) -> Result<Vec<Call<'a>>, StoreError> {
+    let clicks = &batch.clicks;
+    let cluster = store.pool.is_cluster();
+    let mut calls: Vec<Call<'a>> = Vec::new();
+    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+    let mut call_for = |tag: &str| -> usize {
+        let slot = if cluster { Slot::for_key(tag) } else { Slot::for_key("") };
+        *by_slot.entry(slot).or_insert_with(|| {
+            calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args: Vec::new(), answers: Vec::new() });
+            calls.len() - 1
+        })
+    };
+    // (call, arguments with blanks for key indexes, the keys to fill them, what the answer means)
+    type Placed<'a> = (usize, Vec<Vec<u8>>, Vec<String>, Answer<'a>);
+    let mut placed: Vec<Placed<'a>> = Vec::new();
+    for (code, members) in &groups.links {
         let human: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.is_human()).collect();
-        let skip = members.len().saturating_sub(recent);
-        let newest = members.iter().skip(skip).map(|&i| clicks[i].recent_json());
-        if human.is_empty() {
-            let mut count = redis::cmd("HINCRBY");
-            count.arg(store.keys.counters(code)).arg("bot_hits").arg(members.len());
-            tagged.push(((*code).to_owned(), count));
-            let listed = recent > 0;
-            if listed {
-                let mut push = redis::cmd("LPUSH");
-                push.arg(store.keys.recent_clicks(code));
-                for json in newest {
-                    push.arg(json);
-                }
-                tagged.push(((*code).to_owned(), push));
-            }
-            link_replies.push(LinkReply::Bots(listed));
-            continue;
-        }
         let first = human.iter().map(|c| c.at.timestamp_millis()).min().unwrap_or(0);
         let last = human.iter().map(|c| c.at.timestamp_millis()).max().unwrap_or(0);
-        let mut cmd = script(&LINK_SHA, LINK_SCRIPT);
-        cmd.arg(2)
-            .arg(store.keys.counters(code))
-            .arg(store.keys.recent_clicks(code))
-            .arg(human.len())
-            .arg(members.len() - human.len())
-            .arg(first)
-            .arg(last)
-            .arg(recent);
-        for json in newest {
-            cmd.arg(json);
-        }
-        tagged.push(((*code).to_owned(), cmd));
-        link_replies.push(LinkReply::Script);
+        let newest: Vec<Vec<u8>> =
+            members.iter().skip(members.len().saturating_sub(recent)).map(|&i| clicks[i].recent_json()).collect();
+        let mut args = vec![
+            b"L".to_vec(),
+            Vec::new(),
+            Vec::new(),
+            arg(human.len()),
+            arg(members.len() - human.len()),
+            arg(first),
+            arg(last),
+            arg(recent),
+            arg(newest.len()),
+        ];
+        args.extend(newest);
+        let keys = vec![store.keys.counters(code), store.keys.recent_clicks(code)];
+        placed.push((call_for(code), args, keys, Answer::Link(code)));
     }
-    for ((workspace, broadcast), members) in broadcasts {
+    for (n, ((workspace, broadcast), members)) in groups.broadcasts.iter().enumerate() {
         let human = members.iter().filter(|&&i| clicks[i].is_human()).count();
         let recipients: Vec<&str> =
             members.iter().filter(|&&i| clicks[i].is_human()).filter_map(|&i| clicks[i].recipient.as_deref()).collect();
-        let key = store.keys.broadcast(workspace, broadcast);
-        let mut cmd = script(&BROADCAST_SHA, BROADCAST_SCRIPT);
-        cmd.arg(3)
-            .arg(&key)
-            .arg(store.keys.broadcast_uniques(workspace, broadcast))
-            .arg(store.keys.timeline(workspace, broadcast))
-            .arg(members.len())
-            .arg(human)
-            .arg(members.len() - human)
-            .arg(recipients.len())
-            .arg(&recipients);
-        for ((minute, class), n) in counting::minute_buckets(members.iter().map(|&i| &clicks[i])) {
-            cmd.arg(format!("{minute}:{}", if class == Class::Human { 'h' } else { 'b' })).arg(n);
+        let hash = store.keys.broadcast(workspace, broadcast);
+        let tag = hash_tag(&hash).to_owned();
+        let mut args = vec![
+            b"B".to_vec(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            arg(members.len()),
+            arg(human),
+            arg(members.len() - human),
+            arg(recipients.len()),
+        ];
+        args.extend(recipients.iter().map(|r| r.as_bytes().to_vec()));
+        let buckets = counting::minute_buckets(members.iter().map(|&i| &clicks[i]));
+        args.push(arg(buckets.len()));
+        for ((minute, class), hits) in buckets {
+            args.push(format!("{minute}:{}", if class == Class::Human { 'h' } else { 'b' }).into_bytes());
+            args.push(arg(hits));
         }
-        tagged.push((hash_tag(&key).to_owned(), cmd));
+        let keys =
+            vec![hash, store.keys.broadcast_uniques(workspace, broadcast), store.keys.timeline(workspace, broadcast)];
+        placed.push((call_for(&tag), args, keys, Answer::Broadcast(n)));
     }
     for &i in &groups.opt_outs {
         let click = &clicks[i];
         let recipient = click.recipient.as_deref().unwrap_or_default();
-        let record = counting::opt_out_of(click, recipient);
+        let record = serde_json::to_vec(&counting::opt_out_of(click, recipient))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let key = store.keys.opt_outs(&click.workspace_id);
-        let mut cmd = redis::cmd("HSETNX");
-        cmd.arg(&key).arg(recipient).arg(serde_json::to_vec(&record).map_err(corrupt)?);
-        tagged.push((hash_tag(&key).to_owned(), cmd));
+        let tag = hash_tag(&key).to_owned();
+        let args = vec![b"O".to_vec(), Vec::new(), recipient.as_bytes().to_vec(), record];
+        placed.push((call_for(&tag), args, vec![key], Answer::OptOut(i)));
     }
-    let mut prelude = [redis::cmd("SCRIPT"), redis::cmd("SCRIPT")];
-    prelude[0].arg("LOAD").arg(LINK_SCRIPT);
-    prelude[1].arg("LOAD").arg(BROADCAST_SCRIPT);
-    let replies = store.spread(COMMIT_TIMEOUT, tagged, &prelude).await?;
-    let mut replies = replies.into_iter();
-    let bad = |what: &str| StoreError::Corrupt(format!("unexpected reply to {what}"));
+    for (c, mut args, keys, answer) in placed {
+        let call = &mut calls[c];
+        for (slot, key) in keys.into_iter().enumerate() {
+            args[slot + 1] = call.key(key);
+        }
+        call.args.extend(args);
+        call.answers.push(answer);
+    }
+    Ok(calls)
+}
 
+/// Counts a batch (see `Store::record_batch`).
+pub(super) async fn record_batch(
+    store: &RedisStore,
+    batch: &Batch,
+    recent: usize,
+) -> Result<Vec<ClickTally>, StoreError> {
+    let clicks = &batch.clicks;
+    let groups = counting::group(clicks);
+    let calls = calls(store, batch, &groups, recent)?;
+    let cluster = store.pool.is_cluster();
+    let guard_ms = store.guard_ttl.as_millis().max(1) as u64;
+    let mut tagged = Vec::with_capacity(calls.len());
+    for call in &calls {
+        // On a single node the script is loaded at the head of the pipeline and run with `EVALSHA`
+        // (no hashing of the script text per call); a cluster pipeline is split per slot, so there each
+        // call carries its script.
+        let mut cmd = if cluster { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
+        cmd.arg(if cluster { APPLY_SCRIPT } else { APPLY_SHA.as_str() })
+            .arg(call.keys.len() + 1)
+            .arg(store.keys.guard(&call.tag, &batch.id))
+            .arg(&call.keys)
+            .arg(guard_ms)
+            .arg(&call.args);
+        tagged.push((call.tag.clone(), cmd));
+    }
+    let mut prelude = Vec::new();
+    let mut released = store.take_released();
+    if cluster {
+        store.unlink_in_background(std::mem::take(&mut released));
+    } else {
+        if !released.is_empty() {
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(&released);
+            prelude.push(unlink);
+        }
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(APPLY_SCRIPT);
+        prelude.push(load);
+    }
+    let replies = match store.spread(COMMIT_TIMEOUT, tagged, &prelude).await {
+        Ok(replies) => replies,
+        Err(err) => {
+            if !cluster {
+                // The pipeline may not have run: keep the guards to release for the next one.
+                store.requeue_released(released);
+            }
+            return Err(err);
+        }
+    };
+    let bad = |what: String| StoreError::Corrupt(format!("unexpected reply to the counting script: {what}"));
     let mut human_after: HashMap<&str, u64> = HashMap::new();
-    // Lists that grew past the cap, trimmed after this pipeline: most links never get `recent`
-    // clicks, so an `LTRIM` with every push would nearly always be wasted work.
-    let mut trims: Vec<(String, redis::Cmd)> = Vec::new();
-    for ((code, _), reply) in links.iter().zip(&link_replies) {
-        match reply {
-            LinkReply::Script => {
-                let after = as_int(replies.next()).ok_or_else(|| bad("the link script"))?;
-                human_after.insert(code, after.max(0) as u64);
-            }
-            LinkReply::Bots(listed) => {
-                as_int(replies.next()).ok_or_else(|| bad("HINCRBY"))?;
-                if *listed && as_int(replies.next()).ok_or_else(|| bad("LPUSH"))? > recent as i64 {
-                    let mut trim = redis::cmd("LTRIM");
-                    trim.arg(store.keys.recent_clicks(code)).arg(0).arg(recent - 1);
-                    trims.push(((*code).to_owned(), trim));
-                }
-            }
-        }
-    }
     let mut first_in_broadcast = vec![false; clicks.len()];
-    for (_, members) in broadcasts {
-        let Some(Value::Array(added)) = replies.next() else {
-            return Err(bad("the broadcast script"));
+    let mut opted_out = vec![false; clicks.len()];
+    let mut duplicate = false;
+    for (call, reply) in calls.iter().zip(replies) {
+        let (seen, answers) = match reply {
+            Value::Array(parts) => match parts.as_slice() {
+                [Value::Int(seen), Value::BulkString(json)] => (*seen == 1, json.clone()),
+                other => return Err(bad(format!("{other:?}"))),
+            },
+            other => return Err(bad(format!("{other:?}"))),
         };
-        let mut added = added.into_iter();
-        for &i in members {
-            if clicks[i].is_human() && clicks[i].recipient.is_some() {
-                first_in_broadcast[i] = as_int(added.next()) == Some(1);
+        duplicate |= seen;
+        let answers: Vec<serde_json::Value> = match serde_json::from_slice(&answers) {
+            Ok(serde_json::Value::Array(a)) => a,
+            // cjson encodes an empty table as `{}`.
+            Ok(serde_json::Value::Object(o)) if o.is_empty() => Vec::new(),
+            _ => return Err(bad(String::from_utf8_lossy(&answers).into_owned())),
+        };
+        if answers.len() != call.answers.len() {
+            return Err(bad(format!("{} answers for {} operations", answers.len(), call.answers.len())));
+        }
+        for (meaning, answer) in call.answers.iter().zip(answers) {
+            match *meaning {
+                Answer::Link(code) => {
+                    human_after.insert(code, answer.as_u64().unwrap_or(0));
+                }
+                Answer::Broadcast(n) => {
+                    let added = answer.as_array().cloned().unwrap_or_default();
+                    let mut added = added.iter();
+                    for &i in &groups.broadcasts[n].1 {
+                        if clicks[i].is_human() && clicks[i].recipient.is_some() {
+                            first_in_broadcast[i] = added.next().and_then(|v| v.as_u64()) == Some(1);
+                        }
+                    }
+                }
+                Answer::OptOut(i) => opted_out[i] = answer.as_u64() == Some(1),
             }
         }
     }
-    let mut opted_out = vec![false; clicks.len()];
-    for &i in &groups.opt_outs {
-        opted_out[i] = as_int(replies.next()) == Some(1);
-    }
-    if !trims.is_empty() {
-        // Idempotent: a failure here leaves a list a little long until its next push.
-        if let Err(err) = store.spread(store.timeout, trims, &[]).await {
-            tracing::debug!(error = %err, "trimming recent-click lists failed");
-        }
+    store.remember_guards(&batch.id, calls.iter().map(|c| store.keys.guard(&c.tag, &batch.id)).collect());
+    if duplicate {
+        metrics::counter!("linkhit_batches_deduplicated_total").increment(1);
+        tracing::info!(batch = %batch.id, "batch was counted before; nothing counted twice");
     }
     Ok(counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
 }
 
-fn as_int(value: Option<Value>) -> Option<i64> {
-    match value? {
-        Value::Int(n) => Some(n),
-        _ => None,
+/// The guard keys of a batch, one per script call, when this process did not count it (a replay after
+/// a restart releases batches counted by an earlier run).
+pub(super) fn guards(store: &RedisStore, batch: &Batch) -> Vec<String> {
+    let groups = counting::group(&batch.clicks);
+    match calls(store, batch, &groups, 0) {
+        Ok(calls) => calls.iter().map(|c| store.keys.guard(&c.tag, &batch.id)).collect(),
+        Err(_) => Vec::new(),
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
 //! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
-//! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped (may exceed the cap by one batch until the follow-up `LTRIM`) |
+//! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
 //! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
@@ -16,14 +16,13 @@
 //! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
 //! | `P:whcfg:{WS}` | string | the workspace's webhook settings as JSON (secrets included) |
 //! | `P:whlog:{WS}` | list | webhook delivery log entries as JSON, newest first, capped |
-//!
-//! The webhook outbox (stream, retry set, dead letters) is `webhook::queue`'s business.
 //! | `P:ws:{WS}` | string | the workspace as JSON |
 //! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
 //! | `P:codekey` | string | hex key of the codes' check characters, created once (`SET NX`) |
 //! | `P:invalidate` | pub/sub channel | codes whose cached copies must be dropped |
+//! | `P:guard:{TAG}:BATCH` | string | the reply of counting batch `BATCH` in the slot of hash tag `TAG` (JSON), until the batch is released or `LINKHIT_COMMIT_GUARD_TTL` passes |
 //!
-//! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
+//! The webhook outbox is `webhook::queue`'s business.
 
 /// Key names. The only place that knows them.
 #[derive(Debug, Clone)]
@@ -73,6 +72,10 @@ impl Keys {
     }
     pub fn code_key(&self) -> String {
         format!("{}:codekey", self.prefix)
+    }
+    /// The guard of batch `batch_id` in the slot of hash tag `tag`.
+    pub fn guard(&self, tag: &str, batch_id: &str) -> String {
+        format!("{}:guard:{{{tag}}}:{batch_id}", self.prefix)
     }
     pub fn invalidation_channel(&self) -> String {
         format!("{}:invalidate", self.prefix)

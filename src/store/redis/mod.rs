@@ -18,6 +18,8 @@ mod stats;
 
 pub use keys::Keys;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
 use crate::model::{
-    ApiKeyRecord, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
+    ApiKeyRecord, Batch, BroadcastStats, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
     WebhookSettings, Workspace,
 };
 use crate::redis_conn::{Conn, Pool, hash_tag};
@@ -41,10 +43,22 @@ const INSERT_BATCH: usize = 2_000;
 const INSERT_CONCURRENCY: usize = 4;
 
 pub struct RedisStore {
-    pool: Pool,
+    pool: std::sync::Arc<Pool>,
     keys: Keys,
     timeout: Duration,
+    guard_ttl: Duration,
+    /// Guards of released batches, deleted by the next counting pipeline.
+    released: Mutex<Vec<String>>,
+    /// Guard keys of the batches this process counted and has not released yet.
+    guards: Mutex<HashMap<String, Vec<String>>>,
 }
+
+/// Default lifetime of a guard that is never released: longer than any outage a journal waits out.
+pub const DEFAULT_GUARD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Unreleased batches whose guard keys are remembered (the rest are recomputed on release).
+const MAX_REMEMBERED_BATCHES: usize = 4096;
+/// Guards waiting to be deleted; past this, they are left to expire.
+const MAX_PENDING_RELEASES: usize = 1 << 20;
 
 impl RedisStore {
     /// Prepares the connection without connecting: linkhit starts (and serves cached links, `/healthz`)
@@ -52,7 +66,60 @@ impl RedisStore {
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let pool =
             Pool::open(url, timeout).map_err(|e| StoreError::Unavailable(format!("bad LINKHIT_REDIS_URL: {e}")))?;
-        Ok(Self { pool, keys: Keys::new(prefix), timeout })
+        Ok(Self {
+            pool: std::sync::Arc::new(pool),
+            keys: Keys::new(prefix),
+            timeout,
+            guard_ttl: DEFAULT_GUARD_TTL,
+            released: Mutex::new(Vec::new()),
+            guards: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How long a batch's guards outlive it when it is never released (see `counting`).
+    pub fn with_guard_ttl(mut self, ttl: Duration) -> Self {
+        self.guard_ttl = ttl;
+        self
+    }
+
+    fn remember_guards(&self, batch_id: &str, keys: Vec<String>) {
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        if guards.len() >= MAX_REMEMBERED_BATCHES {
+            // Batches never released (their pipeline stopped): their guards expire on their own.
+            guards.clear();
+        }
+        guards.insert(batch_id.to_owned(), keys);
+    }
+
+    fn take_released(&self) -> Vec<String> {
+        std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn requeue_released(&self, keys: Vec<String>) {
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        if released.len() < MAX_PENDING_RELEASES {
+            released.extend(keys);
+        }
+    }
+
+    /// Deletes guards without waiting (a cluster spreads them over slots; failures leave them to expire).
+    fn unlink_in_background(&self, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        let tagged: Vec<(String, redis::Cmd)> = keys
+            .iter()
+            .map(|k| {
+                let mut cmd = redis::cmd("UNLINK");
+                cmd.arg(k);
+                (hash_tag(k).to_owned(), cmd)
+            })
+            .collect();
+        let pool = std::sync::Arc::clone(&self.pool);
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout * 4, pool.spread(tagged, &[])).await;
+        });
     }
 
     /// A connection, established within the timeout (the cluster connects on first use).
@@ -243,8 +310,14 @@ impl Store for RedisStore {
         Ok(Some(link))
     }
 
-    async fn record_clicks(&self, clicks: &[ClickRecord], recent: usize) -> Result<Vec<ClickTally>, StoreError> {
-        counting::record_clicks(self, clicks, recent).await
+    async fn record_batch(&self, batch: &Batch, recent: usize) -> Result<Vec<ClickTally>, StoreError> {
+        counting::record_batch(self, batch, recent).await
+    }
+
+    fn release_batch(&self, batch: &Batch) {
+        let remembered = self.guards.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch.id);
+        let keys = remembered.unwrap_or_else(|| counting::guards(self, batch));
+        self.requeue_released(keys);
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {

@@ -1,0 +1,303 @@
+//! The committer: counts batches, emits their events, releases them; decides whether the store is
+//! healthy; replays the journal.
+//!
+//! A batch is *finished* when it is counted and its events are accepted by the sink; only then is it
+//! released (the store forgets its guard). Until then it is in memory for at most one flush interval,
+//! or in the journal, or — when even the journal refuses an attempted batch — in `in_doubt`, retried
+//! through the store's guard (never dropped: it may have counted).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Health, Pending, Settings};
+use crate::click::emit::{self, EventSink};
+use crate::click::journal::Journal;
+use crate::model::{Batch, ClickTally};
+use crate::store::SharedStore;
+
+/// How often an unhealthy store is probed (by replaying the journal).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a replayed batch may take: nothing waits in memory for it, so this can be generous.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long emitting a batch's events may take before the batch counts as unfinished.
+const EMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An in-doubt batch is replayed only this long before its guard could expire.
+const GUARD_MARGIN: Duration = Duration::from_secs(3600);
+/// Attempted batches kept in memory when the journal refuses them.
+const MAX_IN_DOUBT: usize = 1024;
+
+pub(super) struct Committer {
+    pub store: SharedStore,
+    pub sink: Arc<dyn EventSink>,
+    pub journal: Option<Arc<Journal>>,
+    pub settings: Arc<Settings>,
+    pub health: Arc<Health>,
+    pub stop: CancellationToken,
+    pub deadline: Arc<OnceLock<Instant>>,
+    /// Attempted, unfinished batches the journal could not take.
+    pub in_doubt: Vec<Batch>,
+}
+
+impl Committer {
+    pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Batch>) {
+        self.replay().await;
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = batches.recv() => match batch {
+                    Some(batch) => self.commit(batch).await,
+                    None => break,
+                },
+                _ = probe.tick(), if !self.stop.is_cancelled() => {
+                    if !self.health.ok() || !self.in_doubt.is_empty() || self.journal.as_ref().is_some_and(|j| !j.is_empty()) {
+                        self.replay().await;
+                    }
+                }
+            }
+        }
+        // Intake is done (shutdown). In-doubt batches get one last try, then the journal.
+        let in_doubt = std::mem::take(&mut self.in_doubt);
+        for batch in in_doubt {
+            self.commit_attempted(batch).await;
+        }
+        if !self.in_doubt.is_empty() {
+            let hits: usize = self.in_doubt.iter().map(|b| b.clicks.len()).sum();
+            metrics::counter!("linkhit_hits_in_doubt_total").increment(hits as u64);
+            tracing::error!(
+                hits,
+                "stopping with batches that may or may not have been counted (the store did not answer and the journal refused them)"
+            );
+        }
+    }
+
+    /// Time left before the shutdown deadline, if shutdown began.
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline.get().map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.remaining().is_some_and(|r| r.is_zero())
+    }
+
+    /// The longest a commit may keep a batch only in memory: one flush interval, less near the deadline.
+    fn patience(&self) -> Duration {
+        let slow = self.settings.flush_interval;
+        self.remaining().map_or(slow, |r| r.min(slow))
+    }
+
+    /// Counts a fresh batch, or journals it: at once when the store is unhealthy, as attempted (in
+    /// doubt) when the commit fails or is slow.
+    async fn commit(&mut self, batch: Batch) {
+        if !self.health.ok() || self.past_deadline() {
+            self.journal_batches(vec![(batch, None)]).await;
+            return;
+        }
+        let attempted_at = Utc::now();
+        let batch = Arc::new(batch);
+        let mut attempt = {
+            let (store, batch, recent) = (Arc::clone(&self.store), Arc::clone(&batch), self.settings.recent_clicks);
+            tokio::spawn(async move { store.record_batch(&batch, recent).await })
+        };
+        let outcome = tokio::time::timeout(self.patience(), &mut attempt).await;
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+        match outcome {
+            Ok(Ok(Ok(tallies))) => {
+                if self.finish(&batch, &tallies).await {
+                    self.store.release_batch(&batch);
+                    return;
+                }
+            }
+            Ok(Ok(Err(err))) => {
+                metrics::counter!("linkhit_store_errors_total", "op" => "record_batch").increment(1);
+                tracing::warn!(error = %err, batch = %batch.id, hits = batch.clicks.len(), "counting a batch failed; it is journaled and retried");
+            }
+            Ok(Err(err)) => tracing::error!(error = %err, "the counting task failed"),
+            Err(_) => {
+                // The call goes on in the background; whatever it did, the guard tells the replay.
+                metrics::counter!("linkhit_store_errors_total", "op" => "record_batch_slow").increment(1);
+                tracing::warn!(batch = %batch.id, hits = batch.clicks.len(), waited = ?self.patience(), "counting a batch is slow; it is journaled and retried");
+            }
+        }
+        self.health.set(false);
+        self.journal_batches(vec![(batch, Some(attempted_at))]).await;
+    }
+
+    /// Emits a counted batch's events. `false`: the sink refused them (the batch stays unfinished).
+    async fn finish(&self, batch: &Batch, tallies: &[ClickTally]) -> bool {
+        let events = emit::events(batch, tallies);
+        if events.is_empty() {
+            return true;
+        }
+        let wait = self.remaining().map_or(EMIT_TIMEOUT, |r| r.min(EMIT_TIMEOUT));
+        match tokio::time::timeout(wait, self.sink.emit(events)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, batch = %batch.id, "a counted batch's events were not accepted; it is journaled and emitted again");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(batch = %batch.id, "emitting a counted batch's events timed out; it is journaled and emitted again");
+                false
+            }
+        }
+    }
+
+    /// Journals batches; attempted ones the journal refuses stay in memory (in doubt), never-attempted
+    /// ones are dropped with a metric.
+    async fn journal_batches(&mut self, batches: Vec<Pending>) {
+        if let Err((refused, why)) = super::journal(self.journal.as_ref(), batches).await {
+            let (attempted, fresh): (Vec<Pending>, Vec<Pending>) = refused.into_iter().partition(|(_, a)| a.is_some());
+            super::drop_unattempted(&fresh, &why);
+            for (batch, _) in attempted {
+                if self.in_doubt.len() >= MAX_IN_DOUBT {
+                    metrics::counter!("linkhit_hits_in_doubt_total").increment(batch.clicks.len() as u64);
+                    tracing::error!(batch = %batch.id, hits = batch.clicks.len(), "too many batches in doubt: this one may or may not have been counted");
+                    continue;
+                }
+                self.in_doubt.push(batch);
+            }
+        }
+    }
+
+    /// Retries an attempted batch through the store's guard. `true` when finished.
+    async fn commit_attempted(&mut self, batch: Batch) -> bool {
+        let wait = self.remaining().map_or(REPLAY_TIMEOUT, |r| r.min(REPLAY_TIMEOUT));
+        let counted = tokio::time::timeout(wait, self.store.record_batch(&batch, self.settings.recent_clicks)).await;
+        if let Ok(Ok(tallies)) = counted
+            && self.finish(&batch, &tallies).await
+        {
+            self.store.release_batch(&batch);
+            return true;
+        }
+        self.health.set(false);
+        let attempted = Some(Utc::now());
+        self.journal_batches(vec![(batch, attempted)]).await;
+        false
+    }
+
+    /// Retries in-doubt batches, then counts every journal segment; marks the store healthy when
+    /// nothing is left. Stops at the first failure (the store is unhealthy again).
+    async fn replay(&mut self) {
+        for batch in std::mem::take(&mut self.in_doubt) {
+            if !self.commit_attempted(batch).await {
+                return;
+            }
+        }
+        let Some(journal) = self.journal.clone() else {
+            self.health.set(true);
+            return;
+        };
+        let segments = match blocking(&journal, |j| j.take_segments()).await {
+            Some(Ok(segments)) => segments,
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "cannot list journal segments");
+                return;
+            }
+            None => return,
+        };
+        for segment in segments {
+            if !self.replay_segment(&journal, segment).await {
+                return;
+            }
+        }
+        if journal.is_empty() {
+            self.health.set(true);
+        }
+    }
+
+    /// Counts what a segment holds that is not done yet; deletes the segment when all is done.
+    async fn replay_segment(&mut self, journal: &Arc<Journal>, segment: PathBuf) -> bool {
+        let path = segment.clone();
+        let content = match tokio::task::spawn_blocking(move || Journal::read(&path)).await {
+            Ok(Ok(content)) => content,
+            Ok(Err(err)) => {
+                tracing::error!(segment = %segment.display(), error = %err, "cannot read journal segment");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let pending = content.entries.iter().filter(|e| !content.done.contains(&e.batch.id)).count();
+        tracing::info!(segment = %segment.display(), batches = pending, "replaying journal segment");
+        let expiry = self.settings.guard_ttl.saturating_sub(GUARD_MARGIN);
+        for entry in content.entries {
+            let id = entry.batch.id.clone();
+            if content.done.contains(&id) {
+                continue;
+            }
+            if self.past_deadline() {
+                return false;
+            }
+            let first_attempt = [entry.attempted_at, content.attempted.get(&id).copied()].into_iter().flatten().min();
+            if let Some(at) = first_attempt
+                && (Utc::now() - at).to_std().unwrap_or_default() >= expiry
+            {
+                // Its guard may be gone: replaying could count it twice. Dropped, loudly.
+                let hits = entry.batch.clicks.len() as u64;
+                metrics::counter!("linkhit_hits_dropped_total", "stage" => "in_doubt_expired").increment(hits);
+                tracing::error!(batch = %id, hits, attempted_at = %at, "dropping a journaled batch attempted longer ago than LINKHIT_COMMIT_GUARD_TTL: it may have been counted then");
+                let (seg, id2) = (segment.clone(), id.clone());
+                if !matches!(blocking(journal, move |j| j.mark_done(&seg, &id2)).await, Some(Ok(()))) {
+                    return false;
+                }
+                continue;
+            }
+            if first_attempt.is_none() {
+                let (seg, id2) = (segment.clone(), id.clone());
+                if !matches!(blocking(journal, move |j| j.mark_attempt(&seg, &id2, Utc::now())).await, Some(Ok(()))) {
+                    tracing::error!(segment = %segment.display(), "cannot record a replay attempt; replay stops");
+                    return false;
+                }
+            }
+            let wait = self.remaining().map_or(REPLAY_TIMEOUT, |r| r.min(REPLAY_TIMEOUT));
+            let counted =
+                tokio::time::timeout(wait, self.store.record_batch(&entry.batch, self.settings.recent_clicks)).await;
+            let tallies = match counted {
+                Ok(Ok(tallies)) => tallies,
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "journal replay interrupted; it resumes when the store answers");
+                    self.health.set(false);
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!("journal replay timed out; it resumes when the store answers");
+                    self.health.set(false);
+                    return false;
+                }
+            };
+            if !self.finish(&entry.batch, &tallies).await {
+                self.health.set(false);
+                return false;
+            }
+            let (seg, id2) = (segment.clone(), id.clone());
+            if !matches!(blocking(journal, move |j| j.mark_done(&seg, &id2)).await, Some(Ok(()))) {
+                // Counted but not marked: the guard (not released) keeps a later replay from counting
+                // it again.
+                tracing::error!(segment = %segment.display(), "cannot record a replayed batch as done; replay stops");
+                return false;
+            }
+            metrics::counter!("linkhit_journal_replayed_total").increment(entry.batch.clicks.len() as u64);
+            self.store.release_batch(&entry.batch);
+        }
+        let seg = segment.clone();
+        if !matches!(blocking(journal, move |j| j.remove(&seg)).await, Some(Ok(()))) {
+            tracing::error!(segment = %segment.display(), "could not delete a replayed journal segment");
+            return false;
+        }
+        true
+    }
+}
+
+/// Runs a journal operation on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    journal: &Arc<Journal>,
+    op: impl FnOnce(&Journal) -> T + Send + 'static,
+) -> Option<T> {
+    let journal = Arc::clone(journal);
+    tokio::task::spawn_blocking(move || op(&journal)).await.ok()
+}

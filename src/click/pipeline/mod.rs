@@ -1,0 +1,189 @@
+//! Stages 3–6 in two tasks, joined by a small bounded queue of batches.
+//!
+//! - [`intake`] drains captured hits, classifies them, and every `batch_size` hits or `flush_interval`
+//!   seals a [`Batch`] (with a fresh id) and hands it to the committer — unless the store is unhealthy
+//!   or the committer is busy, in which case the batch goes straight to the journal.
+//! - [`committer`] counts each batch (`Store::record_batch`, idempotent by batch id), emits its events,
+//!   then releases it. A commit that fails, or has not answered within `flush_interval`, makes the
+//!   store *unhealthy*: the batch is journaled as attempted (in doubt: only the store's guard knows
+//!   whether it counted) and every new batch is journaled at once, until a replay of the journal
+//!   succeeds. So at most one flush interval of hits is ever held only in memory.
+//!
+//! Shutdown is bounded by a deadline: what the store does not take before it is journaled, and the
+//! next start counts it exactly once.
+
+mod committer;
+mod intake;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::classify::{Classifier, Rules};
+use super::emit::EventSink;
+use super::journal::{EntryRef, Journal};
+use crate::model::{Batch, ClickRecord};
+use crate::redirect::capture::Capture;
+use crate::store::SharedStore;
+
+/// Tuning of the pipeline; see `Config` for the defaults and their reasons.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Hits the capture channel holds.
+    pub capture_capacity: usize,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    /// Batches waiting for the committer before intake journals them.
+    pub commit_queue: usize,
+    /// Recent clicks kept per link.
+    pub recent_clicks: usize,
+    pub keep_full_ip: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub classifier_memo: usize,
+    /// How long the store keeps a batch's guard (`LINKHIT_COMMIT_GUARD_TTL`): an in-doubt batch older
+    /// than this is not replayed.
+    pub guard_ttl: Duration,
+}
+
+/// Whether the store takes commits; shared by intake (which journals while it does not) and the
+/// committer (which decides).
+#[derive(Debug)]
+pub(crate) struct Health(AtomicBool);
+
+impl Health {
+    pub(crate) fn ok(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self, ok: bool) {
+        if self.0.swap(ok, Ordering::AcqRel) != ok {
+            metrics::gauge!("linkhit_store_healthy").set(if ok { 1.0 } else { 0.0 });
+            if ok {
+                tracing::info!("the store takes commits again; new batches are counted directly");
+            } else {
+                tracing::warn!("the store is failing or slow; new batches go to the journal until it recovers");
+            }
+        }
+    }
+}
+
+/// Batch ids: this run's random id and a sequence number.
+pub(crate) struct BatchIds {
+    run: String,
+    seq: AtomicU64,
+}
+
+impl BatchIds {
+    fn new() -> Self {
+        Self { run: uuid::Uuid::new_v4().simple().to_string(), seq: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn seal(&self, clicks: Vec<ClickRecord>) -> Batch {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Batch { id: format!("{}-{seq}", self.run), clicks }
+    }
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    stop: CancellationToken,
+    deadline: Arc<OnceLock<Instant>>,
+    intake: JoinHandle<()>,
+    committer: JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Starts both tasks; returns the hot path's [`Capture`] handle and the pipeline.
+    pub fn start(
+        store: SharedStore,
+        rules: Arc<Rules>,
+        sink: Arc<dyn EventSink>,
+        journal: Option<Arc<Journal>>,
+        settings: Settings,
+    ) -> (Capture, Self) {
+        let (tx, rx) = mpsc::channel(settings.capture_capacity.max(1));
+        let (commit_tx, commit_rx) = mpsc::channel(settings.commit_queue.max(1));
+        let stop = CancellationToken::new();
+        let deadline = Arc::new(OnceLock::new());
+        let settings = Arc::new(settings);
+        let health = Arc::new(Health(AtomicBool::new(true)));
+        metrics::gauge!("linkhit_store_healthy").set(1.0);
+        let intake = tokio::spawn(intake::run(intake::Intake {
+            rx,
+            commit_tx,
+            classifier: Classifier::new(rules, settings.classifier_memo),
+            journal: journal.clone(),
+            settings: Arc::clone(&settings),
+            health: Arc::clone(&health),
+            ids: BatchIds::new(),
+            stop: stop.clone(),
+        }));
+        let committer = tokio::spawn(
+            committer::Committer {
+                store,
+                sink,
+                journal,
+                settings,
+                health,
+                stop: stop.clone(),
+                deadline: Arc::clone(&deadline),
+                in_doubt: Vec::new(),
+            }
+            .run(commit_rx),
+        );
+        (Capture::new(Some(tx)), Self { stop, deadline, intake, committer })
+    }
+
+    /// Flushes everything captured — counted if the store takes it before `deadline`, journaled
+    /// otherwise — and stops. Call after the server stopped accepting requests.
+    pub async fn shutdown(self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+        self.stop.cancel();
+        let _ = self.intake.await;
+        let _ = self.committer.await;
+    }
+}
+
+/// A batch on its way to the journal, with when its counting was first attempted (`None`: never).
+pub(crate) type Pending = (Batch, Option<DateTime<Utc>>);
+
+/// Writes batches to the journal (on a blocking thread), all or nothing. On refusal (no journal, full,
+/// I/O error) the batches come back with the reason.
+async fn journal(journal: Option<&Arc<Journal>>, batches: Vec<Pending>) -> Result<(), (Vec<Pending>, String)> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let Some(journal) = journal else {
+        return Err((batches, "no journal configured".to_owned()));
+    };
+    let journal = Arc::clone(journal);
+    let written = tokio::task::spawn_blocking(move || {
+        let entries: Vec<EntryRef<'_>> =
+            batches.iter().map(|(batch, attempted_at)| EntryRef { batch, attempted_at: *attempted_at }).collect();
+        let result = journal.append(&entries).map_err(|e| e.to_string());
+        (batches, result)
+    })
+    .await;
+    match written {
+        Ok((_, Ok(()))) => Ok(()),
+        Ok((batches, Err(why))) => Err((batches, why)),
+        Err(err) => Err((Vec::new(), format!("the journal writer failed: {err}"))),
+    }
+}
+
+/// Drops batches that were never attempted (so they are certainly not counted) with a metric and a log
+/// line: `counted == answered − dropped` stays exact.
+fn drop_unattempted(batches: &[Pending], why: &str) {
+    let hits: usize = batches.iter().map(|(b, _)| b.clicks.len()).sum();
+    if hits == 0 {
+        return;
+    }
+    metrics::counter!("linkhit_hits_dropped_total", "stage" => "journal").increment(hits as u64);
+    tracing::error!(hits, reason = %why, "dropping captured hits: the store does not take them and the journal cannot hold them");
+}
