@@ -70,6 +70,7 @@ async fn links_counters_invalidation_and_webhooks_on_a_cluster() {
     config.webhook_allow_private = true;
     config.click_flush_interval = Duration::from_millis(50);
     let a = TestServer::start(config.clone()).await;
+    config.journal_dir = common::temp_dir("journal-b"); // one process per journal directory
     let b = TestServer::start(config).await;
     let http = client();
     assert_eq!(http.get(a.url("/readyz")).send().await.unwrap().status(), 200);
@@ -145,4 +146,30 @@ async fn links_counters_invalidation_and_webhooks_on_a_cluster() {
     assert_eq!(list["broadcasts"][0]["hits"], 50);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// One master stops (SIGSTOP) while batches are counted: the slots on the other masters apply their
+/// share, the stopped one does not answer; the batch is journaled in doubt and replayed, the guards of
+/// the slots that answered make their share a no-op, and the stopped master's share is applied when it
+/// resumes. Every counter exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_stopped_mid_batch_counts_each_hit_once() {
+    let cluster = Cluster::start();
+    let mut config = common::config(None);
+    config.redis_url = Some(cluster.url());
+    config.click_flush_interval = Duration::from_millis(50);
+    config.click_batch = 40;
+    let server = TestServer::start(config).await;
+    let http = client();
+    let base = server.url("");
+    let (_, key) = common::create_workspace(&http, &server, "cluster-fault").await;
+    let mut traffic = common::Traffic::create(&http, &base, &key, "stop", 120).await;
+    traffic.run(&http, &base).await;
+    cluster.nodes[1].pause();
+    traffic.run(&http, &base).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.nodes[1].resume();
+    traffic.run(&http, &base).await;
+    traffic.assert_counted_exactly(&http, &base, &key, Duration::from_secs(30)).await;
+    server.stop().await.unwrap();
 }

@@ -117,6 +117,8 @@ pub fn config(redis: Option<&RedisServer>) -> Config {
     config.admin_token = Some(ADMIN.to_owned());
     config.redis_url = redis.map(RedisServer::url);
     config.journal_dir = temp_dir("journal");
+    // Tests are the loopback proxy: each recipient's taps come from its own address (X-Forwarded-For).
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     config
 }
 
@@ -494,4 +496,116 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// `GET /{code}` from `client_ip` (through the trusted loopback proxy) with a user agent.
+pub async fn tap_from(http: &reqwest::Client, base: &str, code: &str, user_agent: &str, client_ip: &str) -> u16 {
+    http.get(format!("{base}/{code}"))
+        .header("user-agent", user_agent)
+        .header("x-forwarded-for", client_ip)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A broadcast's worth of taps with known expected counts: recipient `i` taps its link `1 + i % 3`
+/// times from its phone and gets one link-preview fetch; every fourth recipient never taps (its preview
+/// still hits). Each recipient taps from its own address.
+pub struct Traffic {
+    pub broadcast: String,
+    pub codes: Vec<String>,
+    /// Per link: (human hits, bot hits) answered so far.
+    pub answered: Vec<(u64, u64)>,
+}
+
+impl Traffic {
+    /// Creates `recipients` links in `broadcast` on the server at `base`.
+    pub async fn create(http: &reqwest::Client, base: &str, key: &str, broadcast: &str, recipients: usize) -> Self {
+        let list: Vec<Value> = (0..recipients).map(|i| json!({"recipient": format!("+1202555{i:04}")})).collect();
+        let sent_at = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+        let (status, body) = send(
+            http.post(format!("{base}/api/v1/broadcasts/{broadcast}/links"))
+                .bearer_auth(key)
+                .json(&json!({"target_url": "https://shop.example/sale", "sent_at": sent_at, "recipients": list})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let codes = body["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_owned()).collect();
+        Self { broadcast: broadcast.to_owned(), codes, answered: vec![(0, 0); recipients] }
+    }
+
+    /// One round of the campaign's taps against `base`; every answered tap is recorded.
+    pub async fn run(&mut self, http: &reqwest::Client, base: &str) {
+        for (i, code) in self.codes.iter().enumerate() {
+            let ip = format!("198.51.{}.{}", 100 + i / 200, 1 + i % 200);
+            if tap_from(http, base, code, WHATSAPP, "203.0.113.50").await == 302 {
+                self.answered[i].1 += 1;
+            }
+            if i % 4 == 3 {
+                continue;
+            }
+            for _ in 0..(1 + i % 3) {
+                if tap_from(http, base, code, IPHONE, &ip).await == 302 {
+                    self.answered[i].0 += 1;
+                }
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.answered.iter().map(|(h, b)| h + b).sum()
+    }
+
+    /// The broadcast stats these taps must produce.
+    pub fn expected_broadcast(&self) -> Value {
+        let human: u64 = self.answered.iter().map(|a| a.0).sum();
+        let bot: u64 = self.answered.iter().map(|a| a.1).sum();
+        let unique = self.answered.iter().filter(|a| a.0 > 0).count();
+        json!({"links": self.codes.len(), "hits": human + bot, "human_hits": human, "bot_hits": bot, "unique_clicks": unique})
+    }
+
+    /// Waits until the broadcast's hits reach what was answered, lets a moment pass for any late
+    /// double count to show, then checks every counter exactly: the broadcast's, and each link's hits and
+    /// human/bot split.
+    pub async fn assert_counted_exactly(&self, http: &reqwest::Client, base: &str, key: &str, within: Duration) {
+        let want = self.expected_broadcast();
+        let stats_url = format!("{base}/api/v1/broadcasts/{}/stats", self.broadcast);
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, stats) = send(http.get(&stats_url).bearer_auth(key)).await;
+            if stats["hits"].as_u64() >= want["hits"].as_u64() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "counted {stats} of {want} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (_, stats) = send(http.get(&stats_url).bearer_auth(key)).await;
+        for field in ["links", "hits", "human_hits", "bot_hits", "unique_clicks"] {
+            assert_eq!(stats[field], want[field], "broadcast {field}: got {stats}, answered {want}");
+        }
+        for (code, (human, bot)) in self.codes.iter().zip(&self.answered) {
+            let (_, link) = send(http.get(format!("{base}/api/v1/links/{code}/stats")).bearer_auth(key)).await;
+            assert_eq!(
+                (link["human_hits"].as_u64(), link["bot_hits"].as_u64(), link["hits"].as_u64()),
+                (Some(*human), Some(*bot), Some(human + bot)),
+                "link {code}: {link}"
+            );
+        }
+    }
+}
+
+/// The sum of a metric's series in a `/metrics` text (0 when absent): `name` matches every label set,
+/// `name{labels}` exactly that one.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let Some(rest) = l.strip_prefix(series) else { return false };
+            series.ends_with('}') || rest.starts_with(' ') || rest.starts_with('{')
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
