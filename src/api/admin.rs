@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::model::{ApiKeyRecord, Permission, Workspace};
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateWorkspace {
     name: Option<serde_json::Value>,
 }
@@ -48,6 +49,7 @@ pub async fn create_workspace(app: &App, req: Request<Incoming>) -> ApiResult {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateKey {
     permissions: Option<serde_json::Value>,
 }

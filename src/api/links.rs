@@ -23,6 +23,7 @@ const MAX_TEXT_LEN: usize = 10_000;
 /// The fields a link shares whichever route creates it. Every field is taken as raw JSON so that a
 /// wrong type gets the field's own error code, not a generic one.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LinkInput {
     #[serde(default)]
     target_url: Value,
@@ -219,6 +220,7 @@ pub async fn create(app: &App, req: Request<Incoming>) -> ApiResult {
 /// Spelled out rather than `#[serde(flatten)]`ing `LinkInput`: flatten would buffer all 100,000+
 /// recipients as untyped content before parsing them.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BroadcastInput {
     #[serde(default)]
     target_url: Value,
@@ -236,6 +238,7 @@ struct BroadcastInput {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RecipientInput {
     #[serde(default)]
     recipient: Value,
@@ -325,12 +328,44 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
     json(StatusCode::CREATED, &Out { broadcast_id: &broadcast_id, count: views.len(), links: views })
 }
 
+/// Spelled out rather than `#[serde(flatten)]`ing `LinkInput`: flatten cannot refuse unknown fields.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ShortenInput {
     #[serde(default)]
     text: Value,
-    #[serde(flatten)]
-    common: LinkInput,
+    #[serde(default)]
+    target_url: Value,
+    #[serde(default)]
+    broadcast_id: Value,
+    #[serde(default)]
+    recipient: Value,
+    #[serde(default)]
+    message_id: Value,
+    #[serde(default)]
+    sender: Value,
+    #[serde(default)]
+    message_ref: Value,
+    #[serde(default)]
+    kind: Value,
+    #[serde(default)]
+    expires_at: Value,
+}
+
+impl ShortenInput {
+    /// The fields every link of the message shares.
+    fn common(&mut self) -> LinkInput {
+        LinkInput {
+            target_url: self.target_url.take(),
+            broadcast_id: self.broadcast_id.take(),
+            recipient: self.recipient.take(),
+            message_id: self.message_id.take(),
+            sender: self.sender.take(),
+            message_ref: self.message_ref.take(),
+            kind: self.kind.take(),
+            expires_at: self.expires_at.take(),
+        }
+    }
 }
 
 /// `POST /api/v1/messages/shorten`: every http(s) URL in the text becomes a short URL, every
@@ -346,10 +381,11 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
     }
     // The text decides kind and target of each link.
     // Validated as the opt-out link; the URL links copy it with their own kind and target.
-    input.common.kind = Value::String(LinkKind::OptOut.as_str().to_owned());
-    input.common.target_url = Value::Null;
+    let mut common = input.common();
+    common.kind = Value::String(LinkKind::OptOut.as_str().to_owned());
+    common.target_url = Value::Null;
     let now = Utc::now();
-    let base = input.common.validate(now)?;
+    let base = common.validate(now)?;
 
     let pieces = text::split(&message);
     // One link per distinct valid URL, in order of first appearance, then the opt-out link.

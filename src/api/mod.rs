@@ -201,13 +201,42 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Parses a JSON body into `T`; anything that is not valid JSON of that shape is `400 INVALID_BODY`.
+///
+/// The one mechanism for unknown fields on every route: every body type is
+/// `#[serde(deny_unknown_fields)]`, and the error serde reports for a field the type does not know
+/// becomes `400 UNKNOWN_FIELD` naming it — a typo (`"recipeint"`) is never silently ignored.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every route takes an object; serde would otherwise accept `[...]` for a struct.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid_body("request body must be a JSON object"));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON for this route: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| match unknown_field(&e) {
+        Some(field) => ApiError::bad_request(
+            "UNKNOWN_FIELD",
+            format!("unknown field `{field}`: this route does not take it (check the spelling)"),
+        ),
+        None => ApiError::invalid_body(format!("request body is not valid JSON for this route: {e}")),
+    })
+}
+
+/// Refuses the fields of `value` that `T` (a `deny_unknown_fields` type) does not know, with the same
+/// `UNKNOWN_FIELD` answer as [`parse_json`]; for bodies validated field by field from raw JSON. Other
+/// mismatches are left to that validation, which gives each field its own code.
+pub fn refuse_unknown_fields<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<(), ApiError> {
+    match serde_json::from_value::<T>(value.clone()) {
+        Err(e) if let Some(field) = unknown_field(&e) => Err(ApiError::bad_request(
+            "UNKNOWN_FIELD",
+            format!("unknown field `{field}`: this route does not take it (check the spelling)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The field named by serde's "unknown field `x`, expected …" error.
+fn unknown_field(err: &serde_json::Error) -> Option<String> {
+    let text = err.to_string();
+    let rest = text.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
 }
 
 /// The workspace and permissions behind a request's API key.

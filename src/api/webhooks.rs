@@ -6,7 +6,9 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 
-use super::{ApiResult, authorize, json, read_body};
+use serde::de::IgnoredAny;
+
+use super::{ApiResult, authorize, json, read_body, refuse_unknown_fields};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::model::{DeliveryLog, EventKind, Job, LogOutcome};
@@ -14,12 +16,57 @@ use crate::model::{Permission, rfc3339};
 use crate::webhook::payload::{self, Facts};
 use crate::webhook::settings::apply_update;
 
+/// The fields `PUT /api/v1/webhooks` knows. Parsed only to refuse any other (`UNKNOWN_FIELD`: a
+/// `delivery_url` or `subAccountId` must not answer 200 with nothing configured); the values are
+/// validated by `settings::apply_update`, each with its own code.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct SettingsFields {
+    click_url: Option<IgnoredAny>,
+    opt_out_url: Option<IgnoredAny>,
+    format: Option<IgnoredAny>,
+    click_fields: Option<IgnoredAny>,
+    unique_clicks_only: Option<IgnoredAny>,
+    signing_secret: Option<IgnoredAny>,
+    clear_signing_secret: Option<IgnoredAny>,
+    http_authorization: Option<IgnoredAny>,
+    oauth: Option<IgnoredAny>,
+    enabled: Option<IgnoredAny>,
+}
+
+/// The fields of `oauth`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct OAuthFields {
+    url: Option<IgnoredAny>,
+    client_id: Option<IgnoredAny>,
+    client_secret: Option<IgnoredAny>,
+    credentials_location: Option<IgnoredAny>,
+    scope: Option<IgnoredAny>,
+}
+
+/// `POST /api/v1/webhooks/test`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TestFields {
+    r#type: Option<IgnoredAny>,
+}
+
 /// `PUT /api/v1/webhooks`: partial update; answers the stored configuration, secrets masked.
 pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
     let bytes = read_body(req, app.config.max_body_bytes).await?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?;
+    if body.is_object() {
+        refuse_unknown_fields::<SettingsFields>(&body)?;
+        if let Some(oauth) = body.get("oauth").filter(|o| o.is_object()) {
+            refuse_unknown_fields::<OAuthFields>(oauth)?;
+        }
+    }
     let current = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
     let mut next = apply_update(&current, &body, app.config.webhook_allow_private)
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
@@ -48,6 +95,9 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?
     };
+    if body.is_object() {
+        refuse_unknown_fields::<TestFields>(&body)?;
+    }
     let kind = match body.get("type") {
         None | Some(Value::Null) => EventKind::Click,
         Some(Value::String(t)) if t == "click" => EventKind::Click,

@@ -161,6 +161,10 @@ pub struct WebhookSettings {
     pub oauth: Option<OAuth>,
     pub enabled: bool,
     pub updated_at: Option<DateTime<Utc>>,
+    /// The destinations (`scheme://host:port`) `http_authorization` was stored for; it is sent to no
+    /// other. `None` in records of earlier versions: the origins of the URLs stored with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_origins: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for WebhookSettings {
@@ -176,7 +180,16 @@ impl Default for WebhookSettings {
             oauth: None,
             enabled: true,
             updated_at: None,
+            authorization_origins: None,
         }
+    }
+}
+
+/// `scheme://host:port` of a URL (the unit a secret is bound to), or the text itself if it is no URL.
+pub fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => url.to_owned(),
     }
 }
 
@@ -187,6 +200,21 @@ impl WebhookSettings {
             Some(fields) => fields.iter().map(String::as_str).collect(),
             None => DEFAULT_CLICK_FIELDS.to_vec(),
         }
+    }
+
+    /// The destinations the channels' URLs point at.
+    pub fn channel_origins(&self) -> std::collections::BTreeSet<String> {
+        [&self.click_url, &self.opt_out_url].into_iter().flatten().map(|u| origin(u)).collect()
+    }
+
+    /// The destinations `http_authorization` may be sent to.
+    pub fn authorization_bound_origins(&self) -> std::collections::BTreeSet<String> {
+        self.authorization_origins.clone().unwrap_or_else(|| self.channel_origins())
+    }
+
+    /// Whether `http_authorization` may be sent to `url`.
+    pub fn authorization_allowed_for(&self, url: &str) -> bool {
+        self.authorization_bound_origins().contains(&origin(url))
     }
 
     /// The URL of a channel, if that channel is on.

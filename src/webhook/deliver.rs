@@ -153,7 +153,10 @@ impl Deliverer {
                 Ok(token) => request = request.bearer_auth(token),
                 Err(e) => return fail(format!("oauth token: {e}")),
             }
-        } else if let Some(auth) = &settings.http_authorization {
+        } else if let Some(auth) = &settings.http_authorization
+            && settings.authorization_allowed_for(url)
+        {
+            // Never to a destination it was not stored for (checked at `PUT` too).
             request = request.header(hyper::header::AUTHORIZATION, auth);
         }
         match request.body(job.payload.clone()).send().await {

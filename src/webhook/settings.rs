@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::ssrf;
-use crate::model::webhook::{CLICK_FIELDS, CredentialsLocation, Format, MASK, OAuth, WebhookSettings};
+use crate::model::webhook::{CLICK_FIELDS, CredentialsLocation, Format, MASK, OAuth, WebhookSettings, origin};
 
 /// Longest signing secret (the contract's limit).
 pub const MAX_SECRET: usize = 64;
@@ -108,13 +108,54 @@ pub fn apply_update(
     if let Some(e) = enabled {
         next.enabled = e;
     }
+    bind_authorization(current, &mut next, map)?;
     Ok(next)
+}
+
+/// `http_authorization` is bound to the destinations (scheme, host, port) it was stored for: sending it
+/// again binds it to the URLs of this configuration; a `PUT` that points a channel at a new destination
+/// without sending it again is refused (`SECRET_REQUIRED`), so a key allowed to change URLs cannot
+/// redirect the secret to a server of its own.
+fn bind_authorization(
+    current: &WebhookSettings,
+    next: &mut WebhookSettings,
+    body: &Map<String, Value>,
+) -> Result<(), UpdateError> {
+    if next.http_authorization.is_none() {
+        next.authorization_origins = None;
+        return Ok(());
+    }
+    let sent_again = matches!(body.get("http_authorization"), Some(Value::String(s)) if s != MASK);
+    let destinations = next.channel_origins();
+    if sent_again {
+        next.authorization_origins = Some(destinations);
+        return Ok(());
+    }
+    let bound = current.authorization_bound_origins();
+    if let Some(new) = destinations.iter().find(|d| !bound.contains(*d)) {
+        return Err(err(
+            "SECRET_REQUIRED",
+            format!(
+                "http_authorization was stored for other destinations; send it again to use it with {new} (or clear it with \"\")"
+            ),
+        ));
+    }
+    next.authorization_origins = Some(bound.into_iter().filter(|o| destinations.contains(o)).collect());
+    Ok(())
 }
 
 fn parse_url(name: &str, raw: &Value, allow_private: bool) -> Result<Option<String>, UpdateError> {
     match raw {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) if url::Url::parse(s).is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) => {
+            Err(err(
+                "INVALID_URL",
+                format!(
+                    "{name} must not carry user-info (user:password@); credentials go in http_authorization or oauth"
+                ),
+            ))
+        }
         Value::String(s) => ssrf::check_url(s, allow_private)
             .map(|_| Some(s.clone()))
             .map_err(|e| err("INVALID_URL", format!("{name}: {e}"))),
@@ -169,10 +210,21 @@ fn parse_oauth(o: &Map<String, Value>, current: Option<&OAuth>, allow_private: b
     }
     .ok_or_else(|| err("INVALID_URL", "oauth.url must be an http(s) URL"))?;
     let client_id = text("client_id")?.ok_or_else(|| err("INVALID_OAUTH", "oauth.client_id is required"))?;
+    let kept = |current: Option<&OAuth>| -> Result<Option<String>, UpdateError> {
+        // The stored secret stays bound to the token endpoint it was given for.
+        match current {
+            Some(c) if origin(&c.url) != origin(&url) => Err(err(
+                "SECRET_REQUIRED",
+                "oauth.client_secret was stored for another token endpoint; send it again with the new oauth.url",
+            )),
+            Some(c) => Ok(Some(c.client_secret.clone())),
+            None => Ok(None),
+        }
+    };
     let client_secret = match o.get("client_secret") {
-        Some(Value::String(s)) if s == MASK => current.map(|c| c.client_secret.clone()),
+        Some(Value::String(s)) if s == MASK => kept(current)?,
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 4096 => Some(s.clone()),
-        None => current.map(|c| c.client_secret.clone()),
+        None => kept(current)?,
         Some(_) => {
             return Err(err("INVALID_SECRET", "oauth.client_secret must be a non-empty string"));
         }
@@ -295,5 +347,53 @@ mod tests {
         let body = json!({"click_url": "http://127.0.0.1:9000/hook"});
         assert!(apply_update(&WebhookSettings::default(), &body, false).is_err());
         assert!(apply_update(&WebhookSettings::default(), &body, true).is_ok());
+    }
+
+    #[test]
+    fn secrets_stay_bound_to_their_destinations() {
+        let a = apply(
+            &WebhookSettings::default(),
+            json!({"click_url": "https://hooks.example.com/click", "http_authorization": "Bearer s3cret",
+                   "oauth": {"url": "https://auth.example.com/token", "client_id": "id", "client_secret": "cs"}}),
+        )
+        .unwrap();
+        let cases = [
+            // Same destination, another path: allowed without the secret.
+            (json!({"click_url": "https://hooks.example.com/v2"}), Ok(())),
+            (json!({"opt_out_url": "https://hooks.example.com:443/stop"}), Ok(())),
+            // A new destination for the stored Authorization: the secret must come again.
+            (json!({"click_url": "https://attacker.example/"}), Err("SECRET_REQUIRED")),
+            (json!({"opt_out_url": "http://hooks.example.com/stop"}), Err("SECRET_REQUIRED")),
+            (json!({"click_url": "https://hooks.example.com:8443/"}), Err("SECRET_REQUIRED")),
+            (json!({"click_url": "https://attacker.example/", "http_authorization": "***"}), Err("SECRET_REQUIRED")),
+            (json!({"click_url": "https://attacker.example/", "http_authorization": "Bearer new"}), Ok(())),
+            (json!({"click_url": "https://attacker.example/", "http_authorization": ""}), Ok(())),
+            // The OAuth client secret is bound to its token endpoint.
+            (
+                json!({"oauth": {"url": "https://evil.example/token", "client_id": "id", "client_secret": "***"}}),
+                Err("SECRET_REQUIRED"),
+            ),
+            (json!({"oauth": {"url": "https://evil.example/token", "client_id": "id"}}), Err("SECRET_REQUIRED")),
+            (json!({"oauth": {"url": "https://auth.example.com/v2/token", "client_id": "id"}}), Ok(())),
+            (
+                json!({"oauth": {"url": "https://evil.example/token", "client_id": "id", "client_secret": "new"}}),
+                Ok(()),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(apply(&a, body.clone()).map(|_| ()), want, "{body}");
+        }
+        let moved =
+            apply(&a, json!({"click_url": "https://other.example/", "http_authorization": "Bearer x"})).unwrap();
+        assert!(moved.authorization_allowed_for("https://other.example/hook"));
+        assert!(!moved.authorization_allowed_for("https://hooks.example.com/click"), "rebinding forgets the old one");
+    }
+
+    #[test]
+    fn user_info_in_urls_is_refused() {
+        for url in ["https://user:pass@hooks.example.com/", "https://user@hooks.example.com/"] {
+            let body = json!({"click_url": url});
+            assert_eq!(apply(&WebhookSettings::default(), body.clone()).unwrap_err(), "INVALID_URL", "{body}");
+        }
     }
 }
