@@ -32,6 +32,7 @@ fn link(code: String) -> Link {
         sender: None,
         message_ref: None,
         created_at: Utc::now(),
+        sent_at: None,
         expires_at: None,
         disabled_at: None,
     }

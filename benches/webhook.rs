@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
         sender: None,
         message_ref: None,
         created_at: chrono::Utc::now(),
+        sent_at: None,
         expires_at: None,
         disabled_at: None,
     };

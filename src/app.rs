@@ -24,7 +24,7 @@ use crate::store::{self, SharedStore};
 use crate::telemetry;
 use crate::webhook::deliver::Deliverer;
 use crate::webhook::outbox::Outbox;
-use crate::webhook::queue::{MemoryQueue, Queue, RedisQueue};
+use crate::webhook::queue::{Limits, MemoryQueue, Queue, RedisQueue};
 use crate::webhook::settings_cache::SettingsCache;
 use crate::webhook::worker::{Worker, WorkerConfig};
 
@@ -35,6 +35,8 @@ const SETTINGS_TTL: Duration = Duration::from_secs(2);
 pub struct Webhooks {
     pub settings: Arc<SettingsCache>,
     pub deliverer: Arc<Deliverer>,
+    /// The outbox, for the dead-letter routes.
+    pub queue: Arc<dyn Queue>,
 }
 
 pub struct App {
@@ -76,12 +78,15 @@ impl App {
 
         let settings = Arc::new(SettingsCache::new(Arc::clone(&store), SETTINGS_TTL));
         let deliverer = Arc::new(Deliverer::new(config.webhook_timeout, config.webhook_allow_private)?);
+        let limits = Limits {
+            link_burst: config.webhook_link_budget.burst,
+            link_per_minute: config.webhook_link_budget.per_minute,
+            max_backlog: config.webhook_max_backlog,
+            dead_letters: config.webhook_dead_letters,
+        };
         let queue: Arc<dyn Queue> = match &config.redis_url {
-            None => Arc::new(MemoryQueue::default()),
-            Some(url) => {
-                let consumer = format!("linkhit-{}", uuid::Uuid::new_v4());
-                Arc::new(RedisQueue::open(url, &config.redis_prefix, &consumer, config.webhook_claim_idle)?)
-            }
+            None => Arc::new(MemoryQueue::new(limits)),
+            Some(url) => Arc::new(RedisQueue::open(url, &config.redis_prefix, limits)?),
         };
         let worker = config.role.delivers().then(|| {
             Worker::new(
@@ -93,7 +98,9 @@ impl App {
                     concurrency: config.webhook_concurrency,
                     per_endpoint: config.webhook_endpoint_concurrency,
                     schedule: config.webhook_retry_schedule.0.clone(),
-                    claim_interval: config.webhook_claim_idle / 2,
+                    // A lease outlives the attempt it covers (a request may take the webhook timeout,
+                    // twice with an OAuth refresh).
+                    lease: config.webhook_claim_idle.max(config.webhook_timeout * 3),
                     log_cap: config.webhook_log_limit,
                 },
             )
@@ -166,7 +173,7 @@ impl App {
             prometheus,
             redirect_metrics: RedirectMetrics::new(),
             capture,
-            webhooks: Webhooks { settings, deliverer },
+            webhooks: Webhooks { settings, deliverer, queue },
         };
         Ok((app, Background { pipeline, worker }))
     }

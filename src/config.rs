@@ -223,6 +223,21 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_WEBHOOK_CLAIM_IDLE", default_value = "60", value_parser = parse_seconds)]
     pub webhook_claim_idle: Duration,
 
+    /// Per-link webhook event budget: `BURST,PER_MINUTE` — a link's events beyond a burst of BURST, then
+    /// PER_MINUTE a minute, are dead-lettered (`link_budget`) instead of crowding out the workspace's
+    /// other recipients. `0` turns the budget off.
+    #[arg(long, env = "LINKHIT_WEBHOOK_LINK_BUDGET", default_value = "20,60", value_parser = parse_budget)]
+    pub webhook_link_budget: LinkBudget,
+
+    /// Webhook events a workspace may have waiting (all channels); past it they are dead-lettered
+    /// (`backlog_full`).
+    #[arg(long, env = "LINKHIT_WEBHOOK_MAX_BACKLOG", default_value_t = 50_000)]
+    pub webhook_max_backlog: usize,
+
+    /// Dead letters kept per workspace; the oldest are evicted past it (counted).
+    #[arg(long, env = "LINKHIT_WEBHOOK_DEAD_LETTERS", default_value_t = 10_000)]
+    pub webhook_dead_letters: usize,
+
     /// Delivery log entries kept per workspace.
     #[arg(long, env = "LINKHIT_WEBHOOK_LOG_LIMIT", default_value_t = 1_000)]
     pub webhook_log_limit: usize,
@@ -256,6 +271,8 @@ impl Config {
             ("LINKHIT_COMMIT_QUEUE", self.commit_queue),
             ("LINKHIT_WEBHOOK_CONCURRENCY", self.webhook_concurrency),
             ("LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", self.webhook_endpoint_concurrency),
+            ("LINKHIT_WEBHOOK_MAX_BACKLOG", self.webhook_max_backlog),
+            ("LINKHIT_WEBHOOK_DEAD_LETTERS", self.webhook_dead_letters),
             ("LINKHIT_WORKER_THREADS", self.worker_threads.unwrap_or(1)),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
@@ -327,6 +344,29 @@ impl Role {
     }
 }
 
+/// `LINKHIT_WEBHOOK_LINK_BUDGET`: a burst, then a rate per minute (burst 0: no budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkBudget {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+/// Parses `"20,60"` (burst, per minute) or `"0"` (off).
+pub fn parse_budget(raw: &str) -> Result<LinkBudget, String> {
+    let bad = || format!("`{raw}` is not BURST,PER_MINUTE (two whole numbers, e.g. 20,60) or 0");
+    let raw = raw.trim();
+    if raw == "0" {
+        return Ok(LinkBudget { burst: 0, per_minute: 0 });
+    }
+    let (burst, rate) = raw.split_once(',').ok_or_else(bad)?;
+    let burst: u32 = burst.trim().parse().map_err(|_| bad())?;
+    let per_minute: u32 = rate.trim().parse().map_err(|_| bad())?;
+    if burst == 0 || burst > 1_000_000 || per_minute > 1_000_000 {
+        return Err(bad());
+    }
+    Ok(LinkBudget { burst, per_minute })
+}
+
 /// Delays between webhook delivery attempts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrySchedule(pub Vec<Duration>);
@@ -383,6 +423,16 @@ mod tests {
         for (raw, want) in cases {
             let got = parse_schedule(raw).ok().map(|s| s.0.iter().map(Duration::as_secs_f64).collect());
             assert_eq!(&got, want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn link_budgets() {
+        assert_eq!(parse_budget("20,60"), Ok(LinkBudget { burst: 20, per_minute: 60 }));
+        assert_eq!(parse_budget(" 3 , 0 "), Ok(LinkBudget { burst: 3, per_minute: 0 }));
+        assert_eq!(parse_budget("0"), Ok(LinkBudget { burst: 0, per_minute: 0 }));
+        for bad in ["", "20", "a,b", "-1,5", "0,5", "20,60,1"] {
+            assert!(parse_budget(bad).is_err(), "{bad}");
         }
     }
 

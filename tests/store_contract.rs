@@ -25,6 +25,7 @@ fn link(code: &str, target: &str) -> Link {
         sender: None,
         message_ref: None,
         created_at: Utc::now(),
+        sent_at: None,
         expires_at: None,
         disabled_at: None,
     }

@@ -41,6 +41,8 @@ struct LinkInput {
     kind: Value,
     #[serde(default)]
     expires_at: Value,
+    #[serde(default)]
+    sent_at: Value,
 }
 
 /// A validated link, waiting for its code.
@@ -54,6 +56,7 @@ struct Draft {
     sender: Option<String>,
     message_ref: Option<String>,
     expires_at: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
 }
 
 impl Draft {
@@ -69,6 +72,7 @@ impl Draft {
             sender: self.sender,
             message_ref: self.message_ref,
             created_at: now,
+            sent_at: self.sent_at,
             expires_at: self.expires_at,
             disabled_at: None,
         }
@@ -123,6 +127,19 @@ fn parse_attr(raw: &Value, field: &str, code: &'static str, max: usize) -> Resul
     }
 }
 
+/// `sent_at`: when the SMS went out; up to a day ahead is accepted (clock skew, scheduled sends).
+fn parse_sent_at(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let err = || ApiError::bad_request("INVALID_SENT_AT", "sent_at must be an RFC 3339 timestamp, at most a day ahead");
+    match raw {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            let at = DateTime::parse_from_rfc3339(s).map_err(|_| err())?.with_timezone(&Utc);
+            if at > now + chrono::Duration::days(1) { Err(err()) } else { Ok(Some(at)) }
+        }
+        _ => Err(err()),
+    }
+}
+
 fn parse_expires(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let err = || ApiError::bad_request("INVALID_EXPIRES_AT", "expires_at must be a future RFC 3339 timestamp");
     match raw {
@@ -147,6 +164,7 @@ impl LinkInput {
             sender: parse_attr(&self.sender, "sender", "INVALID_SENDER", MAX_ATTR_LEN)?,
             message_ref: parse_attr(&self.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN)?,
             expires_at: parse_expires(&self.expires_at, now)?,
+            sent_at: parse_sent_at(&self.sent_at, now)?,
         })
     }
 }
@@ -167,6 +185,7 @@ struct LinkView<'a> {
     sender: Option<&'a str>,
     message_ref: Option<&'a str>,
     created_at: String,
+    sent_at: String,
     expires_at: Option<String>,
     disabled_at: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -187,6 +206,7 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView
         sender: link.sender.as_deref(),
         message_ref: link.message_ref.as_deref(),
         created_at: rfc3339(link.created_at),
+        sent_at: rfc3339(link.sent()),
         expires_at: link.expires_at.map(rfc3339),
         disabled_at: link.disabled_at.map(rfc3339),
         counters: counters.map(super::LinkStatsView::from),
@@ -234,6 +254,8 @@ struct BroadcastInput {
     kind: Value,
     #[serde(default)]
     expires_at: Value,
+    #[serde(default)]
+    sent_at: Value,
     recipients: Option<Vec<RecipientInput>>,
 }
 
@@ -248,6 +270,8 @@ struct RecipientInput {
     sender: Value,
     #[serde(default)]
     message_ref: Value,
+    #[serde(default)]
+    sent_at: Value,
 }
 
 #[derive(Serialize)]
@@ -285,6 +309,7 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
         message_ref: input.message_ref,
         kind: input.kind,
         expires_at: input.expires_at,
+        sent_at: input.sent_at,
         ..LinkInput::default()
     };
     let now = Utc::now();
@@ -305,6 +330,9 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
         }
         if let Some(v) = parse_attr(&r.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN).map_err(at)? {
             draft.message_ref = Some(v);
+        }
+        if let Some(v) = parse_sent_at(&r.sent_at, now).map_err(at)? {
+            draft.sent_at = Some(v);
         }
         links.push(draft.into_link(app, &caller.workspace_id, now));
     }
@@ -350,6 +378,8 @@ struct ShortenInput {
     kind: Value,
     #[serde(default)]
     expires_at: Value,
+    #[serde(default)]
+    sent_at: Value,
 }
 
 impl ShortenInput {
@@ -364,6 +394,7 @@ impl ShortenInput {
             message_ref: self.message_ref.take(),
             kind: self.kind.take(),
             expires_at: self.expires_at.take(),
+            sent_at: self.sent_at.take(),
         }
     }
 }

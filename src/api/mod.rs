@@ -117,6 +117,14 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
             Method::GET => webhooks::logs(app, req).await,
             _ => Err(method_not_allowed()),
         },
+        ["api", "v1", "webhooks", "dead-letters"] => match method {
+            Method::GET => webhooks::dead_letters(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "webhooks", "dead-letters", "replay"] => match method {
+            Method::POST => webhooks::replay_dead_letters(app, req).await,
+            _ => Err(method_not_allowed()),
+        },
         ["api", "v1", "opt-outs"] => match method {
             Method::GET => stats::opt_outs(app, req).await,
             _ => Err(method_not_allowed()),

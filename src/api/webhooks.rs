@@ -144,6 +144,10 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         payload: body.to_string(),
         attempt: 0,
         created_at: Utc::now(),
+        sub_account_id: None,
+        code: None,
+        url: url.clone(),
+        due_at: None,
     };
     let attempt = app.webhooks.deliverer.attempt(&settings, &caller.workspace_id, &url, &job).await;
     let entry = DeliveryLog {
@@ -199,4 +203,63 @@ pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
         })
         .collect();
     json(StatusCode::OK, &json!({ "logs": logs }))
+}
+
+/// `GET /api/v1/webhooks/dead-letters?limit=100`: events that will not be delivered without a replay,
+/// newest first, with why (`retries_exhausted`, `link_budget`, `backlog_full`).
+pub async fn dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
+    let limit = super::limit(&req, 100, app.config.webhook_dead_letters.max(1))?;
+    let letters = app.webhooks.queue.dead_letters(&caller.workspace_id, limit).await.map_err(outbox_error)?;
+    let shown: Vec<Value> = letters
+        .iter()
+        .map(|d| {
+            json!({
+                "event_id": d.job.event_id,
+                "type": d.job.kind.as_str(),
+                "url": d.job.url,
+                "reason": d.reason.as_str(),
+                "at": chrono::DateTime::from_timestamp_millis(d.at_ms).map(rfc3339),
+                "attempts": d.job.attempt,
+                "payload": serde_json::from_str::<Value>(&d.job.payload).unwrap_or(Value::String(d.job.payload.clone())),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &json!({ "dead_letters": shown }))
+}
+
+/// `POST /api/v1/webhooks/dead-letters/replay` `{"since": "<RFC 3339>"}` (optional): queues those dead
+/// letters again with their original event ids → 202 `{"replayed": n}`.
+pub async fn replay_dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Replay {
+        #[serde(default)]
+        since: Option<Value>,
+    }
+    let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let bytes = read_body(req, app.config.max_body_bytes).await?;
+    let body: Replay =
+        if bytes.iter().all(u8::is_ascii_whitespace) { Replay { since: None } } else { super::parse_json(&bytes)? };
+    let since = match body.since {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| ApiError::bad_request("INVALID_SINCE", "since must be an RFC 3339 time"))?
+                .with_timezone(&Utc),
+        ),
+        Some(_) => return Err(ApiError::bad_request("INVALID_SINCE", "since must be an RFC 3339 time")),
+    };
+    let replayed = app.webhooks.queue.replay_dead_letters(&caller.workspace_id, since).await.map_err(outbox_error)?;
+    tracing::info!(workspace_id = %caller.workspace_id, replayed, "dead letters replayed");
+    json(StatusCode::ACCEPTED, &json!({ "replayed": replayed }))
+}
+
+fn outbox_error(err: crate::webhook::queue::QueueError) -> ApiError {
+    tracing::warn!(error = %err, "webhook outbox unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "STORE_UNAVAILABLE",
+        "the webhook outbox is unavailable; retry shortly",
+    )
 }

@@ -43,6 +43,9 @@ pub struct Link {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_ref: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the SMS carrying the link was sent (`None`: at creation). The classifier uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +53,11 @@ pub struct Link {
 }
 
 impl Link {
+    /// When its SMS went out: `sent_at`, or the creation time.
+    pub fn sent(&self) -> DateTime<Utc> {
+        self.sent_at.unwrap_or(self.created_at)
+    }
+
     /// The state a redirect of this link answers with at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> LinkState {
         if self.disabled_at.is_some() {
@@ -200,6 +208,7 @@ mod tests {
             sender: None,
             message_ref: None,
             created_at: now,
+            sent_at: None,
             expires_at: None,
             disabled_at: None,
         };

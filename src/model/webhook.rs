@@ -35,6 +35,59 @@ pub struct Job {
     #[serde(default)]
     pub attempt: u32,
     pub created_at: DateTime<Utc>,
+    /// The sub-account whose webhook configuration applies (`None`: the workspace's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_account_id: Option<String>,
+    /// The link the event is about: its per-link event budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The channel URL when the event was accepted (shown with dead letters; delivery uses the
+    /// configuration in force when it is attempted).
+    #[serde(default)]
+    pub url: String,
+    /// Not delivered before this (the click hold window); `None`: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    /// The outbox partition within its workspace: one queue per channel and sub-account, so a slow
+    /// or flooded receiver delays only its own events.
+    pub fn partition(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.sub_account_id.as_deref().unwrap_or("*"))
+    }
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// The last attempt of the retry schedule failed.
+    RetriesExhausted,
+    /// The link's event budget (`LINKHIT_WEBHOOK_LINK_BUDGET`) was spent: a flooded link.
+    LinkBudget,
+    /// The workspace's backlog was at its cap (`LINKHIT_WEBHOOK_MAX_BACKLOG`).
+    BacklogFull,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::RetriesExhausted => "retries_exhausted",
+            DeadReason::LinkBudget => "link_budget",
+            DeadReason::BacklogFull => "backlog_full",
+        }
+    }
+}
+
+/// A dead-lettered event, as `GET /api/v1/webhooks/dead-letters` shows it (the job is kept whole so a
+/// replay re-queues it with its original event id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: DeadReason,
+    /// When it was dead-lettered, unix ms.
+    pub at_ms: i64,
+    pub job: Job,
 }
 
 /// What became of a logged attempt (or of a decision not to attempt).

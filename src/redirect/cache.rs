@@ -383,6 +383,7 @@ mod tests {
             sender: None,
             message_ref: None,
             created_at: chrono::Utc::now(),
+            sent_at: None,
             expires_at: None,
             disabled_at: None,
         }

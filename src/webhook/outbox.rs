@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::payload::{self, Facts};
-use super::queue::Queue;
+use super::queue::{Pushed, Queue};
 use super::settings_cache::SettingsCache;
 use crate::backoff::Backoff;
 use crate::click::emit::{EmitError, Event, EventSink};
@@ -67,9 +67,9 @@ impl Outbox {
             Event::OptOut { click, .. } => (EventKind::OptOut, click, None),
         };
         let settings = patiently(|| self.settings.get(&click.workspace_id)).await.map_err(|e| e.to_string())?;
-        if settings.url_for(kind).is_none() {
+        let Some(url) = settings.url_for(kind).map(str::to_owned) else {
             return Ok(None);
-        }
+        };
         if let Some(tally) = tally
             && settings.unique_clicks_only
             && click.broadcast_id.is_some()
@@ -106,6 +106,12 @@ impl Outbox {
             payload: body.to_string(),
             attempt: 0,
             created_at: chrono::Utc::now(),
+            sub_account_id: None,
+            // Links without a broadcast (auto-shortened, public) are the ones a flood can target; every
+            // link has a budget so a recipient tapping repeatedly is bounded too.
+            code: Some(click.code.clone()),
+            url,
+            due_at: None,
         }))
     }
 }
@@ -128,13 +134,32 @@ impl EventSink for Outbox {
             }
         }
         if !jobs.is_empty() {
-            patiently(|| self.queue.push(&jobs))
+            let pushed = patiently(|| self.queue.push(&jobs))
                 .await
                 .map_err(|err| EmitError(format!("the webhook outbox is unreachable: {err}")))?;
-        }
-        for job in &jobs {
-            metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => "queued")
-                .increment(1);
+            let mut dead: HashMap<(&str, &'static str), u64> = HashMap::new();
+            for (job, outcome) in jobs.iter().zip(pushed) {
+                let outcome = match outcome {
+                    Pushed::Queued => "queued",
+                    Pushed::Duplicate => "duplicate",
+                    Pushed::DeadLettered(reason) => {
+                        *dead.entry((job.workspace_id.as_str(), reason.as_str())).or_default() += 1;
+                        metrics::counter!("linkhit_webhook_dead_letters_total", "reason" => reason.as_str())
+                            .increment(1);
+                        "dead_lettered"
+                    }
+                };
+                metrics::counter!("linkhit_webhook_events_total", "type" => job.kind.as_str(), "outcome" => outcome)
+                    .increment(1);
+            }
+            for ((workspace_id, reason), events) in dead {
+                tracing::warn!(
+                    workspace_id,
+                    reason,
+                    events,
+                    "webhook events dead-lettered on arrival (replayable with POST /api/v1/webhooks/dead-letters/replay)"
+                );
+            }
         }
         if skipped > 0 {
             metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "skipped")

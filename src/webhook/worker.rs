@@ -1,11 +1,12 @@
-//! Delivery workers: pull jobs from the outbox, deliver, then acknowledge, reschedule or dead-letter.
+//! Delivery workers: find due partitions of the outbox, take a few jobs from each, deliver, then
+//! acknowledge, reschedule or dead-letter.
 //!
-//! Concurrency is bounded twice: a global semaphore (`LINKHIT_WEBHOOK_CONCURRENCY`, jobs held by this
-//! process) and one per endpoint (scheme, host and port; `LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY`
-//! requests in flight). Jobs may queue for their endpoint's slots, but only up to an *admission* cap
-//! (4 × the endpoint's concurrency, and never more than half the global slots); past it a job goes back
-//! to the retry set for a second without counting an attempt. So a slow or dead receiver holds at most
-//! half of the global slots, and other workspaces' events keep flowing.
+//! Fairness comes from the partitions: each pass takes from every due partition, at most
+//! `LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY` jobs in flight per partition and per endpoint (scheme, host
+//! and port), and at most `LINKHIT_WEBHOOK_CONCURRENCY` in this process. A partition whose receiver
+//! hangs therefore holds only its own jobs and its endpoint's slots; it is skipped while they are full,
+//! and every other partition keeps flowing. Jobs are leased, not removed: a worker that dies leaves them
+//! due again after `LINKHIT_WEBHOOK_CLAIM_IDLE`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,19 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Attempt, Deliverer};
-use super::queue::{Lease, Queue};
+use super::queue::{Lease, Partition, Queue};
 use super::settings_cache::SettingsCache;
 use crate::backoff::Backoff;
-use crate::model::{DeliveryLog, Job, LogOutcome};
+use crate::model::{DeadReason, DeliveryLog, Job, LogOutcome, origin};
 use crate::store::SharedStore;
 
-/// How long a job whose endpoint is saturated waits before it is offered again.
-const DEFER: Duration = Duration::from_secs(1);
+/// Partitions looked at per pass.
+const PARTITIONS_PER_PASS: usize = 512;
+/// How long an idle worker waits for work before looking again.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// When the next attempt is due after `attempts_made` failed attempts, or `None` to dead-letter.
 /// `Retry-After` (429/503) wins over the schedule; otherwise the schedule's delay varies by up to ±10 %
@@ -50,7 +53,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub per_endpoint: usize,
     pub schedule: Vec<Duration>,
-    pub claim_interval: Duration,
+    /// How long a taken job stays leased before it is due again.
+    pub lease: Duration,
     pub log_cap: usize,
 }
 
@@ -61,40 +65,22 @@ pub struct Worker {
     settings: Arc<SettingsCache>,
     config: WorkerConfig,
     global: Arc<Semaphore>,
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
-    /// Jobs deferred because their endpoint was saturated, since the pull loop last looked.
-    deferred: AtomicUsize,
-    room: Arc<tokio::sync::Notify>,
+    /// Slots per endpoint (scheme, host, port).
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Jobs in flight per partition.
+    in_flight: Mutex<HashMap<Partition, Arc<AtomicUsize>>>,
 }
 
-/// One receiver endpoint's share of the workers.
-struct Endpoint {
-    slots: Semaphore,
-    admitted: AtomicUsize,
-    admission: usize,
-    /// Told when this endpoint's backlog drops to half its admission (shared by all endpoints).
-    room: Arc<tokio::sync::Notify>,
+/// What a delivery holds while in flight; dropping it frees the slots.
+struct Slots {
+    _global: OwnedSemaphorePermit,
+    _endpoint: Option<OwnedSemaphorePermit>,
+    partition: Arc<AtomicUsize>,
 }
 
-/// Holds an admission until dropped.
-struct Admitted(Arc<Endpoint>);
-
-impl Drop for Admitted {
+impl Drop for Slots {
     fn drop(&mut self) {
-        let before = self.0.admitted.fetch_sub(1, Ordering::AcqRel);
-        if before == self.0.admission / 2 + 1 {
-            self.0.room.notify_one();
-        }
-    }
-}
-
-impl Endpoint {
-    fn admit(self: &Arc<Self>) -> Option<Admitted> {
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.admission {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(Arc::clone(self)))
+        self.partition.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -114,42 +100,33 @@ impl Worker {
             settings,
             config,
             endpoints: Mutex::new(HashMap::new()),
-            deferred: AtomicUsize::new(0),
-            room: Arc::new(tokio::sync::Notify::new()),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs until `shutdown`, then waits up to `grace` for attempts in flight (unfinished Redis leases
-    /// are reclaimed by the next worker).
+    /// Runs until `shutdown`, then waits up to `grace` for attempts in flight (unfinished leases fall due
+    /// again for the next worker).
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let maintenance = tokio::spawn(Arc::clone(&self).maintain(shutdown.clone()));
-            shutdown.run_until_cancelled(Arc::clone(&self).pull_loop()).await;
+            let maintenance = tokio::spawn(Arc::clone(&self).publish_stats(shutdown.clone()));
+            shutdown.run_until_cancelled(Arc::clone(&self).run()).await;
             maintenance.abort();
             let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
             let _ = tokio::time::timeout(grace, self.global.acquire_many(all)).await;
         })
     }
 
-    async fn pull_loop(self: Arc<Self>) {
+    async fn run(self: Arc<Self>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let Ok(first) = Arc::clone(&self.global).acquire_owned().await else {
-                return;
-            };
-            let room = self.global.available_permits() + 1;
-            // Jobs were deferred: an endpoint's backlog is full. Rather than spin through the stream,
-            // wait until some endpoint has room again (or 50 ms, so other endpoints' jobs still flow).
-            if self.deferred.swap(0, Ordering::AcqRel) > 0 {
-                let _ = tokio::time::timeout(Duration::from_millis(50), self.room.notified()).await;
-            }
-            match self.queue.pull(room.min(128)).await {
-                Ok(leases) => {
+            match self.pass().await {
+                Ok(took) => {
                     backoff.reset();
-                    self.dispatch(leases, Some(first));
+                    if took == 0 {
+                        self.queue.wait(IDLE_WAIT).await;
+                    }
                 }
                 Err(err) => {
-                    drop(first);
                     metrics::counter!("linkhit_webhook_queue_errors_total").increment(1);
                     tracing::warn!(error = %err, "cannot read the webhook outbox; retrying");
                     backoff.wait().await;
@@ -158,80 +135,83 @@ impl Worker {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, leases: Vec<Lease>, mut first: Option<tokio::sync::OwnedSemaphorePermit>) {
-        for lease in leases {
-            let permit = match first.take() {
-                Some(p) => p,
-                // Pulled no more than the free permits, but reclaimed leases may exceed them: wait.
-                None => match Arc::clone(&self.global).try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        let this = Arc::clone(self);
-                        tokio::spawn(async move {
-                            if let Ok(p) = Arc::clone(&this.global).acquire_owned().await {
-                                this.handle(lease).await;
-                                drop(p);
-                            }
-                        });
-                        continue;
-                    }
-                },
+    /// One look at every due partition: takes what each may have in flight. Returns how many jobs it
+    /// started.
+    async fn pass(self: &Arc<Self>) -> Result<usize, super::queue::QueueError> {
+        let mut started = 0;
+        for partition in self.queue.due(PARTITIONS_PER_PASS).await? {
+            let global = self.global.available_permits();
+            if global == 0 {
+                break;
+            }
+            let per = self.config.per_endpoint.max(1);
+            let in_flight = self.partition_counter(&partition);
+            let mut room = per.saturating_sub(in_flight.load(Ordering::Acquire)).min(global);
+            let endpoint = match self.url_of(&partition).await {
+                Some(url) => {
+                    let slots = self.endpoint(&url);
+                    room = room.min(slots.available_permits());
+                    Some(slots)
+                }
+                // No URL (channel off, settings unreadable): taken and settled one by one in `handle`.
+                None => None,
             };
-            let this = Arc::clone(self);
-            tokio::spawn(async move {
-                this.handle(lease).await;
-                drop(permit);
-            });
+            if room == 0 {
+                continue;
+            }
+            for lease in self.queue.take(&partition, room, self.config.lease).await? {
+                let Ok(global) = Arc::clone(&self.global).try_acquire_owned() else { break };
+                let endpoint = endpoint.as_ref().and_then(|s| Arc::clone(s).try_acquire_owned().ok());
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                let slots = Slots { _global: global, _endpoint: endpoint, partition: Arc::clone(&in_flight) };
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    this.handle(lease).await;
+                    drop(slots);
+                });
+                started += 1;
+            }
         }
+        Ok(started)
     }
 
-    /// Promotes due retries, reclaims abandoned leases, publishes queue metrics.
-    async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut promote = tokio::time::interval(Duration::from_millis(100));
-        let mut reclaim = tokio::time::interval(self.config.claim_interval.max(Duration::from_millis(100)));
+    /// The URL a partition's jobs go to now.
+    async fn url_of(&self, partition: &Partition) -> Option<String> {
+        let settings = self.settings.get(&partition.workspace_id).await.ok()?;
+        settings.url_for(partition.kind()?).map(str::to_owned)
+    }
+
+    fn partition_counter(&self, partition: &Partition) -> Arc<AtomicUsize> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, n| n.load(Ordering::Acquire) > 0);
+        }
+        Arc::clone(map.entry(partition.clone()).or_default())
+    }
+
+    fn endpoint(&self, url: &str) -> Arc<Semaphore> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if endpoints.len() > 100_000 {
+            let per = self.config.per_endpoint.max(1);
+            endpoints.retain(|_, s| s.available_permits() < per);
+        }
+        Arc::clone(
+            endpoints.entry(origin(url)).or_insert_with(|| Arc::new(Semaphore::new(self.config.per_endpoint.max(1)))),
+        )
+    }
+
+    /// Publishes the outbox gauges.
+    async fn publish_stats(self: Arc<Self>, shutdown: CancellationToken) {
         let mut stats = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = promote.tick() => {
-                    if let Err(err) = self.queue.promote().await {
-                        tracing::debug!(error = %err, "promoting webhook retries failed");
-                    }
-                }
-                _ = reclaim.tick() => match self.queue.reclaim(100).await {
-                    Ok(leases) if !leases.is_empty() => {
-                        tracing::info!(jobs = leases.len(), "reclaimed webhook jobs abandoned by a stopped worker");
-                        self.dispatch(leases, None);
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::debug!(error = %err, "reclaiming webhook jobs failed"),
-                },
                 _ = stats.tick() => if let Ok(s) = self.queue.stats().await {
-                    metrics::gauge!("linkhit_webhook_outbox_ready").set(s.ready as f64);
-                    metrics::gauge!("linkhit_webhook_outbox_scheduled").set(s.scheduled as f64);
-                    metrics::gauge!("linkhit_webhook_outbox_oldest_age_seconds").set(s.oldest_age_secs);
+                    metrics::gauge!("linkhit_webhook_outbox_due_partitions").set(s.due_partitions as f64);
+                    metrics::gauge!("linkhit_webhook_outbox_oldest_age_seconds").set(s.oldest_due_secs);
                 },
             }
         }
-    }
-
-    fn endpoint(&self, url: &str) -> Arc<Endpoint> {
-        let key = url::Url::parse(url)
-            .map(|u| {
-                format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
-            })
-            .unwrap_or_else(|_| url.to_owned());
-        let per_endpoint = self.config.per_endpoint.max(1);
-        let admission = (per_endpoint * 4).min((self.config.concurrency / 2).max(1));
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(endpoints.entry(key).or_insert_with(|| {
-            Arc::new(Endpoint {
-                slots: Semaphore::new(per_endpoint),
-                admitted: AtomicUsize::new(0),
-                admission,
-                room: Arc::clone(&self.room),
-            })
-        }))
     }
 
     async fn handle(&self, lease: Lease) {
@@ -239,8 +219,11 @@ impl Worker {
         let settings = match self.settings.get(&job.workspace_id).await {
             Ok(s) => s,
             Err(err) => {
-                tracing::warn!(error = %err, "cannot read webhook settings; deferring delivery");
-                self.reschedule(&lease, job, DEFER).await;
+                tracing::warn!(error = %err, "cannot read webhook settings; the event is tried again in a second");
+                let due = Utc::now() + chrono::Duration::seconds(1);
+                if let Err(err) = self.queue.retry(&lease, job, due).await {
+                    tracing::warn!(error = %err, "could not defer a webhook job; its lease will run out");
+                }
                 return;
             }
         };
@@ -264,14 +247,6 @@ impl Worker {
             let _ = self.queue.ack(&lease).await;
             return;
         };
-        let endpoint = self.endpoint(&url);
-        let Some(_admitted) = endpoint.admit() else {
-            self.deferred.fetch_add(1, Ordering::AcqRel);
-            metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "deferred").increment(1);
-            self.reschedule(&lease, job, DEFER).await;
-            return;
-        };
-        let Ok(_slot) = endpoint.slots.acquire().await else { return };
         let attempt = self.deliverer.attempt(&settings, &job.workspace_id, &url, job).await;
         metrics::histogram!("linkhit_webhook_attempt_seconds").record(attempt.elapsed_ms as f64 / 1000.0);
         let number = job.attempt + 1;
@@ -289,20 +264,13 @@ impl Worker {
             }
             Outcome::DeadLettered(reason) => {
                 metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "dead_lettered").increment(1);
-                metrics::counter!("linkhit_webhook_dead_letters_total").increment(1);
+                metrics::counter!("linkhit_webhook_dead_letters_total", "reason" => reason.as_str()).increment(1);
                 tracing::warn!(event_id = %job.event_id, workspace_id = %job.workspace_id, attempts = number, reason = reason.as_str(), "webhook dead-lettered");
-                self.queue.dead_letter(&lease).await
+                self.queue.dead_letter(&lease, *reason).await.map(|_| ())
             }
         };
         if let Err(err) = done {
-            tracing::warn!(error = %err, event_id = %job.event_id, outcome = ?outcome, "could not record a delivery outcome in the outbox; the lease will be reclaimed and the event may be sent again");
-        }
-    }
-
-    async fn reschedule(&self, lease: &Lease, job: &Job, delay: Duration) {
-        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        if let Err(err) = self.queue.retry(lease, job, due).await {
-            tracing::warn!(error = %err, "could not defer a webhook job; the lease will be reclaimed");
+            tracing::warn!(error = %err, event_id = %job.event_id, outcome = ?outcome, "could not record a delivery outcome in the outbox; the lease will run out and the event may be sent again");
         }
     }
 
@@ -342,21 +310,6 @@ pub enum Outcome {
     /// Failed; try again at this time.
     RetryAt(DateTime<Utc>),
     DeadLettered(DeadReason),
-}
-
-/// Why an event was dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
-    /// The last attempt of the retry schedule failed.
-    RetriesExhausted,
-}
-
-impl DeadReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::RetriesExhausted => "retries_exhausted",
-        }
-    }
 }
 
 /// Decides what an attempt (the `number`-th) leads to. Pure: the worker acts on the answer.

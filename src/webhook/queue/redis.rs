@@ -1,268 +1,598 @@
-//! The Redis outbox: a Redis Stream read through a consumer group, a sorted set of delayed retries and
-//! a dead-letter list (key layout in `queue/mod.rs`).
+//! The Redis outbox (key layout in `queue/mod.rs`): per-workspace hashes of jobs and per-partition sorted
+//! sets of due times, written by Lua scripts inside one workspace's hash tag, and an index of due
+//! partitions in 16 shards (their own hash tags) that workers poll.
+//!
+//! Index rule, so that no queued job is ever orphaned: a push writes its jobs *before* it lowers the
+//! index score (`ZADD LT`); a worker that found a partition empty removes the index entry *before*
+//! checking the partition once more and re-adding it if a job arrived meanwhile. A worker never raises
+//! a score further than one second ahead, so a push racing with it waits at most that long.
 
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::{Lease, Queue, QueueError, QueueStats};
-use crate::model::Job;
-use crate::redis_conn::{Pool, has_error_code};
+use super::{Lease, Limits, Partition, Pushed, Queue, QueueError, QueueStats};
+use crate::model::{DeadLetter, DeadReason, Job};
+use crate::redis_conn::{Pool, hash_tag};
 
-const GROUP: &str = "linkhit";
+/// Index shards: partitions spread over this many sorted sets (and so over cluster slots).
+const SHARDS: u64 = 16;
+/// How often an idle worker polls the index.
+const POLL: Duration = Duration::from_millis(50);
+/// Deadline of one outbox command.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Moves due retries into the stream. KEYS: retry set, stream. ARGV: now (ms), max.
-const PROMOTE_SCRIPT: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, job in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'job', job)
-  redis.call('ZREM', KEYS[1], job)
+/// Accepts a workspace's jobs. KEYS[1] jobs hash, KEYS[2] dead list, KEYS[3..] due sets and budget keys
+/// named by index. ARGV[1] now (ms), [2] backlog cap, [3] dead-letter cap, [4] link burst, [5] link rate
+/// per minute, then per job: event id, due-set index, budget-key index (0: none), due (ms), job JSON.
+/// Returns per job 0 queued, 1 duplicate, 2 link budget spent, 3 backlog full; then the number of dead
+/// letters the cap evicted. The budget rule is `queue::spend_budget`'s.
+const PUSH_SCRIPT: &str = r#"#!lua
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local deadcap = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local rate = tonumber(ARGV[5])
+local out = {}
+local evicted = 0
+local backlog = redis.call('HLEN', KEYS[1])
+local function bury(reason, json)
+  local n = redis.call('LPUSH', KEYS[2], '{"reason":"' .. reason .. '","at_ms":' .. now .. ',"job":' .. json .. '}')
+  if n > deadcap then
+    redis.call('LTRIM', KEYS[2], 0, deadcap - 1)
+    evicted = evicted + n - deadcap
+  end
 end
-return #due
+local function spend(key)
+  local tokens, at = burst, now
+  local v = redis.call('GET', key)
+  if v then
+    local sep = string.find(v, ':', 1, true)
+    tokens = tonumber(string.sub(v, 1, sep - 1))
+    at = tonumber(string.sub(v, sep + 1))
+  end
+  local dt = now - at
+  if dt < 0 then dt = 0 end
+  tokens = math.min(burst, tokens + dt * rate / 60000)
+  local ok = tokens >= 1
+  if ok then tokens = tokens - 1 end
+  local ttl = 86400000
+  if rate > 0 then ttl = math.ceil((burst - tokens) * 60000 / rate) + 1000 end
+  redis.call('SET', key, tostring(tokens) .. ':' .. now, 'PX', ttl)
+  return ok
+end
+for i = 6, #ARGV, 5 do
+  local id = ARGV[i]
+  local budget = tonumber(ARGV[i + 2])
+  if redis.call('HEXISTS', KEYS[1], id) == 1 then
+    out[#out + 1] = 1
+  elseif burst > 0 and budget > 0 and not spend(KEYS[budget]) then
+    bury('link_budget', ARGV[i + 4])
+    out[#out + 1] = 2
+  elseif backlog >= cap then
+    bury('backlog_full', ARGV[i + 4])
+    out[#out + 1] = 3
+  else
+    redis.call('HSET', KEYS[1], id, ARGV[i + 4])
+    redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 3], id)
+    backlog = backlog + 1
+    out[#out + 1] = 0
+  end
+end
+out[#out + 1] = evicted
+return out
+"#;
+
+/// Leases due jobs of one partition. KEYS[1] jobs hash, KEYS[2] due set. ARGV[1] now, [2] max, [3]
+/// lease (ms). Returns {jobs' JSON, next due (ms) or -1 when the partition is empty}.
+const TAKE_SCRIPT: &str = r"#!lua
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local jobs = {}
+local lease_end = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, id in ipairs(ids) do
+  local json = redis.call('HGET', KEYS[1], id)
+  if json then
+    redis.call('ZADD', KEYS[2], lease_end, id)
+    jobs[#jobs + 1] = json
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local next_due = -1
+if first[2] then next_due = tonumber(first[2]) end
+return {jobs, next_due}
 ";
 
-/// The Redis Stream outbox.
+/// Withdraws held jobs. KEYS[1] jobs hash, KEYS[2..] due sets. ARGV[1] now, then (event id, due-set
+/// index) pairs. A job due already (perhaps leased) stays. Returns how many were withdrawn.
+const WITHDRAW_SCRIPT: &str = r"#!lua
+local n = 0
+for i = 2, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i + 1])]
+  local due = redis.call('ZSCORE', key, ARGV[i])
+  if due and tonumber(due) > tonumber(ARGV[1]) then
+    redis.call('ZREM', key, ARGV[i])
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+";
+
+/// Re-queues dead letters. KEYS[1] jobs hash, KEYS[2] dead list, KEYS[3..] due sets. ARGV[1] now, then
+/// per dead letter: its stored JSON, event id, due-set index, job JSON. Only letters still in the list
+/// are re-queued (two replays never queue one twice). Returns how many.
+const REQUEUE_SCRIPT: &str = r"#!lua
+local n = 0
+for i = 2, #ARGV, 4 do
+  if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
+    if redis.call('HEXISTS', KEYS[1], ARGV[i + 1]) == 0 then
+      redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 3])
+      redis.call('ZADD', KEYS[tonumber(ARGV[i + 2])], ARGV[1], ARGV[i + 1])
+    end
+    n = n + 1
+  end
+end
+return n
+";
+
+static PUSH_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(PUSH_SCRIPT).get_hash().to_owned());
+static TAKE_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(TAKE_SCRIPT).get_hash().to_owned());
+static WITHDRAW_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(WITHDRAW_SCRIPT).get_hash().to_owned());
+static REQUEUE_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(REQUEUE_SCRIPT).get_hash().to_owned());
+
+/// The Redis outbox.
 pub struct RedisQueue {
-    conn: Pool,
-    /// A second connection for the blocking `XREADGROUP`, so it never holds up other commands.
-    blocking: Pool,
-    stream: String,
-    retry: String,
-    dead: String,
-    consumer: String,
-    claim_idle: Duration,
-    claim_cursor: tokio::sync::Mutex<String>,
+    pool: Pool,
+    prefix: String,
+    limits: Limits,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Corrupt(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 impl RedisQueue {
-    /// Connects (lazily) and names this process's consumer. Must be called inside a Tokio runtime.
-    pub fn open(url: &str, prefix: &str, consumer: &str, claim_idle: Duration) -> Result<Self, QueueError> {
-        let open = || Pool::open(url, Duration::from_secs(2)).map_err(|e| QueueError::Unavailable(e.to_string()));
-        Ok(Self {
-            conn: open()?,
-            blocking: open()?,
-            stream: format!("{prefix}:wh:{{q}}:stream"),
-            retry: format!("{prefix}:wh:{{q}}:retry"),
-            dead: format!("{prefix}:wh:{{q}}:dead"),
-            consumer: consumer.to_owned(),
-            claim_idle,
-            claim_cursor: tokio::sync::Mutex::new("0-0".to_owned()),
-        })
+    /// Connects lazily. Must be called inside a Tokio runtime.
+    pub fn open(url: &str, prefix: &str, limits: Limits) -> Result<Self, QueueError> {
+        let pool = Pool::open(url, Duration::from_secs(2)).map_err(unavailable)?;
+        Ok(Self { pool, prefix: prefix.to_owned(), limits })
     }
 
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        pool: &Pool,
-        deadline: Duration,
-        pipe: redis::Pipeline,
-    ) -> Result<T, QueueError> {
-        let work = async {
-            let mut conn = pool.get().await?;
-            pipe.query_async(&mut conn).await
-        };
-        match tokio::time::timeout(deadline, work).await {
+    fn jobs_key(&self, ws: &str) -> String {
+        format!("{}:wh:{{{ws}}}:jobs", self.prefix)
+    }
+    fn due_key(&self, ws: &str, partition: &str) -> String {
+        format!("{}:wh:{{{ws}}}:due:{partition}", self.prefix)
+    }
+    fn dead_key(&self, ws: &str) -> String {
+        format!("{}:wh:{{{ws}}}:dead", self.prefix)
+    }
+    fn budget_key(&self, ws: &str, code: &str) -> String {
+        format!("{}:wh:{{{ws}}}:budget:{code}", self.prefix)
+    }
+    fn index_key(&self, shard: u64) -> String {
+        format!("{}:wh:idx:{{idx-{shard}}}", self.prefix)
+    }
+    /// The index shard of a workspace: a fixed hash, the same in every process.
+    fn shard(ws: &str) -> u64 {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+        h.write(ws.as_bytes());
+        h.finish() % SHARDS
+    }
+    fn index_member(p: &Partition) -> String {
+        format!("{}\t{}", p.workspace_id, p.name)
+    }
+
+    /// Runs tagged commands (see `Pool::spread`) under the outbox deadline.
+    async fn spread(&self, tagged: Vec<(String, redis::Cmd)>) -> Result<Vec<Value>, QueueError> {
+        match tokio::time::timeout(TIMEOUT, self.pool.spread(tagged, &[])).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if has_error_code(&e, "NOGROUP") => Err(QueueError::NoGroup),
-            Ok(Err(e)) => Err(QueueError::Unavailable(e.to_string())),
-            Err(_) => Err(QueueError::Unavailable("outbox command timed out".into())),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("outbox command timed out")),
         }
     }
 
-    /// Appends what ends a lease: acknowledge the entry and delete it from the stream.
-    fn release(&self, pipe: &mut redis::Pipeline, lease: &Lease) {
-        pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&lease.receipt).ignore();
-        pipe.cmd("XDEL").arg(&self.stream).arg(&lease.receipt).ignore();
-    }
-
-    /// Creates the consumer group (and the stream) if needed. Idempotent.
-    pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.get().await.map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if has_error_code(&e, "BUSYGROUP") => Ok(()),
-            Err(e) => Err(QueueError::Unavailable(e.to_string())),
+    /// A script call: `EVAL` (cluster: every call carries its script) or `EVALSHA` after a `SCRIPT LOAD`
+    /// in the same pipeline (single node).
+    fn script(&self, sha: &str, text: &str) -> (redis::Cmd, Option<redis::Cmd>) {
+        if self.pool.is_cluster() {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(text);
+            (cmd, None)
+        } else {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha);
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(text);
+            (cmd, Some(load))
         }
     }
 
-    fn leases(entries: &Value) -> Result<Vec<Lease>, QueueError> {
-        let Value::Array(entries) = entries else {
-            return Ok(Vec::new());
-        };
-        let mut leases = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let Value::Array(parts) = entry else { continue };
-            let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
-                continue;
-            };
-            let id: String = redis::from_redis_value(id.clone()).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            let mut job = None;
-            for pair in fields.chunks(2) {
-                if let [k, v] = pair
-                    && redis::from_redis_value::<String>(k.clone()).is_ok_and(|k| k == "job")
-                {
-                    let raw: Vec<u8> =
-                        redis::from_redis_value(v.clone()).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-                    job = serde_json::from_slice::<Job>(&raw).ok();
-                }
-            }
-            match job {
-                Some(job) => leases.push(Lease { job, receipt: id }),
-                None => tracing::error!(entry = %id, "skipping an unreadable outbox entry"),
-            }
+    /// Lowers the index score of partitions to their earliest due time (adding them if absent).
+    async fn index(&self, due: HashMap<Partition, i64>) -> Result<(), QueueError> {
+        if due.is_empty() {
+            return Ok(());
         }
-        Ok(leases)
+        let tagged = due
+            .into_iter()
+            .map(|(p, at)| {
+                let key = self.index_key(Self::shard(&p.workspace_id));
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(&key).arg("LT").arg(at).arg(Self::index_member(&p));
+                (hash_tag(&key).to_owned(), cmd)
+            })
+            .collect();
+        self.spread(tagged).await.map(|_| ())
+    }
+
+    /// Runs a script in a workspace's slot (loading it first on a single node).
+    async fn run_script(
+        &self,
+        ws: &str,
+        sha: &str,
+        text: &str,
+        args: impl FnOnce(&mut redis::Cmd),
+    ) -> Result<Value, QueueError> {
+        let (mut cmd, load) = self.script(sha, text);
+        args(&mut cmd);
+        let tag = ws.to_owned();
+        let mut tagged = Vec::with_capacity(2);
+        if let Some(load) = load {
+            tagged.push((tag.clone(), load));
+        }
+        tagged.push((tag, cmd));
+        let mut replies = self.spread(tagged).await?;
+        replies.pop().ok_or_else(|| corrupt("no reply"))
+    }
+}
+
+fn ints(value: &Value) -> Vec<i64> {
+    match value {
+        Value::Array(items) => {
+            items.iter().filter_map(|v| if let Value::Int(n) = v { Some(*n) } else { None }).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
 #[async_trait]
 impl Queue for RedisQueue {
-    async fn push(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        if jobs.is_empty() {
-            return Ok(());
+    async fn push(&self, jobs: &[Job]) -> Result<Vec<Pushed>, QueueError> {
+        let mut out = vec![Pushed::Queued; jobs.len()];
+        let mut by_ws: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_ws.entry(job.workspace_id.as_str()).or_default().push(i);
         }
-        let mut pipe = redis::pipe();
-        for job in jobs {
-            let json = serde_json::to_vec(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            pipe.cmd("XADD").arg(&self.stream).arg("*").arg("job").arg(json).ignore();
+        let now = now_ms();
+        let mut index: HashMap<Partition, i64> = HashMap::new();
+        for (ws, members) in by_ws {
+            let mut keys = vec![self.jobs_key(ws), self.dead_key(ws)];
+            let mut key_index: HashMap<String, usize> = HashMap::new();
+            let mut slot = |keys: &mut Vec<String>, key: String| -> usize {
+                *key_index.entry(key.clone()).or_insert_with(|| {
+                    keys.push(key);
+                    keys.len()
+                })
+            };
+            let mut args: Vec<Vec<u8>> = vec![
+                now.to_string().into_bytes(),
+                self.limits.max_backlog.to_string().into_bytes(),
+                self.limits.dead_letters.max(1).to_string().into_bytes(),
+                self.limits.link_burst.to_string().into_bytes(),
+                self.limits.link_per_minute.to_string().into_bytes(),
+            ];
+            for &i in &members {
+                let job = &jobs[i];
+                let due = slot(&mut keys, self.due_key(ws, &job.partition()));
+                let budget = job.code.as_deref().map_or(0, |code| slot(&mut keys, self.budget_key(ws, code)));
+                let at = job.due_at.map_or(now, |d| d.timestamp_millis());
+                args.push(job.event_id.clone().into_bytes());
+                args.push(due.to_string().into_bytes());
+                args.push(budget.to_string().into_bytes());
+                args.push(at.to_string().into_bytes());
+                args.push(serde_json::to_vec(job).map_err(corrupt)?);
+            }
+            let reply = self
+                .run_script(ws, &PUSH_SHA, PUSH_SCRIPT, |cmd| {
+                    cmd.arg(keys.len()).arg(&keys).arg(&args);
+                })
+                .await?;
+            let codes = ints(&reply);
+            if codes.len() != members.len() + 1 {
+                return Err(corrupt(format!("push answered {reply:?}")));
+            }
+            super::count_evicted(codes[members.len()].max(0) as u64);
+            for (&i, code) in members.iter().zip(&codes) {
+                out[i] = match code {
+                    0 => {
+                        let at = jobs[i].due_at.map_or(now, |d| d.timestamp_millis());
+                        let slot = index.entry(Partition::of(&jobs[i])).or_insert(at);
+                        *slot = (*slot).min(at);
+                        Pushed::Queued
+                    }
+                    1 => Pushed::Duplicate,
+                    2 => Pushed::DeadLettered(DeadReason::LinkBudget),
+                    _ => Pushed::DeadLettered(DeadReason::BacklogFull),
+                };
+            }
         }
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
+        // After the jobs: an index entry can point at an empty partition (harmless), never the reverse.
+        self.index(index).await?;
+        Ok(out)
     }
 
-    async fn pull(&self, max: usize) -> Result<Vec<Lease>, QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(max.max(1))
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">");
-        let reply: Vec<Value> = match self.run(&self.blocking, Duration::from_secs(5), pipe).await {
-            Ok(v) => v,
-            Err(QueueError::NoGroup) => {
-                // The stream was deleted (or Redis restarted empty): recreate the group.
-                self.ensure_group().await?;
-                return Ok(Vec::new());
+    async fn withdraw(&self, workspace_id: &str, jobs: &[(String, String)]) -> Result<usize, QueueError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut keys = vec![self.jobs_key(workspace_id)];
+        let mut args = vec![now_ms().to_string()];
+        for (id, partition) in jobs {
+            keys.push(self.due_key(workspace_id, partition));
+            args.push(id.clone());
+            args.push((keys.len()).to_string());
+        }
+        let reply = self
+            .run_script(workspace_id, &WITHDRAW_SHA, WITHDRAW_SCRIPT, |cmd| {
+                cmd.arg(keys.len()).arg(&keys).arg(&args);
+            })
+            .await?;
+        match reply {
+            Value::Int(n) => Ok(n.max(0) as usize),
+            other => Err(corrupt(format!("withdraw answered {other:?}"))),
+        }
+    }
+
+    async fn due(&self, max: usize) -> Result<Vec<Partition>, QueueError> {
+        let now = now_ms();
+        let tagged = (0..SHARDS)
+            .map(|shard| {
+                let key = self.index_key(shard);
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(&key).arg("-inf").arg(now).arg("WITHSCORES").arg("LIMIT").arg(0).arg(max.max(1));
+                (hash_tag(&key).to_owned(), cmd)
+            })
+            .collect();
+        let mut due: Vec<(f64, Partition)> = Vec::new();
+        for reply in self.spread(tagged).await? {
+            let pairs: Vec<(String, f64)> = redis::from_redis_value(reply).map_err(corrupt)?;
+            for (member, score) in pairs {
+                if let Some((ws, name)) = member.split_once('\t') {
+                    due.push((score, Partition { workspace_id: ws.to_owned(), name: name.to_owned() }));
+                }
             }
-            Err(e) => return Err(e),
+        }
+        due.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(due.into_iter().take(max).map(|(_, p)| p).collect())
+    }
+
+    async fn take(&self, partition: &Partition, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
+        let ws = &partition.workspace_id;
+        let now = now_ms();
+        let (jobs_key, due_key) = (self.jobs_key(ws), self.due_key(ws, &partition.name));
+        let reply = self
+            .run_script(ws, &TAKE_SHA, TAKE_SCRIPT, |cmd| {
+                cmd.arg(2).arg(&jobs_key).arg(&due_key).arg(now).arg(max.max(1)).arg(lease.as_millis() as u64);
+            })
+            .await?;
+        let Value::Array(parts) = reply else { return Err(corrupt("take answered no array")) };
+        let (jobs, next_due): (Vec<Vec<u8>>, i64) = match parts.as_slice() {
+            [jobs, Value::Int(next)] => (redis::from_redis_value(jobs.clone()).map_err(corrupt)?, *next),
+            other => return Err(corrupt(format!("take answered {other:?}"))),
         };
-        // Reply: [ [stream, [entries…]] ] or [nil] on timeout.
-        let Some(Value::Array(streams)) = reply.into_iter().next() else {
-            return Ok(Vec::new());
-        };
-        let mut leases = Vec::new();
-        for stream in streams {
-            if let Value::Array(parts) = stream
-                && let Some(entries) = parts.get(1)
-            {
-                leases.extend(Self::leases(entries)?);
+        let mut leases = Vec::with_capacity(jobs.len());
+        for raw in jobs {
+            match serde_json::from_slice::<Job>(&raw) {
+                Ok(job) => leases.push(Lease { job, partition: partition.clone() }),
+                Err(err) => tracing::error!(error = %err, "skipping an unreadable outbox job"),
             }
+        }
+        // Keep the index right (see the module's index rule).
+        let index_key = self.index_key(Self::shard(ws));
+        let member = Self::index_member(partition);
+        let tag = hash_tag(&index_key).to_owned();
+        if next_due < 0 {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&index_key).arg(&member);
+            self.spread(vec![(tag.clone(), zrem)]).await?;
+            let mut card = redis::cmd("ZCARD");
+            card.arg(&due_key);
+            let left = self.spread(vec![(ws.clone(), card)]).await?;
+            if matches!(left.first(), Some(Value::Int(n)) if *n > 0) {
+                self.index(HashMap::from([(partition.clone(), now)])).await?;
+            }
+        } else {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&index_key).arg(next_due.min(now + 1000)).arg(&member);
+            self.spread(vec![(tag, zadd)]).await?;
         }
         Ok(leases)
     }
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        let ws = &lease.partition.workspace_id;
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.release(&mut pipe, lease);
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
+        pipe.atomic()
+            .cmd("HDEL")
+            .arg(self.jobs_key(ws))
+            .arg(&lease.job.event_id)
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.due_key(ws, &lease.partition.name))
+            .arg(&lease.job.event_id)
+            .ignore();
+        self.atomic(ws, pipe).await
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError> {
-        let json = serde_json::to_vec(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("ZADD").arg(&self.retry).arg(due.timestamp_millis()).arg(json).ignore();
-        self.release(&mut pipe, lease);
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
-    }
-
-    async fn dead_letter(&self, lease: &Lease) -> Result<(), QueueError> {
-        let json = serde_json::to_vec(&lease.job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let ws = &lease.partition.workspace_id;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .cmd("LPUSH")
-            .arg(&self.dead)
-            .arg(json)
+            .cmd("HSET")
+            .arg(self.jobs_key(ws))
+            .arg(&job.event_id)
+            .arg(serde_json::to_vec(job).map_err(corrupt)?)
             .ignore()
-            .cmd("LTRIM")
-            .arg(&self.dead)
-            .arg(0)
-            .arg(9_999)
+            .cmd("ZADD")
+            .arg(self.due_key(ws, &lease.partition.name))
+            .arg(due.timestamp_millis())
+            .arg(&job.event_id)
             .ignore();
-        self.release(&mut pipe, lease);
-        self.run::<()>(&self.conn, Duration::from_secs(5), pipe).await
+        self.atomic(ws, pipe).await?;
+        self.index(HashMap::from([(lease.partition.clone(), due.timestamp_millis())])).await
     }
 
-    async fn promote(&self) -> Result<usize, QueueError> {
+    async fn dead_letter(&self, lease: &Lease, reason: DeadReason) -> Result<u64, QueueError> {
+        let ws = &lease.partition.workspace_id;
+        let record = DeadLetter { reason, at_ms: now_ms(), job: lease.job.clone() };
+        let cap = self.limits.dead_letters.max(1);
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(PROMOTE_SCRIPT)
-            .arg(2)
-            .arg(&self.retry)
-            .arg(&self.stream)
-            .arg(Utc::now().timestamp_millis())
-            .arg(500);
-        let (n,): (usize,) = self.run(&self.conn, Duration::from_secs(5), pipe).await?;
-        Ok(n)
+        pipe.atomic()
+            .cmd("HDEL")
+            .arg(self.jobs_key(ws))
+            .arg(&lease.job.event_id)
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.due_key(ws, &lease.partition.name))
+            .arg(&lease.job.event_id)
+            .ignore()
+            .cmd("LPUSH")
+            .arg(self.dead_key(ws))
+            .arg(serde_json::to_vec(&record).map_err(corrupt)?)
+            .cmd("LTRIM")
+            .arg(self.dead_key(ws))
+            .arg(0)
+            .arg(cap - 1)
+            .ignore();
+        let len: (i64,) = self.query(ws, pipe).await?;
+        let evicted = (len.0 - cap as i64).max(0) as u64;
+        super::count_evicted(evicted);
+        Ok(evicted)
     }
 
-    async fn reclaim(&self, max: usize) -> Result<Vec<Lease>, QueueError> {
-        let mut cursor = self.claim_cursor.lock().await;
-        let mut pipe = redis::pipe();
-        pipe.cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(self.claim_idle.as_millis() as u64)
-            .arg(cursor.as_str())
-            .arg("COUNT")
-            .arg(max.max(1));
-        let (reply,): (Value,) = self.run(&self.conn, Duration::from_secs(5), pipe).await?;
-        // Reply: [next-cursor, [entries…], [deleted ids…]].
-        let Value::Array(parts) = reply else {
+    async fn dead_letters(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        if limit == 0 {
             return Ok(Vec::new());
-        };
-        if let Some(next) = parts.first() {
-            *cursor = redis::from_redis_value(next.clone()).unwrap_or_else(|_| "0-0".to_owned());
         }
-        match parts.get(1) {
-            Some(entries) => Self::leases(entries),
-            None => Ok(Vec::new()),
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(self.dead_key(workspace_id)).arg(0).arg(limit as i64 - 1);
+        let reply = self.spread(vec![(workspace_id.to_owned(), cmd)]).await?;
+        let raw: Vec<Vec<u8>> =
+            redis::from_redis_value(reply.into_iter().next().unwrap_or(Value::Nil)).map_err(corrupt)?;
+        Ok(raw.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect())
+    }
+
+    async fn replay_dead_letters(&self, workspace_id: &str, since: Option<DateTime<Utc>>) -> Result<usize, QueueError> {
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(self.dead_key(workspace_id)).arg(0).arg(-1);
+        let reply = self.spread(vec![(workspace_id.to_owned(), cmd)]).await?;
+        let raw: Vec<Vec<u8>> =
+            redis::from_redis_value(reply.into_iter().next().unwrap_or(Value::Nil)).map_err(corrupt)?;
+        let since = since.map_or(i64::MIN, |s| s.timestamp_millis());
+        let now = Utc::now();
+        let mut keys = vec![self.jobs_key(workspace_id), self.dead_key(workspace_id)];
+        let mut key_index: HashMap<String, usize> = HashMap::new();
+        let mut args: Vec<Vec<u8>> = vec![now.timestamp_millis().to_string().into_bytes()];
+        let mut index: HashMap<Partition, i64> = HashMap::new();
+        for stored in raw {
+            let Ok(dead) = serde_json::from_slice::<DeadLetter>(&stored) else { continue };
+            if dead.at_ms < since {
+                continue;
+            }
+            let job = Job { attempt: 0, due_at: Some(now), ..dead.job };
+            let due = self.due_key(workspace_id, &job.partition());
+            let slot = *key_index.entry(due.clone()).or_insert_with(|| {
+                keys.push(due);
+                keys.len()
+            });
+            index.insert(Partition::of(&job), now.timestamp_millis());
+            args.push(stored);
+            args.push(job.event_id.clone().into_bytes());
+            args.push(slot.to_string().into_bytes());
+            args.push(serde_json::to_vec(&job).map_err(corrupt)?);
+        }
+        if args.len() == 1 {
+            return Ok(0);
+        }
+        let reply = self
+            .run_script(workspace_id, &REQUEUE_SHA, REQUEUE_SCRIPT, |cmd| {
+                cmd.arg(keys.len()).arg(&keys).arg(&args);
+            })
+            .await?;
+        self.index(index).await?;
+        match reply {
+            Value::Int(n) => Ok(n.max(0) as usize),
+            other => Err(corrupt(format!("replay answered {other:?}"))),
         }
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(&self.stream)
-            .cmd("ZCARD")
-            .arg(&self.retry)
-            .cmd("XRANGE")
-            .arg(&self.stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        let (ready, scheduled, first): (u64, u64, Value) = self.run(&self.conn, Duration::from_secs(5), pipe).await?;
-        let oldest_age_secs = Self::leases(&first)
-            .ok()
-            .and_then(|l| l.into_iter().next())
-            .and_then(|l| l.receipt.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
-            .map_or(0.0, |ms| ((Utc::now().timestamp_millis() - ms) as f64 / 1000.0).max(0.0));
-        Ok(QueueStats { ready, scheduled, oldest_age_secs })
+        let now = now_ms();
+        let mut tagged = Vec::new();
+        for shard in 0..SHARDS {
+            let key = self.index_key(shard);
+            let mut count = redis::cmd("ZCOUNT");
+            count.arg(&key).arg("-inf").arg(now);
+            tagged.push((hash_tag(&key).to_owned(), count));
+            let mut first = redis::cmd("ZRANGE");
+            first.arg(&key).arg(0).arg(0).arg("WITHSCORES");
+            tagged.push((hash_tag(&key).to_owned(), first));
+        }
+        let replies = self.spread(tagged).await?;
+        let mut stats = QueueStats::default();
+        let mut oldest = i64::MAX;
+        for pair in replies.chunks(2) {
+            if let [Value::Int(n), first] = pair {
+                stats.due_partitions += (*n).max(0) as u64;
+                if let Ok(v) = redis::from_redis_value::<Vec<(String, f64)>>(first.clone())
+                    && let Some((_, score)) = v.first()
+                {
+                    oldest = oldest.min(*score as i64);
+                }
+            }
+        }
+        if oldest <= now {
+            stats.oldest_due_secs = (now - oldest) as f64 / 1000.0;
+        }
+        Ok(stats)
+    }
+
+    async fn wait(&self, max: Duration) {
+        tokio::time::sleep(max.min(POLL)).await;
+    }
+}
+
+impl RedisQueue {
+    /// Runs an atomic pipeline in a workspace's slot.
+    async fn atomic(&self, ws: &str, pipe: redis::Pipeline) -> Result<(), QueueError> {
+        let _: () = self.query(ws, pipe).await?;
+        Ok(())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, _ws: &str, pipe: redis::Pipeline) -> Result<T, QueueError> {
+        let work = async {
+            let mut conn = self.pool.get().await?;
+            pipe.query_async(&mut conn).await
+        };
+        match tokio::time::timeout(TIMEOUT, work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("outbox command timed out")),
+        }
     }
 }
