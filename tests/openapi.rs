@@ -192,6 +192,8 @@ fn every_api_route_of_the_server_is_documented() {
         "/api/v1/webhooks",
         "/api/v1/webhooks/test",
         "/api/v1/webhooks/logs",
+        "/api/v1/webhooks/dead-letters",
+        "/api/v1/webhooks/dead-letters/replay",
     ];
     let router = include_str!("../src/api/mod.rs");
     for path in served {

@@ -24,16 +24,31 @@ on_both_stores!(
     test_endpoint_sends_a_sample_now,
     a_slow_receiver_does_not_delay_another_workspace,
     a_hanging_token_endpoint_does_not_delay_another_workspace,
+    a_flood_on_a_hanging_receiver_stays_bounded_and_another_workspace_flows,
+    dead_letters_are_listed_and_replayed_with_their_event_ids,
+    secrets_only_go_where_they_were_stored_for,
+    unknown_fields_are_refused_on_every_route,
 );
 
 /// An env whose webhooks may target 127.0.0.1 and whose retries are fast.
 async fn env(backend: Backend, schedule: &str) -> Env {
+    env_with(backend, schedule, |_| {}).await
+}
+
+async fn env_with(backend: Backend, schedule: &str, adjust: impl FnOnce(&mut linkhit::Config)) -> Env {
     let redis = (backend == Backend::Redis).then(common::RedisServer::start);
     let mut config = common::config(redis.as_ref());
     config.webhook_allow_private = true;
     config.webhook_retry_schedule = linkhit::config::parse_schedule(schedule).unwrap();
     config.click_flush_interval = Duration::from_millis(50);
+    adjust(&mut config);
     Env::with_config(config, redis).await
+}
+
+async fn dead_letters(env: &Env, key: &str) -> Value {
+    let (status, body) = send(env.http.get(env.url("/api/v1/webhooks/dead-letters?limit=1000")).bearer_auth(key)).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 async fn put(env: &Env, body: Value) -> (u16, Value) {
@@ -490,4 +505,221 @@ async fn a_hanging_token_endpoint_does_not_delay_another_workspace(backend: Back
     held.lock().unwrap().clear(); // closing A's connection ends its attempt
     let (_, body_a) = test_a.await.unwrap();
     assert_eq!(body_a["success"], false, "{body_a}");
+}
+
+/// Anyone can tap a public link as fast as they like: a link's events past its budget are dead-lettered
+/// (`link_budget`), a workspace's past its backlog cap too (`backlog_full`), the dead-letter list is
+/// capped — so a flood while the receiver hangs leaves bounded state — and another workspace's event
+/// is delivered meanwhile.
+async fn a_flood_on_a_hanging_receiver_stays_bounded_and_another_workspace_flows(backend: Backend) {
+    let env = env_with(backend, "60", |c| {
+        c.webhook_link_budget = linkhit::config::parse_budget("5,0").unwrap();
+        c.webhook_max_backlog = 20;
+        c.webhook_dead_letters = 50;
+        c.webhook_timeout = Duration::from_secs(60);
+        c.click_flush_interval = Duration::from_millis(20);
+    })
+    .await;
+    let hanging = Receiver::start().await;
+    let mut never = Reply::status(200);
+    never.delay = Duration::from_secs(120);
+    hanging.set_default(never);
+    put(&env, json!({"click_url": hanging.url})).await;
+    let flooded = link(&env, json!({"target_url": "https://e.com/flood"})).await;
+    for _ in 0..300 {
+        tap(&env.http, &env.server, &flooded, IPHONE).await;
+    }
+    let mut others = Vec::new();
+    for i in 0..30 {
+        others.push(link(&env, json!({"target_url": format!("https://e.com/o{i}")})).await);
+    }
+    for code in &others {
+        tap(&env.http, &env.server, code, IPHONE).await;
+    }
+    // Workspace B, its own receiver: delivered while A's receiver still holds every request it got.
+    let fast = Receiver::start().await;
+    let (_, key_b) = common::create_workspace(&env.http, &env.server, "b").await;
+    send(env.http.put(env.url("/api/v1/webhooks")).bearer_auth(&key_b).json(&json!({"click_url": fast.url}))).await;
+    let (_, link_b) = send(
+        env.http.post(env.url("/api/v1/links")).bearer_auth(&key_b).json(&json!({"target_url": "https://e.com/b"})),
+    )
+    .await;
+    tap(&env.http, &env.server, link_b["code"].as_str().unwrap(), IPHONE).await;
+    fast.wait_for(1, Duration::from_secs(10)).await;
+
+    // A's state is bounded: 20 queued at most, 50 dead letters at most, the rest evicted and counted.
+    let body = common::eventually(Duration::from_secs(10), || async {
+        let d = dead_letters(&env, &env.key).await;
+        d["dead_letters"].as_array().unwrap().len() == 50
+    })
+    .await;
+    assert!(body, "the dead-letter list fills to its cap");
+    let d = dead_letters(&env, &env.key).await;
+    assert_eq!(d["backlog"], 20, "{}", d["backlog"]);
+    let reasons: std::collections::BTreeSet<&str> =
+        d["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert!(reasons.contains("backlog_full") && reasons.contains("link_budget"), "{reasons:?}");
+    let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // 300 + 30 events: 20 queued, 310 dead-lettered, 50 kept → at least 260 evicted.
+    assert!(common::metric(&metrics, "linkhit_webhook_dead_letters_evicted_total") >= 260.0);
+    if let Some(redis) = &env.redis {
+        let mut conn = redis.conn();
+        let jobs: u64 =
+            redis::cmd("HLEN").arg(format!("lh:wh:{{{}}}:jobs", env.workspace_id)).query(&mut conn).unwrap();
+        let dead: u64 =
+            redis::cmd("LLEN").arg(format!("lh:wh:{{{}}}:dead", env.workspace_id)).query(&mut conn).unwrap();
+        assert_eq!((jobs, dead), (20, 50), "Redis holds no more than the bounds");
+    }
+    assert!(hanging.hooks().len() <= 20, "A's receiver got at most what was queued");
+}
+
+/// Dead letters can be read (why, when, what) and replayed: they leave the list and are delivered with
+/// the event ids of their failed attempts.
+async fn dead_letters_are_listed_and_replayed_with_their_event_ids(backend: Backend) {
+    let env = env(backend, "0.05").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(500));
+    put(&env, json!({"click_url": receiver.url})).await;
+    let code = link(&env, json!({"target_url": "https://e.com/dl"})).await;
+    tap(&env.http, &env.server, &code, IPHONE).await;
+    tap(&env.http, &env.server, &code, IPHONE).await;
+    receiver.wait_for(4, Duration::from_secs(10)).await;
+    let ok = common::eventually(Duration::from_secs(5), || async {
+        dead_letters(&env, &env.key).await["dead_letters"].as_array().unwrap().len() == 2
+    })
+    .await;
+    assert!(ok, "both events dead-lettered after their retries");
+    let d = dead_letters(&env, &env.key).await;
+    let letter = &d["dead_letters"][0];
+    assert_eq!(letter["reason"], "retries_exhausted");
+    assert_eq!(letter["type"], "click");
+    assert_eq!(letter["url"], receiver.url);
+    assert!(letter["payload"].is_object() && letter["at"].is_string(), "{letter}");
+    let failed_ids: std::collections::BTreeSet<String> =
+        receiver.hooks().iter().filter_map(|h| h.header("webhook-id")).collect();
+    assert_eq!(failed_ids.len(), 2);
+
+    // A key without webhooks.write cannot replay.
+    let (status, key) = send(
+        env.http
+            .post(env.url(&format!("/api/v1/workspaces/{}/keys", env.workspace_id)))
+            .bearer_auth(common::ADMIN)
+            .json(&json!({"permissions": ["webhooks.read"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let reader = key["api_key"].as_str().unwrap();
+    let (status, _) =
+        send(env.http.post(env.url("/api/v1/webhooks/dead-letters/replay")).bearer_auth(reader).json(&json!({}))).await;
+    assert_eq!(status, 403);
+    assert_eq!(dead_letters(&env, reader).await["dead_letters"].as_array().unwrap().len(), 2, "but can read");
+
+    receiver.set_default(Reply::status(200));
+    let before = receiver.hooks().len();
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, body) = env.post("/api/v1/webhooks/dead-letters/replay", json!({"since": future})).await;
+    assert_eq!((status, body["replayed"].clone()), (202, json!(0)), "nothing dead-lettered after `since`");
+    let (status, body) = env.post("/api/v1/webhooks/dead-letters/replay", json!({})).await;
+    assert_eq!((status, body["replayed"].clone()), (202, json!(2)), "{body}");
+    let hooks = receiver.wait_for(before + 2, Duration::from_secs(10)).await;
+    let replayed: std::collections::BTreeSet<String> =
+        hooks[before..].iter().filter_map(|h| h.header("webhook-id")).collect();
+    assert_eq!(replayed, failed_ids, "replayed with their original event ids");
+    assert!(dead_letters(&env, &env.key).await["dead_letters"].as_array().unwrap().is_empty());
+    let (status, body) = env.post("/api/v1/webhooks/dead-letters/replay", json!({"since": "yesterday"})).await;
+    assert_eq!(error_code(status, &body, 400), "INVALID_SINCE");
+}
+
+/// A key that may change webhook URLs cannot walk a stored secret to a server of its own: a URL to a
+/// new destination needs the secret again (`SECRET_REQUIRED`), and what is stored is only ever sent
+/// to the destinations it was stored for — the test endpoint included.
+async fn secrets_only_go_where_they_were_stored_for(backend: Backend) {
+    let env = env(backend, "1").await;
+    let ours = Receiver::start().await;
+    let attacker = Receiver::start().await;
+    let (status, body) = put(
+        &env,
+        json!({"click_url": ours.url, "http_authorization": "Bearer s3cret",
+               "oauth": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for body in [
+        json!({"click_url": attacker.url}),
+        json!({"click_url": attacker.url, "http_authorization": "***"}),
+        json!({"opt_out_url": format!("{}/stop", attacker.url)}),
+    ] {
+        let (status, resp) = put(&env, body.clone()).await;
+        assert_eq!(error_code(status, &resp, 400), "SECRET_REQUIRED", "{body}");
+    }
+    // Same destination, other path: fine without the secret.
+    let (status, _) = put(&env, json!({"click_url": format!("{}/v2", ours.url)})).await;
+    assert_eq!(status, 200);
+    let (status, body) = env.post("/api/v1/webhooks/test", json!({"type": "click"})).await;
+    assert_eq!(body["success"], true, "{status} {body}");
+    assert_eq!(ours.hooks()[0].header("authorization").as_deref(), Some("Bearer s3cret"));
+    assert!(attacker.hooks().is_empty() && attacker.token_requests().is_empty());
+
+    // OAuth: the client secret is bound to its token endpoint.
+    let oauth = |url: String, secret: &str| json!({"oauth": {"url": url, "client_id": "cid", "client_secret": secret}});
+    let (status, _) = put(&env, oauth(format!("{}/token", ours.url), "csecret")).await;
+    assert_eq!(status, 200);
+    let (status, body) = put(&env, oauth(format!("{}/token", attacker.url), "***")).await;
+    assert_eq!(error_code(status, &body, 400), "SECRET_REQUIRED");
+    let (status, body) = env.post("/api/v1/webhooks/test", json!({"type": "click"})).await;
+    assert_eq!(body["success"], true, "{status} {body}");
+    assert!(attacker.token_requests().is_empty() && attacker.hooks().is_empty(), "nothing reached the attacker");
+
+    // Credentials in a URL are refused, and never shown back.
+    let (status, body) = put(&env, json!({"click_url": "https://user:pass@hooks.example.com/"})).await;
+    assert_eq!(error_code(status, &body, 400), "INVALID_URL");
+    assert!(!body.to_string().contains("pass@"), "{body}");
+}
+
+/// A field a route does not know is a 400 naming it, never silently ignored.
+async fn unknown_fields_are_refused_on_every_route(backend: Backend) {
+    let env = env(backend, "1").await;
+    let cases = [
+        ("PUT", "/api/v1/webhooks", json!({"delivery_url": "https://hooks.example.com/"}), "delivery_url"),
+        ("PUT", "/api/v1/webhooks", json!({"subAccountId": "*"}), "subAccountId"),
+        (
+            "PUT",
+            "/api/v1/webhooks",
+            json!({"oauth": {"url": "https://a.example/t", "client_id": "c", "client_secret": "s", "grant": "x"}}),
+            "grant",
+        ),
+        ("POST", "/api/v1/webhooks/test", json!({"type": "click", "tpye": 1}), "tpye"),
+        ("POST", "/api/v1/links", json!({"target_url": "https://e.com/", "recipeint": "+12025550100"}), "recipeint"),
+        (
+            "POST",
+            "/api/v1/broadcasts/b/links",
+            json!({"target_url": "https://e.com/", "recipients": [{"recipient": "+12025550100", "mesage_id": "x"}]}),
+            "mesage_id",
+        ),
+        (
+            "POST",
+            "/api/v1/broadcasts/b/links",
+            json!({"target_url": "https://e.com/", "knd": "opt_out", "recipients": [{"recipient": "+12025550100"}]}),
+            "knd",
+        ),
+        ("POST", "/api/v1/messages/shorten", json!({"text": "hi", "recipent": "+12025550100"}), "recipent"),
+        ("POST", "/api/v1/webhooks/dead-letters/replay", json!({"sinse": "2026-01-01T00:00:00Z"}), "sinse"),
+    ];
+    for (method, path, body, field) in cases {
+        let req = match method {
+            "PUT" => env.http.put(env.url(path)),
+            _ => env.http.post(env.url(path)),
+        };
+        let (status, resp) = send(req.bearer_auth(&env.key).json(&body)).await;
+        assert_eq!(error_code(status, &resp, 400), "UNKNOWN_FIELD", "{method} {path} {body}");
+        assert!(resp["message"].as_str().unwrap().contains(field), "{resp}");
+    }
+    let (status, resp) = send(
+        env.http
+            .post(env.url("/api/v1/workspaces"))
+            .bearer_auth(common::ADMIN)
+            .json(&json!({"name": "x", "nmae": "y"})),
+    )
+    .await;
+    assert_eq!(error_code(status, &resp, 400), "UNKNOWN_FIELD");
 }

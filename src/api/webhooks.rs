@@ -209,8 +209,9 @@ pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
 /// newest first, with why (`retries_exhausted`, `link_budget`, `backlog_full`).
 pub async fn dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
-    let limit = super::limit(&req, 100, app.config.webhook_dead_letters.max(1))?;
+    let limit = super::limit(&req, 100, 10_000)?;
     let letters = app.webhooks.queue.dead_letters(&caller.workspace_id, limit).await.map_err(outbox_error)?;
+    let backlog = app.webhooks.queue.backlog(&caller.workspace_id).await.map_err(outbox_error)?;
     let shown: Vec<Value> = letters
         .iter()
         .map(|d| {
@@ -225,7 +226,7 @@ pub async fn dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
             })
         })
         .collect();
-    json(StatusCode::OK, &json!({ "dead_letters": shown }))
+    json(StatusCode::OK, &json!({ "dead_letters": shown, "backlog": backlog }))
 }
 
 /// `POST /api/v1/webhooks/dead-letters/replay` `{"since": "<RFC 3339>"}` (optional): queues those dead

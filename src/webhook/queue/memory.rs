@@ -231,6 +231,10 @@ impl Queue for MemoryQueue {
         Ok(n)
     }
 
+    async fn backlog(&self, workspace_id: &str) -> Result<usize, QueueError> {
+        Ok(self.lock().workspaces.get(workspace_id).map_or(0, |w| w.jobs.len()))
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = Utc::now().timestamp_millis();
         let state = self.lock();

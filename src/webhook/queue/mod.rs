@@ -142,6 +142,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Queues a workspace's dead letters (those dead-lettered at or after `since`) again, with their
     /// original event ids and a fresh attempt count; they leave the list. Returns how many.
     async fn replay_dead_letters(&self, workspace_id: &str, since: Option<DateTime<Utc>>) -> Result<usize, QueueError>;
+    /// Events a workspace has queued (all partitions, leased ones included): at most the backlog cap.
+    async fn backlog(&self, workspace_id: &str) -> Result<usize, QueueError>;
     async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// Waits until something may have become due, at most `max`.
     async fn wait(&self, max: Duration);

@@ -541,6 +541,15 @@ impl Queue for RedisQueue {
         }
     }
 
+    async fn backlog(&self, workspace_id: &str) -> Result<usize, QueueError> {
+        let mut cmd = redis::cmd("HLEN");
+        cmd.arg(self.jobs_key(workspace_id));
+        match self.spread(vec![(workspace_id.to_owned(), cmd)]).await?.first() {
+            Some(Value::Int(n)) => Ok((*n).max(0) as usize),
+            other => Err(corrupt(format!("HLEN answered {other:?}"))),
+        }
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = now_ms();
         let mut tagged = Vec::new();
