@@ -31,6 +31,7 @@
 
 mod memory;
 mod redis;
+mod scripts;
 
 pub use memory::MemoryQueue;
 pub use redis::RedisQueue;
