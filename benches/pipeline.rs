@@ -59,6 +59,7 @@ fn batch() -> Vec<ClickRecord> {
             method: "GET".into(),
             user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15".into()),
             ip: Some("203.0.113.0".into()),
+            signals: None,
         })
         .collect()
 }
@@ -83,6 +84,7 @@ fn bench(c: &mut Criterion) {
                 || Batch {
                     id: format!("bench-{}", seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
                     clicks: clicks.clone(),
+                    corrections: Vec::new(),
                 },
                 |batch| async move {
                     let tallies = store.record_batch(&batch, 100).await.unwrap();

@@ -35,6 +35,8 @@ fn link(code: String) -> Link {
         sent_at: None,
         expires_at: None,
         disabled_at: None,
+        delivered_at: None,
+        delivery_status: None,
     }
 }
 

@@ -66,6 +66,8 @@ fn bench(c: &mut Criterion) {
         sent_at: None,
         expires_at: None,
         disabled_at: None,
+        delivered_at: None,
+        delivery_status: None,
     };
     let cached = cache.insert_link(&link, cache.generation());
     let mut headers = hyper::HeaderMap::new();

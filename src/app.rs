@@ -14,6 +14,8 @@ use crate::auth::AdminToken;
 use crate::click::emit::EventSink;
 use crate::click::journal::Journal;
 use crate::click::pipeline::{Pipeline, Settings};
+use crate::click::sweep::SweepRule;
+use crate::click::verdict::Timing;
 use crate::code::CodePolicy;
 use crate::config::Config;
 use crate::redirect::cache::LinkCache;
@@ -71,6 +73,11 @@ impl App {
         let prometheus = telemetry::prometheus();
         let store = store::open(&config)?;
         let base_url = config.effective_base_url(bound);
+        let networks = crate::click::network::Networks::load(
+            config.extra_human_networks.as_deref(),
+            config.privacy_relay_networks.as_deref(),
+            config.extra_bot_networks.as_deref(),
+        )?;
         let rules = crate::click::classify::load_rules(
             config.extra_human_patterns.as_deref(),
             config.extra_bot_patterns.as_deref(),
@@ -106,7 +113,13 @@ impl App {
             )
         });
         let sink = sink.unwrap_or_else(|| {
-            Arc::new(Outbox::new(Arc::clone(&queue), Arc::clone(&store), Arc::clone(&settings), base_url.clone()))
+            Arc::new(Outbox::new(
+                Arc::clone(&queue),
+                Arc::clone(&store),
+                Arc::clone(&settings),
+                base_url.clone(),
+                config.click_hold,
+            ))
         });
 
         let (capture, pipeline) = if config.capture && config.role.serves() {
@@ -122,6 +135,18 @@ impl App {
                 trusted_proxies: config.trusted_proxies.clone(),
                 classifier_memo: 100_000,
                 guard_ttl: config.commit_guard_ttl,
+                networks: Arc::new(networks),
+                timing: Timing {
+                    fast_after_send: config.click_fast_after_send,
+                    fast_after_delivery: config.click_fast_after_delivery,
+                },
+                sweep: SweepRule {
+                    recipients: config.sweep_recipients,
+                    window: config.sweep_window,
+                    after_send: config.sweep_after_send,
+                },
+                sweep_capacity: 200_000,
+                hold: config.click_hold,
             };
             let (capture, pipeline) =
                 Pipeline::start(Arc::clone(&store), Arc::new(rules), sink, Some(Arc::new(journal)), pipeline_settings);

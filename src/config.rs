@@ -193,6 +193,50 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_RECENT_CLICKS", default_value_t = 100)]
     pub recent_clicks: usize,
 
+    /// Seconds a hit's verdict may still change while evidence arrives (a sweep seen later): click and
+    /// opt-out events wait this long in the outbox, withdrawn if the verdict flips, and counts are
+    /// corrected (a hit is never counted in both classes). 0: no hold, verdicts are final at once.
+    #[arg(long, env = "LINKHIT_CLICK_HOLD", default_value = "10", value_parser = parse_seconds)]
+    pub click_hold: Duration,
+
+    /// A hit this many seconds (or fewer) after its SMS was sent is a link preview or scanner, not a
+    /// person: people read first.
+    #[arg(long, env = "LINKHIT_CLICK_FAST_AFTER_SEND", default_value = "10", value_parser = parse_seconds)]
+    pub click_fast_after_send: Duration,
+
+    /// A hit this many seconds (or fewer) after the platform reported the SMS delivered is a preview or
+    /// scanner.
+    #[arg(long, env = "LINKHIT_CLICK_FAST_AFTER_DELIVERY", default_value = "5", value_parser = parse_seconds)]
+    pub click_fast_after_delivery: Duration,
+
+    /// Distinct recipients of one broadcast hit by one client (address and user agent) within
+    /// `LINKHIT_SWEEP_WINDOW`, each within `LINKHIT_SWEEP_AFTER_SEND` of its send, that make a sweep
+    /// (bots). 0 turns sweep detection off.
+    #[arg(long, env = "LINKHIT_SWEEP_RECIPIENTS", default_value_t = 3)]
+    pub sweep_recipients: usize,
+
+    /// Seconds within which a client's hits on different recipients make a sweep.
+    #[arg(long, env = "LINKHIT_SWEEP_WINDOW", default_value = "30", value_parser = parse_seconds)]
+    pub sweep_window: Duration,
+
+    /// Only hits this many seconds after their send (or sooner) count toward a sweep: people behind one
+    /// carrier NAT address tap minutes later and are never taken for a sweep.
+    #[arg(long, env = "LINKHIT_SWEEP_AFTER_SEND", default_value = "120", value_parser = parse_seconds)]
+    pub sweep_after_send: Duration,
+
+    /// File of extra bot networks (CIDR per line, optional label; `#` comments).
+    #[arg(long, env = "LINKHIT_EXTRA_BOT_NETWORKS")]
+    pub extra_bot_networks: Option<std::path::PathBuf>,
+
+    /// File of networks whose hits are always people (CIDR per line); checked before every network rule.
+    #[arg(long, env = "LINKHIT_EXTRA_HUMAN_NETWORKS")]
+    pub extra_human_networks: Option<std::path::PathBuf>,
+
+    /// File of privacy-relay egress networks (e.g. Apple's iCloud Private Relay list, built by
+    /// `tools/networks/refresh.py`): never held against a hit.
+    #[arg(long, env = "LINKHIT_PRIVACY_RELAY_NETWORKS")]
+    pub privacy_relay_networks: Option<std::path::PathBuf>,
+
     /// File of extra bot user-agent substrings, one per line (`#` comments).
     #[arg(long, env = "LINKHIT_EXTRA_BOT_PATTERNS")]
     pub extra_bot_patterns: Option<std::path::PathBuf>,

@@ -132,6 +132,7 @@ fn record(code: &str, workspace: &str, class: Class) -> ClickRecord {
         method: "GET".into(),
         user_agent: None,
         ip: None,
+        signals: None,
     }
 }
 
@@ -149,8 +150,16 @@ async fn a_journal_left_by_a_previous_run_is_replayed_exactly_once() {
     // What a crashed run would have left: 30 human and 12 bot hits in two segments.
     {
         let journal = Journal::open(&journal_dir, 1 << 20).unwrap();
-        let humans = Batch { id: "crashed-run-1".into(), clicks: vec![record(&code, &workspace, Class::Human); 30] };
-        let bots = Batch { id: "crashed-run-2".into(), clicks: vec![record(&code, &workspace, Class::Bot); 12] };
+        let humans = Batch {
+            id: "crashed-run-1".into(),
+            clicks: vec![record(&code, &workspace, Class::Human); 30],
+            corrections: Vec::new(),
+        };
+        let bots = Batch {
+            id: "crashed-run-2".into(),
+            clicks: vec![record(&code, &workspace, Class::Bot); 12],
+            corrections: Vec::new(),
+        };
         journal.append(&[EntryRef { batch: &humans, attempted_at: None }]).unwrap();
         journal.take_segments().unwrap();
         journal.append(&[EntryRef { batch: &bots, attempted_at: None }]).unwrap();

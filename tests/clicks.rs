@@ -247,15 +247,15 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     let server = common::TestServer::start_with_sink(common::config(redis.as_ref()), sink.clone()).await;
     let http = common::client();
     let (_, key) = common::create_workspace(&http, &server, "ev").await;
-    let (_, body) = send(http.post(server.url("/api/v1/broadcasts/ev/links")).bearer_auth(&key).json(&json!({
+    let (_, body) = send(http.post(server.url("/api/v1/broadcasts/ev/links")).bearer_auth(&key).json(&common::sent_an_hour_ago("/api/v1/links", json!({
         "target_url": "https://example.com/ev", "recipients": [{"recipient": "+12025550100", "message_id": "m1"}]
-    })))
+    }))))
     .await;
     let code = body["links"][0]["code"].as_str().unwrap().to_owned();
     let (_, optout) = send(
         http.post(server.url("/api/v1/links"))
             .bearer_auth(&key)
-            .json(&json!({"kind": "opt_out", "recipient": "+12025550100"})),
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"kind": "opt_out", "recipient": "+12025550100"}))),
     )
     .await;
     tap(&http, &server, &code, WHATSAPP).await;

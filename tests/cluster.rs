@@ -80,11 +80,9 @@ async fn links_counters_invalidation_and_webhooks_on_a_cluster() {
         send(http.put(a.url("/api/v1/webhooks")).bearer_auth(&key).json(&json!({"click_url": receiver.url}))).await;
     assert_eq!(status, 200);
     let recipients: Vec<Value> = (0..500).map(|i| json!({"recipient": format!("+1202555{i:04}")})).collect();
-    let (status, body) = send(
-        http.post(a.url("/api/v1/broadcasts/c1/links"))
-            .bearer_auth(&key)
-            .json(&json!({"target_url": "https://e.com/c", "recipients": recipients})),
-    )
+    let (status, body) = send(http.post(a.url("/api/v1/broadcasts/c1/links")).bearer_auth(&key).json(
+        &common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/c", "recipients": recipients})),
+    ))
     .await;
     assert_eq!(status, 201, "{body}");
     let codes: Vec<String> =

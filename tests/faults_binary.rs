@@ -122,7 +122,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
     let (_, body) = send(
         http.post(format!("{}/api/v1/broadcasts/replay/links", setup.base))
             .bearer_auth(&key)
-            .json(&json!({"target_url": "https://e.com/r", "recipients": [{"recipient": "+12025550100"}, {"recipient": "+12025550101"}]})),
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/r", "recipients": [{"recipient": "+12025550100"}, {"recipient": "+12025550101"}]}))),
     )
     .await;
     let codes: Vec<String> =
@@ -144,6 +144,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
         method: "GET".into(),
         user_agent: None,
         ip: None,
+        signals: None,
     };
     let batches: Vec<Batch> = (0..1500)
         .map(|n| Batch {
@@ -154,6 +155,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
                 record(&codes[0], "+12025550100", Class::Human),
                 record(&codes[1], "+12025550101", Class::Bot),
             ],
+            corrections: Vec::new(),
         })
         .collect();
     {

@@ -28,6 +28,8 @@ fn link(code: &str, target: &str) -> Link {
         sent_at: None,
         expires_at: None,
         disabled_at: None,
+        delivered_at: None,
+        delivery_status: None,
     }
 }
 

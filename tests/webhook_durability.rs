@@ -60,7 +60,7 @@ async fn sigkill_while_the_receiver_is_down_loses_no_event() {
         let (_, link) = send(
             http.post(format!("{base}/api/v1/links"))
                 .bearer_auth(&key)
-                .json(&json!({"target_url": format!("https://e.com/{i}")})),
+                .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": format!("https://e.com/{i}")}))),
         )
         .await;
         codes.push(link["code"].as_str().unwrap().to_owned());
@@ -118,7 +118,9 @@ async fn redirect_and_worker_roles_share_the_outbox() {
     send(http.put(redirector.url("/api/v1/webhooks")).bearer_auth(&key).json(&json!({"click_url": receiver.url})))
         .await;
     let (_, link) = send(
-        http.post(redirector.url("/api/v1/links")).bearer_auth(&key).json(&json!({"target_url": "https://e.com/r"})),
+        http.post(redirector.url("/api/v1/links"))
+            .bearer_auth(&key)
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/r"}))),
     )
     .await;
     let code = link["code"].as_str().unwrap();

@@ -441,7 +441,10 @@ async fn a_slow_receiver_does_not_delay_another_workspace(backend: Backend) {
         send(env.http.put(env.url("/api/v1/webhooks")).bearer_auth(&key_b).json(&json!({"click_url": fast.url}))).await;
     assert_eq!(status, 200);
     let (_, link_b) = send(
-        env.http.post(env.url("/api/v1/links")).bearer_auth(&key_b).json(&json!({"target_url": "https://e.com/fast"})),
+        env.http
+            .post(env.url("/api/v1/links"))
+            .bearer_auth(&key_b)
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/fast"}))),
     )
     .await;
     let fast_code = link_b["code"].as_str().unwrap().to_owned();
@@ -541,7 +544,10 @@ async fn a_flood_on_a_hanging_receiver_stays_bounded_and_another_workspace_flows
     let (_, key_b) = common::create_workspace(&env.http, &env.server, "b").await;
     send(env.http.put(env.url("/api/v1/webhooks")).bearer_auth(&key_b).json(&json!({"click_url": fast.url}))).await;
     let (_, link_b) = send(
-        env.http.post(env.url("/api/v1/links")).bearer_auth(&key_b).json(&json!({"target_url": "https://e.com/b"})),
+        env.http
+            .post(env.url("/api/v1/links"))
+            .bearer_auth(&key_b)
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/b"}))),
     )
     .await;
     tap(&env.http, &env.server, link_b["code"].as_str().unwrap(), IPHONE).await;

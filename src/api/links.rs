@@ -75,6 +75,8 @@ impl Draft {
             sent_at: self.sent_at,
             expires_at: self.expires_at,
             disabled_at: None,
+            delivered_at: None,
+            delivery_status: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use crate::model::{Batch, ClickRecord, ClickTally, LinkKind};
+use crate::model::{Batch, ClickRecord, ClickTally, Correction, LinkKind};
 
 /// An event worth telling the customer about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,14 @@ pub struct EmitError(pub String);
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
     async fn emit(&self, events: Vec<Event>) -> Result<(), EmitError>;
+
+    /// Withdraws the events of hits whose verdict flipped to bot during the hold window (their events
+    /// wait in the outbox until the hold ends). Returns how many were still held; an event already
+    /// delivered cannot be withdrawn.
+    async fn withdraw(&self, corrections: &[Correction]) -> Result<usize, EmitError> {
+        let _ = corrections;
+        Ok(0)
+    }
 }
 
 /// Drops events (capture without webhooks, benchmarks).
@@ -62,6 +70,13 @@ impl EventSink for Collect {
     async fn emit(&self, events: Vec<Event>) -> Result<(), EmitError> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(events);
         Ok(())
+    }
+
+    async fn withdraw(&self, corrections: &[Correction]) -> Result<usize, EmitError> {
+        let mut events = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let before = events.len();
+        events.retain(|e| !corrections.iter().any(|c| c.event_id == e.id()));
+        Ok(before - events.len())
     }
 }
 

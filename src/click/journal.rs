@@ -241,7 +241,9 @@ impl Journal {
                 // Earlier versions could have counted these before a crash: they count as attempted
                 // at the segment's creation time only if a replay marker says so (below).
                 let clicks = chunk.iter().map(|(_, c)| c.clone()).collect();
-                segment.entries.push(Entry { batch: Batch { id, clicks }, attempted_at: None });
+                segment
+                    .entries
+                    .push(Entry { batch: Batch { id, clicks, corrections: Vec::new() }, attempted_at: None });
             }
         }
         let state = Self::state_path(path);
@@ -313,11 +315,12 @@ mod tests {
             method: "GET".into(),
             user_agent: Some("UA".into()),
             ip: Some("203.0.113.0".into()),
+            signals: None,
         }
     }
 
     fn batch(id: &str, codes: &[&str]) -> Batch {
-        Batch { id: id.into(), clicks: codes.iter().map(|c| click(c)).collect() }
+        Batch { id: id.into(), clicks: codes.iter().map(|c| click(c)).collect(), corrections: Vec::new() }
     }
 
     fn entry(b: &Batch) -> EntryRef<'_> {

@@ -10,4 +10,7 @@ pub mod address;
 pub mod classify;
 pub mod emit;
 pub mod journal;
+pub mod network;
 pub mod pipeline;
+pub mod sweep;
+pub mod verdict;

@@ -136,6 +136,7 @@ mod tests {
             method: "GET".into(),
             user_agent: None,
             ip: None,
+            signals: None,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct ClickRecord {
     /// Anonymised unless the operator keeps full addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The evidence behind the verdict besides the user agent (`network:hosting:aws,timing:2s_after_send`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<String>,
 }
 
 impl ClickRecord {
@@ -59,6 +62,7 @@ impl ClickRecord {
             method: &self.method,
             user_agent: self.user_agent.as_deref(),
             ip: self.ip.as_deref(),
+            signals: self.signals.as_deref(),
         };
         serde_json::to_vec(&recent).expect("a recent click always serializes")
     }
@@ -71,6 +75,7 @@ impl ClickRecord {
             method: self.method.clone(),
             user_agent: self.user_agent.clone(),
             ip: self.ip.clone(),
+            signals: self.signals.clone(),
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct RecentClick {
     pub user_agent: Option<String>,
     #[serde(default)]
     pub ip: Option<String>,
+    #[serde(default)]
+    pub signals: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +106,8 @@ struct RecentClickRef<'a> {
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signals: Option<&'a str>,
 }
 
 /// Classified hits counted as one unit. The id makes counting idempotent: a store that already applied
@@ -108,6 +117,19 @@ struct RecentClickRef<'a> {
 pub struct Batch {
     pub id: String,
     pub clicks: Vec<ClickRecord>,
+    /// Hits of earlier batches whose verdict flipped from human to bot during the hold window (a sweep
+    /// seen later): counted again as bots — moved between the classes, never in both — in the same
+    /// idempotent commit as the batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<Correction>,
+}
+
+/// One hit moved from human to bot: the record as it now stands (class bot, its new reason) and the
+/// event its human verdict queued, to withdraw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub click: ClickRecord,
+    pub event_id: String,
 }
 
 /// What counting one click told us, for the webhook payloads.
@@ -138,6 +160,7 @@ mod tests {
             method: "GET".into(),
             user_agent: Some("WhatsApp/2.23".into()),
             ip: Some("203.0.113.0".into()),
+            signals: None,
         }
     }
 

@@ -50,6 +50,11 @@ pub struct Link {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<DateTime<Utc>>,
+    /// The delivery report of the platform, if one came: when, and its status (`delivered`, `failed`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_status: Option<String>,
 }
 
 impl Link {
@@ -108,6 +113,9 @@ pub struct BroadcastStats {
     pub human_hits: u64,
     pub bot_hits: u64,
     pub unique_clicks: u64,
+    /// Bot hits per reason (`preview:whatsapp`, `network:hosting:aws`, `sweep:4_recipients`, …).
+    #[serde(default)]
+    pub bot_reasons: std::collections::BTreeMap<String, u64>,
 }
 
 /// A recipient who opted out through an opt-out link (the first time counts).
@@ -211,6 +219,8 @@ mod tests {
             sent_at: None,
             expires_at: None,
             disabled_at: None,
+            delivered_at: None,
+            delivery_status: None,
         };
         assert_eq!(link.state_at(now), LinkState::Active);
         link.expires_at = Some(now - chrono::Duration::seconds(1));

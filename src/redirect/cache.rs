@@ -43,23 +43,51 @@ pub struct CachedLink {
     /// broadcast share one value (and a thin `Arc` keeps the entry small).
     pub location: Option<Arc<HeaderValue>>,
     pub kind: LinkKind,
-    /// Unix seconds after which the link answers 410; `i64::MAX` for never (not an `Option`: 8 bytes
-    /// less keeps the entry in a smaller allocator size class, 32 MB over a million links).
-    pub expires_at: i64,
+    /// When the link expires, its SMS was sent, and (if reported) delivered, each as a [`Compact`]
+    /// time (0: never / unknown). Three `u32`s where `Option<i64>`s would take 48 bytes: the entry stays
+    /// in the 112-byte allocation class (docs/PERFORMANCE.md).
+    expires: u32,
+    sent: u32,
+    delivered: u32,
     pub disabled: bool,
-    /// Milliseconds since the cache's `born` instant after which the entry is stale. These compact
-    /// fields keep a cached link at 112 bytes, a smaller allocator size class than `Instant` + `u64`
-    /// would (48 MB less over a million links, docs/PERFORMANCE.md).
-    fresh_until_ms: u64,
+    /// Tenths of a second since the cache's `born` instant after which the entry is stale (a `u32`
+    /// lasts 13 years of uptime).
+    fresh_until_ds: u32,
     epoch: u32,
     refreshing: AtomicBool,
+}
+
+/// A compact wall-clock time: seconds since 2020-01-01T00:00:00Z in a `u32` (until 2156); 0 is "none".
+pub struct Compact;
+
+impl Compact {
+    const EPOCH: i64 = 1_577_836_800;
+
+    pub fn from_unix(secs: i64) -> u32 {
+        u32::try_from((secs - Self::EPOCH).max(1)).unwrap_or(u32::MAX)
+    }
+
+    pub fn to_unix(c: u32) -> Option<i64> {
+        (c != 0).then(|| Self::EPOCH + i64::from(c))
+    }
 }
 
 impl CachedLink {
     /// Whether the link redirects at `now_unix` (not disabled, not expired).
     #[inline]
     pub fn is_live(&self, now_unix: impl FnOnce() -> i64) -> bool {
-        !self.disabled && (self.expires_at == i64::MAX || now_unix() < self.expires_at)
+        !self.disabled && Compact::to_unix(self.expires).is_none_or(|at| now_unix() < at)
+    }
+
+    /// When the link's SMS was sent (unix seconds): `sent_at`, else the creation time.
+    pub fn sent_unix(&self) -> Option<i64> {
+        Compact::to_unix(self.sent)
+    }
+
+    /// When the platform reported the SMS delivered (unix seconds), if it did before the entry was
+    /// cached.
+    pub fn delivered_unix(&self) -> Option<i64> {
+        Compact::to_unix(self.delivered)
     }
 
     /// Claims the right to run the one background refresh of this entry.
@@ -209,7 +237,7 @@ pub struct LinkCache {
     generation: AtomicU64,
     /// Taken on cache fills only (misses), never on a hit.
     interner: Mutex<Interner>,
-    /// The origin of the entries' `fresh_until_ms`.
+    /// The origin of the entries' `fresh_until_ds`.
     born: Instant,
 }
 
@@ -233,7 +261,7 @@ impl LinkCache {
         if let Some(entry) = self.links.map.get(code) {
             let link = Arc::clone(&entry.key().0);
             drop(entry);
-            let stale = link.epoch < self.epoch.load(Ordering::Relaxed) || self.now_ms() >= link.fresh_until_ms;
+            let stale = link.epoch < self.epoch.load(Ordering::Relaxed) || self.now_ds() >= link.fresh_until_ds;
             return if stale { Lookup::Stale(link) } else { Lookup::Fresh(link) };
         }
         if self.negative_ttl.is_zero() {
@@ -253,8 +281,9 @@ impl LinkCache {
     /// Caches a link read from the store, unless an invalidation arrived since `generation` was taken
     /// (the read may predate the change). Returns the prepared entry either way.
     pub fn insert_link(&self, link: &Link, generation: u64) -> Arc<CachedLink> {
-        let fresh_until_ms = self.now_ms().saturating_add(self.ttl.as_millis().try_into().unwrap_or(u64::MAX));
-        let cached = Arc::new(self.prepare(link, fresh_until_ms, self.epoch.load(Ordering::Acquire)));
+        let ttl_ds = u32::try_from(self.ttl.as_millis() / 100).unwrap_or(u32::MAX);
+        let fresh_until_ds = self.now_ds().saturating_add(ttl_ds);
+        let cached = Arc::new(self.prepare(link, fresh_until_ds, self.epoch.load(Ordering::Acquire)));
         if self.generation.load(Ordering::Acquire) == generation {
             self.missing.remove(&link.code);
             self.links.insert(LinkKey(cached.clone()), ());
@@ -345,11 +374,11 @@ impl Interner {
 impl LinkCache {
     /// Milliseconds since the cache was created.
     #[inline]
-    fn now_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
+    fn now_ds(&self) -> u32 {
+        u32::try_from(self.born.elapsed().as_millis() / 100).unwrap_or(u32::MAX)
     }
 
-    fn prepare(&self, link: &Link, fresh_until_ms: u64, epoch: u32) -> CachedLink {
+    fn prepare(&self, link: &Link, fresh_until_ds: u32, epoch: u32) -> CachedLink {
         let mut interner = self.interner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         CachedLink {
             code: Arc::from(link.code.as_str()),
@@ -358,9 +387,11 @@ impl LinkCache {
             recipient: link.recipient.as_deref().map(Box::from),
             location: link.target_url.as_deref().and_then(|u| interner.location(u)),
             kind: link.kind,
-            expires_at: link.expires_at.map_or(i64::MAX, |at| at.timestamp()),
+            expires: link.expires_at.map_or(0, |at| Compact::from_unix(at.timestamp())),
+            sent: Compact::from_unix(link.sent().timestamp()),
+            delivered: link.delivered_at.map_or(0, |at| Compact::from_unix(at.timestamp())),
             disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
-            fresh_until_ms,
+            fresh_until_ds,
             epoch,
             refreshing: AtomicBool::new(false),
         }
@@ -386,6 +417,8 @@ mod tests {
             sent_at: None,
             expires_at: None,
             disabled_at: None,
+            delivered_at: None,
+            delivery_status: None,
         }
     }
 

@@ -59,7 +59,12 @@ struct BroadcastAgg {
     hits: u64,
     human_hits: u64,
     bot_hits: u64,
-    recipients: HashSet<String>,
+    /// Human hits per recipient (a correction may take one back; may go below zero when a correction
+    /// is counted before the hit it corrects).
+    recipients: HashMap<String, i64>,
+    /// Recipients with at least one human hit (exact unique clicks).
+    unique: u64,
+    bot_reasons: std::collections::BTreeMap<String, u64>,
     /// Unix minute → (human, bot).
     timeline: std::collections::BTreeMap<i64, (u64, u64)>,
 }
@@ -193,10 +198,16 @@ impl Store for MemoryStore {
                 if human {
                     b.human_hits += 1;
                     if let Some(recipient) = &click.recipient {
-                        first_in_broadcast[i] = b.recipients.insert(recipient.clone());
+                        let count = b.recipients.entry(recipient.clone()).or_default();
+                        *count += 1;
+                        first_in_broadcast[i] = *count == 1;
+                        if *count == 1 {
+                            b.unique += 1;
+                        }
                     }
                 } else {
                     b.bot_hits += 1;
+                    *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;
                 }
             }
             if human
@@ -209,6 +220,9 @@ impl Store for MemoryStore {
                     opted_out[i] = true;
                 }
             }
+        }
+        for correction in &batch.corrections {
+            correct(&mut state, &correction.click);
         }
         let human_after: HashMap<&str, u64> = clicks
             .iter()
@@ -249,7 +263,8 @@ impl Store for MemoryStore {
             hits: agg.map_or(0, |b| b.hits),
             human_hits: agg.map_or(0, |b| b.human_hits),
             bot_hits: agg.map_or(0, |b| b.bot_hits),
-            unique_clicks: agg.map_or(0, |b| b.recipients.len() as u64),
+            unique_clicks: agg.map_or(0, |b| b.unique),
+            bot_reasons: agg.map(|b| b.bot_reasons.clone()).unwrap_or_default(),
         }))
     }
 
@@ -327,5 +342,47 @@ impl Store for MemoryStore {
     fn invalidations(&self, _shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
         // One process, one cache: the API invalidates it directly.
         None
+    }
+}
+
+/// Moves a counted human hit to the bots (a verdict flipped during the hold window): the same rules as
+/// the Redis script's correction operations.
+fn correct(state: &mut ClickState, click: &ClickRecord) {
+    if let Some(agg) = state.links.get_mut(&click.code) {
+        agg.stats.human_hits = agg.stats.human_hits.saturating_sub(1);
+        agg.stats.bot_hits += 1;
+        if agg.stats.human_hits == 0 {
+            agg.stats.unique_clicks = 0;
+            agg.stats.first_click_at = None;
+            agg.stats.last_click_at = None;
+        }
+    }
+    if let Some(broadcast) = &click.broadcast_id {
+        let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
+        b.human_hits = b.human_hits.saturating_sub(1);
+        b.bot_hits += 1;
+        *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;
+        let minute = b.timeline.entry(counting::minute_of(click)).or_default();
+        minute.0 = minute.0.saturating_sub(1);
+        minute.1 += 1;
+        if let Some(recipient) = &click.recipient {
+            let count = b.recipients.entry(recipient.clone()).or_default();
+            *count -= 1;
+            if *count == 0 {
+                b.unique = b.unique.saturating_sub(1);
+            }
+        }
+    }
+    if click.kind == crate::model::LinkKind::OptOut
+        && let Some(recipient) = &click.recipient
+        && let Some((list, seen)) = state.opt_outs.get_mut(&click.workspace_id)
+    {
+        let recorded = counting::opt_out_of(click, recipient);
+        if let Some(i) =
+            list.iter().position(|o| o.recipient == *recipient && o.code == recorded.code && o.at == recorded.at)
+        {
+            list.remove(i);
+            seen.remove(recipient);
+        }
     }
 }

@@ -19,12 +19,15 @@ use super::queue::{Pushed, Queue};
 use super::settings_cache::SettingsCache;
 use crate::backoff::Backoff;
 use crate::click::emit::{EmitError, Event, EventSink};
+use crate::model::Correction;
 use crate::model::{EventKind, Job};
 use crate::model::{Link, rfc3339};
 use crate::store::SharedStore;
 
 pub struct Outbox {
     queue: Arc<dyn Queue>,
+    /// The click hold window: events are due this long after their hit.
+    hold: Duration,
     store: SharedStore,
     settings: Arc<SettingsCache>,
     base_url: String,
@@ -33,8 +36,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(queue: Arc<dyn Queue>, store: SharedStore, settings: Arc<SettingsCache>, base_url: String) -> Self {
-        Self { queue, store, settings, base_url, links: Mutex::new(HashMap::new()) }
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        store: SharedStore,
+        settings: Arc<SettingsCache>,
+        base_url: String,
+        hold: Duration,
+    ) -> Self {
+        Self { queue, hold, store, settings, base_url, links: Mutex::new(HashMap::new()) }
     }
 
     fn cached_link(&self, code: &str) -> Option<Arc<Link>> {
@@ -111,7 +120,9 @@ impl Outbox {
             // link has a budget so a recipient tapping repeatedly is bounded too.
             code: Some(click.code.clone()),
             url,
-            due_at: None,
+            // Held for the click hold window: a verdict that flips meanwhile withdraws the event.
+            due_at: (!self.hold.is_zero())
+                .then(|| click.at + chrono::Duration::from_std(self.hold).unwrap_or_default()),
         }))
     }
 }
@@ -166,6 +177,27 @@ impl EventSink for Outbox {
                 .increment(skipped);
         }
         Ok(())
+    }
+
+    async fn withdraw(&self, corrections: &[Correction]) -> Result<usize, EmitError> {
+        let mut by_workspace: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for c in corrections {
+            let kind = match c.click.kind {
+                crate::model::LinkKind::Redirect => EventKind::Click,
+                crate::model::LinkKind::OptOut => EventKind::OptOut,
+            };
+            let partition = format!("{}/*", kind.as_str());
+            by_workspace.entry(c.click.workspace_id.as_str()).or_default().push((c.event_id.clone(), partition));
+        }
+        let mut withdrawn = 0;
+        for (ws, jobs) in by_workspace {
+            withdrawn += patiently(|| self.queue.withdraw(ws, &jobs))
+                .await
+                .map_err(|err| EmitError(format!("the webhook outbox is unreachable: {err}")))?;
+        }
+        metrics::counter!("linkhit_webhook_events_total", "type" => "any", "outcome" => "withdrawn")
+            .increment(withdrawn as u64);
+        Ok(withdrawn)
     }
 }
 

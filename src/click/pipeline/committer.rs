@@ -130,11 +130,20 @@ impl Committer {
 
     /// Emits a counted batch's events. `false`: the sink refused them (the batch stays unfinished).
     async fn finish(&self, batch: &Batch, tallies: &[ClickTally]) -> bool {
+        let wait = self.remaining().map_or(EMIT_TIMEOUT, |r| r.min(EMIT_TIMEOUT));
+        if !batch.corrections.is_empty() {
+            match tokio::time::timeout(wait, self.sink.withdraw(&batch.corrections)).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    tracing::warn!(batch = %batch.id, "withdrawing the events of flipped hits failed; the batch is journaled and tried again");
+                    return false;
+                }
+            }
+        }
         let events = emit::events(batch, tallies);
         if events.is_empty() {
             return true;
         }
-        let wait = self.remaining().map_or(EMIT_TIMEOUT, |r| r.min(EMIT_TIMEOUT));
         match tokio::time::timeout(wait, self.sink.emit(events)).await {
             Ok(Ok(())) => true,
             Ok(Err(err)) => {

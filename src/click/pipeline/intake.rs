@@ -12,7 +12,9 @@ use super::{BatchIds, Health, Settings};
 use crate::click::address;
 use crate::click::classify::{Classifier, Signals};
 use crate::click::journal::Journal;
-use crate::model::{Batch, Class, ClickRecord};
+use crate::click::sweep::{Client, Flippable, Sweeps};
+use crate::click::verdict::{Evidence, judge};
+use crate::model::{Batch, Class, ClickRecord, Correction};
 use crate::redirect::capture::Hit;
 
 pub(super) struct Intake {
@@ -24,30 +26,112 @@ pub(super) struct Intake {
     pub health: Arc<Health>,
     pub ids: BatchIds,
     pub stop: CancellationToken,
+    pub sweeps: Sweeps<ClickRecord>,
+    /// Flipped hits of earlier batches, sent with the next batch.
+    pub corrections: Vec<Correction>,
 }
 
-/// Turns a captured hit into a classified, owned record.
-fn record(classifier: &mut Classifier, hit: Hit, settings: &Settings, tally: &mut HitTally) -> ClickRecord {
-    let user_agent = hit.user_agent.as_ref().and_then(|v| v.to_str().ok());
-    let verdict = classifier.classify(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
-    tally.add(verdict.class, &verdict.reason);
-    let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
-    let ip = address::client_ip(hit.peer, forwarded, &settings.trusted_proxies)
-        .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) })
-        .map(|ip| ip.to_string());
-    let link = &hit.link;
-    ClickRecord {
-        code: link.code.to_string(),
-        workspace_id: link.workspace_id.to_string(),
-        broadcast_id: link.broadcast_id.as_deref().map(str::to_owned),
-        recipient: link.recipient.as_deref().map(str::to_owned),
-        kind: link.kind,
-        at: hit.at,
-        class: verdict.class,
-        reason: verdict.reason.to_string(),
-        method: if hit.head { "HEAD" } else { "GET" }.to_owned(),
-        user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
-        ip,
+/// A stable hash of a text (recipients and user agents in the sweep tracker).
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl Intake {
+    /// Turns a captured hit into a classified, owned record: the user agent, then the client's network,
+    /// the timing and the sweep rule (`verdict::judge`). `index` is the hit's place in the batch being
+    /// filled; earlier hits a sweep flips are corrected in `batch` or queued as corrections.
+    fn record(&mut self, hit: Hit, batch: &mut [ClickRecord], tally: &mut HitTally) -> ClickRecord {
+        let settings = Arc::clone(&self.settings);
+        let user_agent = hit.user_agent.as_ref().and_then(|v| v.to_str().ok());
+        let ua = self.classifier.classify(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
+        let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
+        let client = address::client_ip(hit.peer, forwarded, &settings.trusted_proxies);
+        let link = &hit.link;
+        let at_ms = hit.at.timestamp_millis();
+        let mut evidence = Evidence {
+            network: client.and_then(|ip| settings.networks.lookup(ip)),
+            since_send_ms: link.sent_unix().map(|s| at_ms - s * 1000),
+            since_delivery_ms: link.delivered_unix().map(|d| at_ms - d * 1000),
+            sweep: None,
+        };
+        let mut judged = judge(&ua, &evidence, &settings.timing);
+        let ip = client
+            .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) })
+            .map(|ip| ip.to_string());
+        let mut record = ClickRecord {
+            code: link.code.to_string(),
+            workspace_id: link.workspace_id.to_string(),
+            broadcast_id: link.broadcast_id.as_deref().map(str::to_owned),
+            recipient: link.recipient.as_deref().map(str::to_owned),
+            kind: link.kind,
+            at: hit.at,
+            class: judged.class,
+            reason: judged.reason.to_string(),
+            method: if hit.head { "HEAD" } else { "GET" }.to_owned(),
+            user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
+            ip,
+            signals: (!judged.signals.is_empty()).then(|| judged.signals.clone()),
+        };
+        if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
+            let who = Client {
+                workspace_id: link.workspace_id.to_string(),
+                broadcast_id: broadcast.to_string(),
+                ip,
+                user_agent: hash(user_agent.unwrap_or("")),
+            };
+            let recipient = hash(link.recipient.as_deref().unwrap_or(&link.code));
+            let flippable = (record.class == Class::Human).then(|| Flippable {
+                seq: self.ids.current(),
+                index: batch.len(),
+                at_ms,
+                item: record.clone(),
+            });
+            let observed = self.sweeps.observe(&who, recipient, at_ms, evidence.since_send_ms, flippable);
+            if let Some(n) = observed.sweep {
+                evidence.sweep = Some(n);
+                judged = judge(&ua, &evidence, &settings.timing);
+                record.class = judged.class;
+                record.reason = judged.reason.to_string();
+                record.signals = (!judged.signals.is_empty()).then(|| judged.signals.clone());
+                for flip in observed.flips {
+                    self.flip(flip, &record.reason, batch, at_ms);
+                }
+            }
+        }
+        tally.add(judged.class, &judged.reason);
+        record
+    }
+
+    /// Moves an earlier human hit to the bots: in place if its batch is still being filled, as a
+    /// correction of its counted batch (and a withdrawal of its held event) within the hold window.
+    fn flip(&mut self, flip: Flippable<ClickRecord>, reason: &str, batch: &mut [ClickRecord], now_ms: i64) {
+        let moved = |mut click: ClickRecord| {
+            click.class = Class::Bot;
+            click.reason = reason.to_owned();
+            let signal = reason.to_owned();
+            click.signals = Some(match click.signals.take() {
+                Some(s) if !s.is_empty() => format!("{s},{signal}"),
+                _ => signal,
+            });
+            click
+        };
+        if flip.seq == self.ids.current() {
+            if let Some(slot) = batch.get_mut(flip.index) {
+                *slot = moved(slot.clone());
+                metrics::counter!("linkhit_verdict_flips_total", "outcome" => "in_batch").increment(1);
+            }
+            return;
+        }
+        if now_ms - flip.at_ms > self.settings.hold.as_millis() as i64 {
+            metrics::counter!("linkhit_verdict_flips_total", "outcome" => "too_late").increment(1);
+            return;
+        }
+        metrics::counter!("linkhit_verdict_flips_total", "outcome" => "corrected").increment(1);
+        let event_id = crate::click::emit::event_id(&self.ids.id(flip.seq), flip.index);
+        self.corrections.push(Correction { click: moved(flip.item), event_id });
     }
 }
 
@@ -76,7 +160,8 @@ pub(super) async fn run(mut me: Intake) {
         loop {
             match me.rx.try_recv() {
                 Ok(hit) => {
-                    batch.push(record(&mut me.classifier, hit, &settings, &mut tally));
+                    let record = me.record(hit, &mut batch, &mut tally);
+                    batch.push(record);
                     if batch.len() >= settings.batch_size {
                         me.hand_off(std::mem::take(&mut batch)).await;
                         last_flush = tokio::time::Instant::now();
@@ -101,7 +186,8 @@ pub(super) async fn run(mut me: Intake) {
     if !batch.is_empty() {
         // Shutting down: waiting for room is fine now; the committer journals what it cannot count
         // before the deadline.
-        let sealed = me.ids.seal(batch);
+        let corrections = std::mem::take(&mut me.corrections);
+        let sealed = me.ids.seal(batch, corrections);
         if !me.health.ok() {
             me.to_journal(sealed).await;
         } else if let Err(mpsc::error::SendError(sealed)) = me.commit_tx.send(sealed).await {
@@ -113,9 +199,10 @@ pub(super) async fn run(mut me: Intake) {
 impl Intake {
     /// Gives a batch to the committer, or journals it when the store is unhealthy or the committer's
     /// queue is full.
-    async fn hand_off(&self, clicks: Vec<ClickRecord>) {
+    async fn hand_off(&mut self, clicks: Vec<ClickRecord>) {
         metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
-        let batch = self.ids.seal(clicks);
+        let corrections = std::mem::take(&mut self.corrections);
+        let batch = self.ids.seal(clicks, corrections);
         if !self.health.ok() {
             self.to_journal(batch).await;
             return;

@@ -15,7 +15,7 @@
 mod committer;
 mod intake;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{Classifier, Rules};
 use super::emit::EventSink;
 use super::journal::{EntryRef, Journal};
-use crate::model::{Batch, ClickRecord};
+use super::network::Networks;
+use super::sweep::{SweepRule, Sweeps};
+use super::verdict::Timing;
+use crate::model::{Batch, ClickRecord, Correction};
 use crate::redirect::capture::Capture;
 use crate::store::SharedStore;
 
@@ -49,6 +52,14 @@ pub struct Settings {
     /// How long the store keeps a batch's guard (`LINKHIT_COMMIT_GUARD_TTL`): an in-doubt batch older
     /// than this is not replayed.
     pub guard_ttl: Duration,
+    /// Client networks (`click::network`).
+    pub networks: Arc<Networks>,
+    pub timing: Timing,
+    pub sweep: SweepRule,
+    /// Sweep-tracker capacity (hits remembered).
+    pub sweep_capacity: usize,
+    /// The click hold window (`LINKHIT_CLICK_HOLD`): how long a verdict may still flip.
+    pub hold: Duration,
 }
 
 /// Whether the store takes commits; shared by intake (which journals while it does not) and the
@@ -73,20 +84,32 @@ impl Health {
     }
 }
 
-/// Batch ids: this run's random id and a sequence number.
+/// Batch ids: this run's random id and a sequence number. Owned by intake, which knows the sequence of
+/// the batch it is filling (a hit's event id is derived from it, see `emit::event_id`).
 pub(crate) struct BatchIds {
     run: String,
-    seq: AtomicU64,
+    next: u64,
 }
 
 impl BatchIds {
     fn new() -> Self {
-        Self { run: uuid::Uuid::new_v4().simple().to_string(), seq: AtomicU64::new(0) }
+        Self { run: uuid::Uuid::new_v4().simple().to_string(), next: 0 }
     }
 
-    pub(crate) fn seal(&self, clicks: Vec<ClickRecord>) -> Batch {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        Batch { id: format!("{}-{seq}", self.run), clicks }
+    /// The sequence number of the batch being filled.
+    pub(crate) fn current(&self) -> u64 {
+        self.next
+    }
+
+    /// The id of batch `seq` of this run.
+    pub(crate) fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.run)
+    }
+
+    pub(crate) fn seal(&mut self, clicks: Vec<ClickRecord>, corrections: Vec<Correction>) -> Batch {
+        let id = self.id(self.next);
+        self.next += 1;
+        Batch { id, clicks, corrections }
     }
 }
 
@@ -123,6 +146,8 @@ impl Pipeline {
             health: Arc::clone(&health),
             ids: BatchIds::new(),
             stop: stop.clone(),
+            sweeps: Sweeps::new(settings.sweep, settings.sweep_capacity),
+            corrections: Vec::new(),
         }));
         let committer = tokio::spawn(
             committer::Committer {

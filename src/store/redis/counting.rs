@@ -41,10 +41,15 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `L` counters-key recent-key human bot first-ms last-ms cap k json×k — a link: counters, first and
 ///   last human click, the newest `k` recent clicks pushed (oldest first), the list capped; answers the
 ///   link's human hits after the batch (0 when the batch has no human hit of it: not read, not needed).
-/// - `B` hash-key uniques-key timeline-key hits human bot r recipient×r p (field n)×p — a broadcast:
-///   counters, the exact unique-recipient set, the per-minute timeline; answers 1/0 per recipient (new
-///   to the set or not), or 0 when `r` is 0.
+/// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
+///   p (field n)×p q (reason n)×q — a broadcast: counters, human hits per recipient and the exact
+///   unique-recipient set (a recipient joins it when its count reaches 1), the per-minute timeline, bot
+///   hits per reason; answers 1/0 per recipient (new to the set or not), or 0 when `r` is 0.
 /// - `O` key recipient json — a possible opt-out (`HSETNX`); answers 1 if new.
+/// - `C` counters-key n — a link's n human hits counted again as bots (a verdict flipped); answers 0.
+/// - `D` hash-key uniques-key timeline-key counts-key reasons-key k (recipient h-field b-field reason)×k
+///   — the same for a broadcast: a recipient whose human hits drop to 0 leaves the unique set; answers 0.
+/// - `Y` key recipient json — an opt-out recorded by a hit whose verdict flipped is removed; answers 0.
 ///
 /// Returns `{0, reply}` after applying, `{1, reply}` when the guard shows the batch was applied before;
 /// `reply` is the JSON array of the operations' answers.
@@ -91,24 +96,67 @@ while i <= n do
     local hash = KEYS[tonumber(ARGV[i + 1])]
     local uniques = KEYS[tonumber(ARGV[i + 2])]
     local timeline = KEYS[tonumber(ARGV[i + 3])]
-    redis.call('HINCRBY', hash, 'hits', ARGV[i + 4])
-    if tonumber(ARGV[i + 5]) > 0 then redis.call('HINCRBY', hash, 'human_hits', ARGV[i + 5]) end
-    if tonumber(ARGV[i + 6]) > 0 then redis.call('HINCRBY', hash, 'bot_hits', ARGV[i + 6]) end
-    local r = tonumber(ARGV[i + 7])
+    local counts = KEYS[tonumber(ARGV[i + 4])]
+    local reasons = KEYS[tonumber(ARGV[i + 5])]
+    redis.call('HINCRBY', hash, 'hits', ARGV[i + 6])
+    if tonumber(ARGV[i + 7]) > 0 then redis.call('HINCRBY', hash, 'human_hits', ARGV[i + 7]) end
+    if tonumber(ARGV[i + 8]) > 0 then redis.call('HINCRBY', hash, 'bot_hits', ARGV[i + 8]) end
+    local r = tonumber(ARGV[i + 9])
     local added = {}
     local new = 0
-    for j = i + 8, i + 7 + r do
-      local a = redis.call('SADD', uniques, ARGV[j])
+    for j = i + 10, i + 9 + r do
+      local a = 0
+      if redis.call('HINCRBY', counts, ARGV[j], 1) >= 1 then a = redis.call('SADD', uniques, ARGV[j]) end
       added[#added + 1] = a
       new = new + a
     end
     if new > 0 then redis.call('HINCRBY', hash, 'unique_clicks', new) end
-    local p = tonumber(ARGV[i + 8 + r])
-    for j = i + 9 + r, i + 7 + r + 2 * p, 2 do
+    local at = i + 10 + r
+    local p = tonumber(ARGV[at])
+    for j = at + 1, at + 2 * p, 2 do
       redis.call('HINCRBY', timeline, ARGV[j], ARGV[j + 1])
     end
+    at = at + 1 + 2 * p
+    local q = tonumber(ARGV[at])
+    for j = at + 1, at + 2 * q, 2 do
+      redis.call('HINCRBY', reasons, ARGV[j], ARGV[j + 1])
+    end
     if r == 0 then out[#out + 1] = 0 else out[#out + 1] = added end
-    i = i + 9 + r + 2 * p
+    i = at + 1 + 2 * q
+  elseif op == 'C' then
+    local counters = KEYS[tonumber(ARGV[i + 1])]
+    local n = tonumber(ARGV[i + 2])
+    if redis.call('HINCRBY', counters, 'human_hits', -n) <= 0 then
+      redis.call('HDEL', counters, 'first_click_at', 'last_click_at')
+    end
+    redis.call('HINCRBY', counters, 'bot_hits', n)
+    out[#out + 1] = 0
+    i = i + 3
+  elseif op == 'D' then
+    local hash = KEYS[tonumber(ARGV[i + 1])]
+    local uniques = KEYS[tonumber(ARGV[i + 2])]
+    local timeline = KEYS[tonumber(ARGV[i + 3])]
+    local counts = KEYS[tonumber(ARGV[i + 4])]
+    local reasons = KEYS[tonumber(ARGV[i + 5])]
+    local k = tonumber(ARGV[i + 6])
+    for j = i + 7, i + 6 + 4 * k, 4 do
+      redis.call('HINCRBY', hash, 'human_hits', -1)
+      redis.call('HINCRBY', hash, 'bot_hits', 1)
+      redis.call('HINCRBY', timeline, ARGV[j + 1], -1)
+      redis.call('HINCRBY', timeline, ARGV[j + 2], 1)
+      redis.call('HINCRBY', reasons, ARGV[j + 3], 1)
+      if ARGV[j] ~= '' and redis.call('HINCRBY', counts, ARGV[j], -1) == 0
+        and redis.call('SREM', uniques, ARGV[j]) == 1 then
+        redis.call('HINCRBY', hash, 'unique_clicks', -1)
+      end
+    end
+    out[#out + 1] = 0
+    i = i + 7 + 4 * k
+  elseif op == 'Y' then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    if redis.call('HGET', key, ARGV[i + 2]) == ARGV[i + 3] then redis.call('HDEL', key, ARGV[i + 2]) end
+    out[#out + 1] = 0
+    i = i + 4
   elseif op == 'O' then
     out[#out + 1] = redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
@@ -132,6 +180,8 @@ enum Answer<'a> {
     Broadcast(usize),
     /// Click `i` may have recorded an opt-out.
     OptOut(usize),
+    /// A correction: nothing to read.
+    Nothing,
 }
 
 /// One script call: a slot's share of the batch.
@@ -208,6 +258,8 @@ fn calls<'a>(
             Vec::new(),
             Vec::new(),
             Vec::new(),
+            Vec::new(),
+            Vec::new(),
             arg(members.len()),
             arg(human),
             arg(members.len() - human),
@@ -220,8 +272,22 @@ fn calls<'a>(
             args.push(format!("{minute}:{}", if class == Class::Human { 'h' } else { 'b' }).into_bytes());
             args.push(arg(hits));
         }
-        let keys =
-            vec![hash, store.keys.broadcast_uniques(workspace, broadcast), store.keys.timeline(workspace, broadcast)];
+        let mut reasons: std::collections::BTreeMap<&str, u64> = Default::default();
+        for &i in members.iter().filter(|&&i| !clicks[i].is_human()) {
+            *reasons.entry(clicks[i].reason.as_str()).or_default() += 1;
+        }
+        args.push(arg(reasons.len()));
+        for (reason, hits) in reasons {
+            args.push(reason.as_bytes().to_vec());
+            args.push(arg(hits));
+        }
+        let keys = vec![
+            hash,
+            store.keys.broadcast_uniques(workspace, broadcast),
+            store.keys.timeline(workspace, broadcast),
+            store.keys.broadcast_recipient_hits(workspace, broadcast),
+            store.keys.broadcast_bot_reasons(workspace, broadcast),
+        ];
         placed.push((call_for(&tag), args, keys, Answer::Broadcast(n)));
     }
     for &i in &groups.opt_outs {
@@ -233,6 +299,56 @@ fn calls<'a>(
         let tag = hash_tag(&key).to_owned();
         let args = vec![b"O".to_vec(), Vec::new(), recipient.as_bytes().to_vec(), record];
         placed.push((call_for(&tag), args, vec![key], Answer::OptOut(i)));
+    }
+    // Verdict corrections (hits of earlier batches moved from human to bot), in the same guarded calls.
+    let corrections: Vec<&ClickRecord> = batch.corrections.iter().map(|c| &c.click).collect();
+    let mut by_link: Vec<(&str, u64)> = Vec::new();
+    for c in &corrections {
+        match by_link.iter_mut().find(|(code, _)| *code == c.code) {
+            Some((_, n)) => *n += 1,
+            None => by_link.push((&c.code, 1)),
+        }
+    }
+    for (code, n) in by_link {
+        let args = vec![b"C".to_vec(), Vec::new(), arg(n)];
+        placed.push((call_for(code), args, vec![store.keys.counters(code)], Answer::Nothing));
+    }
+    let mut by_broadcast: Vec<((&str, &str), Vec<&ClickRecord>)> = Vec::new();
+    for c in corrections.iter().filter(|c| c.broadcast_id.is_some()) {
+        let key = (c.workspace_id.as_str(), c.broadcast_id.as_deref().unwrap_or_default());
+        match by_broadcast.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(c),
+            None => by_broadcast.push((key, vec![c])),
+        }
+    }
+    for ((workspace, broadcast), list) in by_broadcast {
+        let hash = store.keys.broadcast(workspace, broadcast);
+        let tag = hash_tag(&hash).to_owned();
+        let mut args = vec![b"D".to_vec(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), arg(list.len())];
+        for c in list {
+            let minute = counting::minute_of(c);
+            args.push(c.recipient.as_deref().unwrap_or_default().as_bytes().to_vec());
+            args.push(format!("{minute}:h").into_bytes());
+            args.push(format!("{minute}:b").into_bytes());
+            args.push(c.reason.as_bytes().to_vec());
+        }
+        let keys = vec![
+            hash,
+            store.keys.broadcast_uniques(workspace, broadcast),
+            store.keys.timeline(workspace, broadcast),
+            store.keys.broadcast_recipient_hits(workspace, broadcast),
+            store.keys.broadcast_bot_reasons(workspace, broadcast),
+        ];
+        placed.push((call_for(&tag), args, keys, Answer::Nothing));
+    }
+    for c in corrections.iter().filter(|c| c.kind == crate::model::LinkKind::OptOut) {
+        let Some(recipient) = c.recipient.as_deref() else { continue };
+        let record =
+            serde_json::to_vec(&counting::opt_out_of(c, recipient)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = store.keys.opt_outs(&c.workspace_id);
+        let tag = hash_tag(&key).to_owned();
+        let args = vec![b"Y".to_vec(), Vec::new(), recipient.as_bytes().to_vec(), record];
+        placed.push((call_for(&tag), args, vec![key], Answer::Nothing));
     }
     for (c, mut args, keys, answer) in placed {
         let call = &mut calls[c];
@@ -332,6 +448,7 @@ pub(super) async fn record_batch(
                     }
                 }
                 Answer::OptOut(i) => opted_out[i] = answer.as_u64() == Some(1),
+                Answer::Nothing => {}
             }
         }
     }

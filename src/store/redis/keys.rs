@@ -11,6 +11,8 @@
 //! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
+//! | `P:bch:{WS:BROADCAST}` | hash | recipient → human hits (a verdict correction takes one back; at 0 the recipient leaves `bcu`) |
+//! | `P:bcr:{WS:BROADCAST}` | hash | bot reason → bot hits |
 //! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
 //! | `P:bcs:{WS}` | set | the workspace's broadcast ids |
 //! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
@@ -45,6 +47,14 @@ impl Keys {
     }
     pub fn broadcast_uniques(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bcu:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Human hits per recipient of a broadcast (a verdict correction takes one back).
+    pub fn broadcast_recipient_hits(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bch:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Bot hits per reason of a broadcast.
+    pub fn broadcast_bot_reasons(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bcr:{{{workspace_id}:{broadcast_id}}}", self.prefix)
     }
     pub fn timeline(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:tl:{{{workspace_id}:{broadcast_id}}}", self.prefix)

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkStats, StoreError> {
     let key = store.keys.counters(code);
     let mut conn = store.conn().await?;
-    type Row = (Option<u64>, Option<u64>, Option<i64>, Option<i64>);
+    type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
     let (human_hits, bot_hits, first, last): Row = store
         .bounded(store.timeout, async move {
             redis::cmd("HMGET")
@@ -23,7 +23,8 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
                 .await
         })
         .await?;
-    let (human_hits, bot_hits) = (human_hits.unwrap_or(0), bot_hits.unwrap_or(0));
+    // Briefly negative while a correction is counted before the hit it corrects: read as 0.
+    let (human_hits, bot_hits) = (human_hits.unwrap_or(0).max(0) as u64, bot_hits.unwrap_or(0).max(0) as u64);
     Ok(LinkStats {
         hits: human_hits + bot_hits,
         human_hits,
@@ -39,20 +40,8 @@ pub(super) async fn broadcast_stats(
     workspace_id: &str,
     broadcast_id: &str,
 ) -> Result<Option<BroadcastStats>, StoreError> {
-    let key = store.keys.broadcast(workspace_id, broadcast_id);
-    let mut conn = store.conn().await?;
-    let fields: HashMap<String, u64> = store.bounded(store.timeout, async move { conn.hgetall(key).await }).await?;
-    if fields.get("links").copied().unwrap_or(0) == 0 {
-        return Ok(None);
-    }
-    let get = |name: &str| fields.get(name).copied().unwrap_or(0);
-    Ok(Some(BroadcastStats {
-        links: get("links"),
-        hits: get("hits"),
-        human_hits: get("human_hits"),
-        bot_hits: get("bot_hits"),
-        unique_clicks: get("unique_clicks"),
-    }))
+    let mut all = read_broadcasts(store, workspace_id, &[broadcast_id.to_owned()]).await?;
+    Ok(all.pop().filter(|s| s.links > 0))
 }
 
 pub(super) async fn list_broadcasts(
@@ -63,38 +52,48 @@ pub(super) async fn list_broadcasts(
     let mut conn = store.conn().await?;
     let mut ids: Vec<String> = store.bounded(store.timeout, async move { conn.smembers(key).await }).await?;
     ids.sort();
+    let stats = read_broadcasts(store, workspace_id, &ids).await?;
+    Ok(ids.into_iter().zip(stats).collect())
+}
+
+/// The counters and bot reasons of broadcasts, in order (counters may be briefly negative while a
+/// correction is counted before the hit it corrects: read as 0).
+async fn read_broadcasts(
+    store: &RedisStore,
+    workspace_id: &str,
+    ids: &[String],
+) -> Result<Vec<BroadcastStats>, StoreError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let tagged = ids
-        .iter()
-        .map(|id| {
-            let key = store.keys.broadcast(workspace_id, id);
+    let mut tagged = Vec::with_capacity(ids.len() * 2);
+    for id in ids {
+        for key in [store.keys.broadcast(workspace_id, id), store.keys.broadcast_bot_reasons(workspace_id, id)] {
             let mut cmd = redis::cmd("HGETALL");
             cmd.arg(&key);
-            (hash_tag(&key).to_owned(), cmd)
-        })
-        .collect();
-    let rows: Vec<HashMap<String, u64>> = store
+            tagged.push((hash_tag(&key).to_owned(), cmd));
+        }
+    }
+    let rows: Vec<HashMap<String, i64>> = store
         .spread(store.timeout * 4, tagged, &[])
         .await?
         .into_iter()
         .map(redis::from_redis_value)
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(ids
-        .into_iter()
-        .zip(rows)
-        .map(|(id, f)| {
-            let get = |name: &str| f.get(name).copied().unwrap_or(0);
-            let stats = BroadcastStats {
+    Ok(rows
+        .chunks(2)
+        .map(|pair| {
+            let (f, reasons) = (&pair[0], &pair[1]);
+            let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
+            BroadcastStats {
                 links: get("links"),
                 hits: get("hits"),
                 human_hits: get("human_hits"),
                 bot_hits: get("bot_hits"),
                 unique_clicks: get("unique_clicks"),
-            };
-            (id, stats)
+                bot_reasons: reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (r.clone(), *n as u64)).collect(),
+            }
         })
         .collect())
 }

@@ -1,0 +1,186 @@
+//! Sweeps: one client (address and user agent) hitting many different recipients' links of one
+//! broadcast within a short window, soon after the SMS went out, is a scanner, not a crowd. Per-recipient
+//! links make this visible. People behind one carrier-grade NAT address share an address but tap
+//! minutes after the send, mostly from different devices: hits later than `after_send` never count
+//! toward a sweep.
+//!
+//! When a hit completes a sweep, the earlier hits of the same sweep that were judged human are returned
+//! so the pipeline can flip them (within the hold window: their counts corrected, their events
+//! withdrawn). Bounded: at most `capacity` hits are remembered; the oldest clients are forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+/// Who hit: a broadcast of a workspace, a client address, a user agent (hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Client {
+    pub workspace_id: String,
+    pub broadcast_id: String,
+    pub ip: std::net::IpAddr,
+    pub user_agent: u64,
+}
+
+/// A human-judged hit that a later sweep may flip, and where it is (batch sequence, index in batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flippable<T> {
+    pub seq: u64,
+    pub index: usize,
+    pub at_ms: i64,
+    pub item: T,
+}
+
+#[derive(Debug)]
+struct Seen<T> {
+    recipient: u64,
+    at_ms: i64,
+    flippable: Option<Flippable<T>>,
+}
+
+/// The sweep rule's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepRule {
+    /// Distinct recipients that make a sweep (0: sweeps are not detected).
+    pub recipients: usize,
+    pub window: Duration,
+    /// Only hits this soon after their link's send count.
+    pub after_send: Duration,
+}
+
+impl Default for SweepRule {
+    fn default() -> Self {
+        Self { recipients: 3, window: Duration::from_secs(30), after_send: Duration::from_secs(120) }
+    }
+}
+
+/// What observing a hit found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Observed<T> {
+    /// Distinct recipients in the sweep, if this hit is part of one.
+    pub sweep: Option<usize>,
+    /// Earlier hits of the sweep judged human, to flip.
+    pub flips: Vec<Flippable<T>>,
+}
+
+pub struct Sweeps<T> {
+    rule: SweepRule,
+    capacity: usize,
+    clients: HashMap<Client, VecDeque<Seen<T>>>,
+    /// Clients in order of their first remembered hit, for eviction.
+    order: VecDeque<Client>,
+    len: usize,
+}
+
+impl<T> Sweeps<T> {
+    pub fn new(rule: SweepRule, capacity: usize) -> Self {
+        Self { rule, capacity: capacity.max(1), clients: HashMap::new(), order: VecDeque::new(), len: 0 }
+    }
+
+    /// Records a hit of `client` on `recipient`'s link `since_send_ms` after its send; `flippable` if it
+    /// was judged human. Returns whether it makes (or continues) a sweep and which earlier hits flip.
+    pub fn observe(
+        &mut self,
+        client: &Client,
+        recipient: u64,
+        at_ms: i64,
+        since_send_ms: Option<i64>,
+        flippable: Option<Flippable<T>>,
+    ) -> Observed<T> {
+        let none = Observed { sweep: None, flips: Vec::new() };
+        if self.rule.recipients == 0 || since_send_ms.is_none_or(|ms| ms > self.rule.after_send.as_millis() as i64) {
+            return none;
+        }
+        let window = self.rule.window.as_millis() as i64;
+        if !self.clients.contains_key(client) {
+            self.order.push_back(client.clone());
+        }
+        let seen = self.clients.entry(client.clone()).or_default();
+        let before = seen.len();
+        while seen.front().is_some_and(|s| s.at_ms < at_ms - window) {
+            seen.pop_front();
+        }
+        self.len -= before - seen.len();
+        seen.push_back(Seen { recipient, at_ms, flippable });
+        self.len += 1;
+        let mut distinct: Vec<u64> = seen.iter().map(|s| s.recipient).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let observed = if distinct.len() >= self.rule.recipients {
+            let flips = seen.iter_mut().filter_map(|s| s.flippable.take()).collect::<Vec<_>>();
+            Observed { sweep: Some(distinct.len()), flips }
+        } else {
+            none
+        };
+        // Both bounds: hits, and clients (whose hits the window may have emptied).
+        while self.len > self.capacity || self.clients.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(gone) = self.clients.remove(&oldest) {
+                self.len -= gone.len();
+            }
+        }
+        observed
+    }
+
+    /// Hits remembered (bounded by the capacity).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(ip: &str) -> Client {
+        Client { workspace_id: "ws".into(), broadcast_id: "b".into(), ip: ip.parse().unwrap(), user_agent: 7 }
+    }
+
+    fn flip(seq: u64, index: usize, at_ms: i64) -> Option<Flippable<&'static str>> {
+        Some(Flippable { seq, index, at_ms, item: "hit" })
+    }
+
+    #[test]
+    fn a_scanner_sweeping_recipients_soon_after_send_is_caught_and_its_early_hits_flip() {
+        let mut s = Sweeps::new(SweepRule::default(), 100);
+        let scanner = client("203.0.113.9");
+        assert_eq!(s.observe(&scanner, 1, 1_000, Some(4_000), flip(0, 0, 1_000)).sweep, None);
+        assert_eq!(s.observe(&scanner, 1, 1_500, Some(4_500), flip(0, 1, 1_500)).sweep, None, "one recipient twice");
+        assert_eq!(s.observe(&scanner, 2, 2_000, Some(5_000), flip(0, 2, 2_000)).sweep, None);
+        let third = s.observe(&scanner, 3, 2_500, Some(5_500), flip(0, 3, 2_500));
+        assert_eq!(third.sweep, Some(3));
+        assert_eq!(third.flips.iter().map(|f| f.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        let fourth = s.observe(&scanner, 4, 3_000, Some(6_000), flip(1, 0, 3_000));
+        assert_eq!((fourth.sweep, fourth.flips.len()), (Some(4), 1), "earlier flips are not repeated");
+    }
+
+    #[test]
+    fn people_behind_one_address_minutes_after_send_are_not_a_sweep() {
+        let mut s = Sweeps::new(SweepRule::default(), 100);
+        let nat = client("198.51.100.1");
+        for r in 0..20 {
+            let o = s.observe(&nat, r, 1_000 + r as i64 * 100, Some(300_000), flip(0, r as usize, 0));
+            assert_eq!(o, Observed { sweep: None, flips: Vec::new() }, "recipient {r}");
+        }
+        // Spread wider than the window: never three at once.
+        let slow = client("198.51.100.2");
+        for r in 0..5 {
+            let o = s.observe(&slow, r, r as i64 * 20_000, Some(10_000 + r as i64 * 20_000), None);
+            assert_eq!(o.sweep, None, "recipient {r}");
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut s: Sweeps<()> = Sweeps::new(SweepRule::default(), 50);
+        for i in 0..10_000u32 {
+            let ip = std::net::IpAddr::from(i.to_be_bytes());
+            let c = Client { workspace_id: "ws".into(), broadcast_id: "b".into(), ip, user_agent: 1 };
+            s.observe(&c, u64::from(i), i64::from(i), Some(1_000), None);
+        }
+        assert!(s.len() <= 50, "{}", s.len());
+        assert!(s.clients.len() <= 50 && s.order.len() <= 10_000);
+    }
+}
