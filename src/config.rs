@@ -43,6 +43,18 @@ pub struct ClassifyArgs {
     /// File of extra human user-agent substrings, as for `serve`.
     #[arg(long, env = "LINKHIT_EXTRA_HUMAN_PATTERNS")]
     pub extra_human_patterns: Option<std::path::PathBuf>,
+    /// Networks files, as for `serve`.
+    #[arg(long, env = "LINKHIT_EXTRA_BOT_NETWORKS")]
+    pub extra_bot_networks: Option<std::path::PathBuf>,
+    #[arg(long, env = "LINKHIT_EXTRA_HUMAN_NETWORKS")]
+    pub extra_human_networks: Option<std::path::PathBuf>,
+    #[arg(long, env = "LINKHIT_PRIVACY_RELAY_NETWORKS")]
+    pub privacy_relay_networks: Option<std::path::PathBuf>,
+    /// Timing rules, as for `serve`.
+    #[arg(long, env = "LINKHIT_CLICK_FAST_AFTER_SEND", default_value = "10", value_parser = parse_seconds)]
+    pub click_fast_after_send: Duration,
+    #[arg(long, env = "LINKHIT_CLICK_FAST_AFTER_DELIVERY", default_value = "5", value_parser = parse_seconds)]
+    pub click_fast_after_delivery: Duration,
 }
 
 /// Every setting of the server. Built by clap from flags and `LINKHIT_*` variables, or by tests directly

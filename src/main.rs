@@ -58,19 +58,56 @@ fn invalid(message: &str) -> ! {
     std::process::exit(2);
 }
 
-/// `linkhit classify`: one user agent per stdin line → one JSON verdict per stdout line.
+/// `linkhit classify`: one hit per stdin line — a bare user agent, or a JSON object
+/// `{"user_agent", "ip", "seconds_since_send", "seconds_since_delivery", "head"}` (every field optional)
+/// — and one JSON verdict per stdout line: class, reason and the signals behind it. Sweeps need a
+/// stream of hits on a broadcast and are not judged here.
 fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    use linkhit::click::classify::Signals;
+    use linkhit::click::verdict::{Evidence, Timing, judge};
     use std::io::{BufRead, Write};
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        user_agent: Option<String>,
+        ip: Option<std::net::IpAddr>,
+        seconds_since_send: Option<f64>,
+        seconds_since_delivery: Option<f64>,
+        #[serde(default)]
+        head: bool,
+    }
     let rules =
         linkhit::click::classify::load_rules(args.extra_human_patterns.as_deref(), args.extra_bot_patterns.as_deref())?;
+    let networks = linkhit::click::network::Networks::load(
+        args.extra_human_networks.as_deref(),
+        args.privacy_relay_networks.as_deref(),
+        args.extra_bot_networks.as_deref(),
+    )?;
+    let timing =
+        Timing { fast_after_send: args.click_fast_after_send, fast_after_delivery: args.click_fast_after_delivery };
     let mut classifier = linkhit::click::classify::Classifier::new(std::sync::Arc::new(rules), 100_000);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for line in std::io::stdin().lock().lines() {
-        let ua = line.context("reading stdin")?;
-        let verdict =
-            classifier.classify(linkhit::click::classify::Signals { user_agent: Some(&ua), ..Default::default() });
-        let json = serde_json::json!({"user_agent": ua, "class": verdict.class, "reason": &*verdict.reason});
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let text = line.context("reading stdin")?;
+        let hit: Line = if text.trim_start().starts_with('{') {
+            serde_json::from_str(&text).with_context(|| format!("line {}: not a hit object", n + 1))?
+        } else {
+            Line { user_agent: Some(text.clone()), ..Default::default() }
+        };
+        let ua =
+            classifier.classify(Signals { user_agent: hit.user_agent.as_deref(), head: hit.head, prefetch: false });
+        let evidence = Evidence {
+            network: hit.ip.and_then(|ip| networks.lookup(ip)),
+            since_send_ms: hit.seconds_since_send.map(|s| (s * 1000.0) as i64),
+            since_delivery_ms: hit.seconds_since_delivery.map(|s| (s * 1000.0) as i64),
+            sweep: None,
+        };
+        let verdict = judge(&ua, &evidence, &timing);
+        let json = serde_json::json!({
+            "user_agent": hit.user_agent, "class": verdict.class, "reason": &*verdict.reason,
+            "signals": verdict.signals.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+        });
         if writeln!(out, "{json}").is_err() {
             // The reader went away (`| head`): stop quietly.
             return Ok(());

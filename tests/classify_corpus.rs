@@ -87,3 +87,38 @@ fn classify_subcommand_prints_one_json_verdict_per_line() {
     assert_eq!(lines[1]["class"], "human");
     assert_eq!(lines[2]["reason"], "empty_user_agent");
 }
+
+#[test]
+fn classify_subcommand_explains_json_hits_with_network_and_timing() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linkhit"))
+        .arg("classify")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+    let lines = [
+        serde_json::json!({"user_agent": iphone, "ip": "3.5.0.9", "seconds_since_send": 3600}),
+        serde_json::json!({"user_agent": iphone, "ip": "198.51.100.7", "seconds_since_send": 2}),
+        serde_json::json!({"user_agent": iphone, "ip": "198.51.100.7", "seconds_since_send": 600, "seconds_since_delivery": 1}),
+        serde_json::json!({"user_agent": iphone, "ip": "198.51.100.7", "seconds_since_send": 600}),
+    ];
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let got: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let verdicts: Vec<(&str, &str)> =
+        got.iter().map(|v| (v["class"].as_str().unwrap(), v["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("bot", "network:hosting:aws"),
+            ("bot", "timing:2s_after_send"),
+            ("bot", "timing:1s_after_delivery"),
+            ("human", "browser:Safari")
+        ]
+    );
+    assert_eq!(got[0]["signals"], serde_json::json!(["network:hosting:aws"]));
+}

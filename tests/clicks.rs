@@ -95,7 +95,8 @@ async fn unique_clicks_count_recipients_not_taps(backend: Backend) {
     let body = env.poll_json("/api/v1/broadcasts/spring/stats", Duration::from_secs(1), |b| b["hits"] == 6).await;
     assert_eq!(
         body,
-        json!({"broadcast_id": "spring", "links": 3, "hits": 6, "human_hits": 4, "bot_hits": 2, "unique_clicks": 2})
+        json!({"broadcast_id": "spring", "links": 3, "hits": 6, "human_hits": 4, "bot_hits": 2, "unique_clicks": 2,
+               "delivered": 0, "bot_reasons": {"preview:imessage": 1, "preview:whatsapp": 1}})
     );
     let (_, s) = env.get_json(&format!("/api/v1/links/{}/stats", codes[2])).await;
     assert_eq!(s["unique_clicks"], 0, "a previewed link was not clicked");

@@ -188,6 +188,7 @@ fn every_api_route_of_the_server_is_documented() {
         "/api/v1/broadcasts/{broadcast_id}/stats",
         "/api/v1/broadcasts/{broadcast_id}/timeline",
         "/api/v1/messages/shorten",
+        "/api/v1/delivery-reports",
         "/api/v1/opt-outs",
         "/api/v1/webhooks",
         "/api/v1/webhooks/test",

@@ -190,6 +190,10 @@ struct LinkView<'a> {
     sent_at: String,
     expires_at: Option<String>,
     disabled_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_status: Option<&'a str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     counters: Option<super::LinkStatsView>,
 }
@@ -211,6 +215,8 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView
         sent_at: rfc3339(link.sent()),
         expires_at: link.expires_at.map(rfc3339),
         disabled_at: link.disabled_at.map(rfc3339),
+        delivered_at: link.delivered_at.map(rfc3339),
+        delivery_status: link.delivery_status.as_deref(),
         counters: counters.map(super::LinkStatsView::from),
     }
 }

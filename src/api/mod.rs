@@ -5,6 +5,7 @@
 //! `Result<Response, ApiError>` and never panic on input.
 
 pub mod admin;
+pub mod deliveries;
 pub mod links;
 pub mod stats;
 pub mod webhooks;
@@ -131,6 +132,10 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
         },
         ["api", "v1", "broadcasts", broadcast_id, "links"] => match method {
             Method::POST => links::create_broadcast(app, req, broadcast_id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["api", "v1", "delivery-reports"] => match method {
+            Method::POST => deliveries::record(app, req).await,
             _ => Err(method_not_allowed()),
         },
         ["api", "v1", "messages", "shorten"] => match method {

@@ -40,6 +40,8 @@ pub async fn broadcast(app: &App, req: Request<Incoming>, broadcast_id: &str) ->
             "human_hits": stats.human_hits,
             "bot_hits": stats.bot_hits,
             "unique_clicks": stats.unique_clicks,
+            "delivered": stats.delivered,
+            "bot_reasons": stats.bot_reasons,
         }),
     )
 }
@@ -60,6 +62,7 @@ pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult 
                 "reason": c.reason,
                 "user_agent": c.user_agent,
                 "ip": c.ip,
+                "signals": c.signals.as_deref().map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_default(),
                 "method": c.method,
             })
         })

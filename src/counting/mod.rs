@@ -105,6 +105,15 @@ pub fn tallies(
         .collect()
 }
 
+/// What a delivery report does to its link: the status is the latest report's; `delivered_at` is the
+/// first `delivered` report's time.
+pub fn apply_delivery(link: &mut crate::model::Link, delivery: &crate::model::Delivery) {
+    link.delivery_status = Some(delivery.status.clone());
+    if delivery.status == "delivered" && link.delivered_at.is_none() {
+        link.delivered_at = Some(delivery.at);
+    }
+}
+
 /// The unix minute (its first second) a hit falls in: the timeline's unit.
 pub fn minute_of(click: &ClickRecord) -> i64 {
     click.at.timestamp().div_euclid(60) * 60

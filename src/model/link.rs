@@ -116,6 +116,24 @@ pub struct BroadcastStats {
     /// Bot hits per reason (`preview:whatsapp`, `network:hosting:aws`, `sweep:4_recipients`, …).
     #[serde(default)]
     pub bot_reasons: std::collections::BTreeMap<String, u64>,
+    /// Recipients with a `delivered` report.
+    #[serde(default)]
+    pub delivered: u64,
+}
+
+/// How a delivery report names its link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LinkRef {
+    MessageId(String),
+    Recipient { broadcast_id: String, recipient: String },
+}
+
+/// One delivery report, resolved to its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub code: String,
+    pub status: String,
+    pub at: DateTime<Utc>,
 }
 
 /// A recipient who opted out through an opt-out link (the first time counts).

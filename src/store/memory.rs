@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Invalidation, Store, StoreError};
 use crate::counting;
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
-    WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats,
+    OptOut, RecentClick, WebhookSettings, Workspace,
 };
 
 pub struct MemoryStore {
@@ -33,6 +33,12 @@ pub struct MemoryStore {
     webhook_settings: DashMap<String, WebhookSettings>,
     /// Per workspace, newest first.
     webhook_logs: DashMap<String, VecDeque<DeliveryLog>>,
+    /// (workspace, message id) → code, for delivery reports.
+    by_message: DashMap<(String, String), String>,
+    /// (workspace, broadcast, recipient) → code.
+    by_recipient: DashMap<(String, String, String), String>,
+    /// (workspace, broadcast) → recipients with a `delivered` report.
+    delivered: DashMap<(String, String), HashSet<String>>,
 }
 
 /// Batches counted and not released yet, remembered for idempotency.
@@ -80,6 +86,9 @@ impl Default for MemoryStore {
             keys: DashMap::new(),
             webhook_settings: DashMap::new(),
             webhook_logs: DashMap::new(),
+            by_message: DashMap::new(),
+            by_recipient: DashMap::new(),
+            delivered: DashMap::new(),
         }
     }
 }
@@ -139,6 +148,13 @@ impl Store for MemoryStore {
             };
             if fresh && let Some(broadcast) = &link.broadcast_id {
                 *self.broadcast_links.entry((link.workspace_id.clone(), broadcast.clone())).or_default() += 1;
+                if let Some(recipient) = &link.recipient {
+                    self.by_recipient
+                        .insert((link.workspace_id.clone(), broadcast.clone(), recipient.clone()), link.code.clone());
+                }
+            }
+            if fresh && let Some(message_id) = &link.message_id {
+                self.by_message.insert((link.workspace_id.clone(), message_id.clone()), link.code.clone());
             }
             inserted.push(fresh);
         }
@@ -243,6 +259,34 @@ impl Store for MemoryStore {
         self.click_state().applied.remove(&batch.id);
     }
 
+    async fn find_links(&self, workspace_id: &str, refs: &[LinkRef]) -> Result<Vec<Option<String>>, StoreError> {
+        let ws = workspace_id.to_owned();
+        Ok(refs
+            .iter()
+            .map(|r| match r {
+                LinkRef::MessageId(m) => self.by_message.get(&(ws.clone(), m.clone())).map(|c| c.clone()),
+                LinkRef::Recipient { broadcast_id, recipient } => {
+                    self.by_recipient.get(&(ws.clone(), broadcast_id.clone(), recipient.clone())).map(|c| c.clone())
+                }
+            })
+            .collect())
+    }
+
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Link>, StoreError> {
+        let mut updated = Vec::new();
+        for d in deliveries {
+            let Some(mut link) = self.links.get_mut(&d.code) else { continue };
+            counting::apply_delivery(&mut link, d);
+            if d.status == "delivered"
+                && let (Some(b), Some(r)) = (&link.broadcast_id, &link.recipient)
+            {
+                self.delivered.entry((link.workspace_id.clone(), b.clone())).or_default().insert(r.clone());
+            }
+            updated.push(link.clone());
+        }
+        Ok(updated)
+    }
+
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
         Ok(self.click_state().links.get(code).map(|a| a.stats.clone()).unwrap_or_default())
     }
@@ -264,6 +308,7 @@ impl Store for MemoryStore {
             human_hits: agg.map_or(0, |b| b.human_hits),
             bot_hits: agg.map_or(0, |b| b.bot_hits),
             unique_clicks: agg.map_or(0, |b| b.unique),
+            delivered: self.delivered.get(&key).map_or(0, |d| d.len() as u64),
             bot_reasons: agg.map(|b| b.bot_reasons.clone()).unwrap_or_default(),
         }))
     }

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
-    WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats, OptOut,
+    RecentClick, WebhookSettings, Workspace,
 };
 
 /// Errors of any store operation.
@@ -96,6 +96,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters of a link (zeros if it was never hit).
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError>;
+
+    /// The codes of a workspace's links named by message id or by (broadcast, recipient), in order
+    /// (`None`: no such link). The newest link wins when several share a name.
+    async fn find_links(&self, workspace_id: &str, refs: &[LinkRef]) -> Result<Vec<Option<String>>, StoreError>;
+
+    /// Records delivery reports on their links (status, and when delivered) and counts delivered
+    /// recipients per broadcast; tells every instance to reload those links. Returns the updated links.
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Link>, StoreError>;
 
     /// Counters of a broadcast of a workspace; `None` if it has no links.
     async fn broadcast_stats(

@@ -13,6 +13,9 @@
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
 //! | `P:bch:{WS:BROADCAST}` | hash | recipient → human hits (a verdict correction takes one back; at 0 the recipient leaves `bcu`) |
 //! | `P:bcr:{WS:BROADCAST}` | hash | bot reason → bot hits |
+//! | `P:bcd:{WS:BROADCAST}` | set | recipients with a `delivered` report |
+//! | `P:bcl:{WS:BROADCAST}` | hash | recipient → code of the broadcast's link (delivery reports) |
+//! | `P:msg:{WS}` | hash | message id → code (delivery reports) |
 //! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
 //! | `P:bcs:{WS}` | set | the workspace's broadcast ids |
 //! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
@@ -51,6 +54,18 @@ impl Keys {
     /// Human hits per recipient of a broadcast (a verdict correction takes one back).
     pub fn broadcast_recipient_hits(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bch:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Recipients of a broadcast with a `delivered` report.
+    pub fn broadcast_delivered(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bcd:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Recipient → code of a broadcast's links (delivery reports).
+    pub fn recipient_index(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bcl:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Message id → code of a workspace's links (delivery reports).
+    pub fn message_index(&self, workspace_id: &str) -> String {
+        format!("{}:msg:{{{workspace_id}}}", self.prefix)
     }
     /// Bot hits per reason of a broadcast.
     pub fn broadcast_bot_reasons(&self, workspace_id: &str, broadcast_id: &str) -> String {

@@ -12,6 +12,7 @@
 //! never into a hung request.
 
 mod counting;
+mod deliveries;
 mod invalidation;
 mod keys;
 mod stats;
@@ -31,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickTally, DeliveryLog, Link, LinkStats, OptOut, RecentClick,
-    WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats, OptOut,
+    RecentClick, WebhookSettings, Workspace,
 };
 use crate::redis_conn::{Conn, Pool, hash_tag};
 
@@ -241,6 +242,11 @@ impl Store for RedisStore {
                 *per_broadcast.entry((&link.workspace_id, broadcast)).or_default() += 1;
             }
         }
+        let fresh: Vec<&Link> = links.iter().zip(&inserted).filter(|(_, f)| **f).map(|(l, _)| l).collect();
+        let index = deliveries::index_commands(self, &fresh);
+        if !index.is_empty() {
+            self.spread(self.timeout * 20, index, &[]).await?;
+        }
         if !per_broadcast.is_empty() {
             let mut tagged = Vec::new();
             for ((workspace, broadcast), n) in per_broadcast {
@@ -308,6 +314,14 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { conn.publish::<_, _, i64>(channel, code).await }).await?;
         Ok(Some(link))
+    }
+
+    async fn find_links(&self, workspace_id: &str, refs: &[LinkRef]) -> Result<Vec<Option<String>>, StoreError> {
+        deliveries::find_links(self, workspace_id, refs).await
+    }
+
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Link>, StoreError> {
+        deliveries::record_deliveries(self, deliveries).await
     }
 
     async fn record_batch(&self, batch: &Batch, recent: usize) -> Result<Vec<ClickTally>, StoreError> {

@@ -73,18 +73,23 @@ async fn read_broadcasts(
             cmd.arg(&key);
             tagged.push((hash_tag(&key).to_owned(), cmd));
         }
+        let key = store.keys.broadcast_delivered(workspace_id, id);
+        let mut card = redis::cmd("SCARD");
+        card.arg(&key);
+        tagged.push((hash_tag(&key).to_owned(), card));
     }
-    let rows: Vec<HashMap<String, i64>> = store
-        .spread(store.timeout * 4, tagged, &[])
-        .await?
-        .into_iter()
-        .map(redis::from_redis_value)
-        .collect::<Result<_, _>>()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let replies = store.spread(store.timeout * 4, tagged, &[]).await?;
+    let mut rows: Vec<(HashMap<String, i64>, HashMap<String, i64>, u64)> = Vec::with_capacity(ids.len());
+    for triple in replies.chunks(3) {
+        let parse = |v: &redis::Value| {
+            redis::from_redis_value::<HashMap<String, i64>>(v.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let delivered = redis::from_redis_value::<u64>(triple[2].clone()).unwrap_or(0);
+        rows.push((parse(&triple[0])?, parse(&triple[1])?, delivered));
+    }
     Ok(rows
-        .chunks(2)
-        .map(|pair| {
-            let (f, reasons) = (&pair[0], &pair[1]);
+        .iter()
+        .map(|(f, reasons, delivered)| {
             let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
             BroadcastStats {
                 links: get("links"),
@@ -93,6 +98,7 @@ async fn read_broadcasts(
                 bot_hits: get("bot_hits"),
                 unique_clicks: get("unique_clicks"),
                 bot_reasons: reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (r.clone(), *n as u64)).collect(),
+                delivered: *delivered,
             }
         })
         .collect())
