@@ -79,7 +79,9 @@ async fn read_broadcasts(
         tagged.push((hash_tag(&key).to_owned(), card));
     }
     let replies = store.spread(store.timeout * 4, tagged, &[]).await?;
-    let mut rows: Vec<(HashMap<String, i64>, HashMap<String, i64>, u64)> = Vec::with_capacity(ids.len());
+    // (counters, bot reasons, delivered recipients) per broadcast.
+    type Row = (HashMap<String, i64>, HashMap<String, i64>, u64);
+    let mut rows: Vec<Row> = Vec::with_capacity(ids.len());
     for triple in replies.chunks(3) {
         let parse = |v: &redis::Value| {
             redis::from_redis_value::<HashMap<String, i64>>(v.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))
