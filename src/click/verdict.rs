@@ -12,7 +12,7 @@
 //!    (`timing:Ns_after_send`; also a hit *before* the send) is a bot: link previews and scanners fetch at
 //!    delivery, people read first;
 //! 5. a sweep (the same client hitting many recipients' links of a broadcast at once, soon after send) is
-//!    a bot (`sweep:N_recipients`);
+//!    a bot (reason `sweep`, signal `sweep:N_recipients`);
 //! 6. otherwise the user agent's verdict stands.
 
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
     signals.extend(after_delivery.iter().chain(after_send.iter()).cloned());
     let sweep = evidence.sweep.map(|n| format!("sweep:{n}_recipients"));
     signals.extend(sweep.iter().cloned());
+    // The reason names the rule; the signal says how many recipients it saw.
+    let sweep = sweep.map(|_| "sweep".to_owned());
     let joined = signals.join(",");
     let verdict = |class: Class, reason: &str| Judged { class, reason: Arc::from(reason), signals: joined.clone() };
     if ua.class == Class::Bot {
@@ -125,7 +127,7 @@ mod tests {
             (human(), Evidence { since_send_ms: Some(-5_000), ..Default::default() }, Class::Bot, "timing:before_send"),
             (human(), Evidence { since_send_ms: Some(60_000), since_delivery_ms: Some(1_500), ..Default::default() }, Class::Bot, "timing:1s_after_delivery"),
             (human(), Evidence { since_send_ms: Some(60_000), since_delivery_ms: Some(45_000), ..Default::default() }, Class::Human, "browser:Safari"),
-            (human(), Evidence { since_send_ms: Some(40_000), sweep: Some(4), ..Default::default() }, Class::Bot, "sweep:4_recipients"),
+            (human(), Evidence { since_send_ms: Some(40_000), sweep: Some(4), ..Default::default() }, Class::Bot, "sweep"),
         ];
         for (ua, evidence, class, reason) in cases {
             let j = judge(&ua, &evidence, &Timing::default());

@@ -113,7 +113,7 @@ pub struct BroadcastStats {
     pub human_hits: u64,
     pub bot_hits: u64,
     pub unique_clicks: u64,
-    /// Bot hits per reason (`preview:whatsapp`, `network:hosting:aws`, `sweep:4_recipients`, …).
+    /// Bot hits per reason (`preview:whatsapp`, `network:hosting:aws`, `sweep`, …).
     #[serde(default)]
     pub bot_reasons: std::collections::BTreeMap<String, u64>,
     /// Recipients with a `delivered` report.

@@ -67,6 +67,12 @@ impl Compact {
         u32::try_from((secs - Self::EPOCH).max(1)).unwrap_or(u32::MAX)
     }
 
+    /// From a time with milliseconds, rounded to the nearest second (the timing rules then err by at
+    /// most half a second either way).
+    pub fn from_unix_ms(ms: i64) -> u32 {
+        Self::from_unix((ms + 500).div_euclid(1000))
+    }
+
     pub fn to_unix(c: u32) -> Option<i64> {
         (c != 0).then(|| Self::EPOCH + i64::from(c))
     }
@@ -388,8 +394,8 @@ impl LinkCache {
             location: link.target_url.as_deref().and_then(|u| interner.location(u)),
             kind: link.kind,
             expires: link.expires_at.map_or(0, |at| Compact::from_unix(at.timestamp())),
-            sent: Compact::from_unix(link.sent().timestamp()),
-            delivered: link.delivered_at.map_or(0, |at| Compact::from_unix(at.timestamp())),
+            sent: Compact::from_unix_ms(link.sent().timestamp_millis()),
+            delivered: link.delivered_at.map_or(0, |at| Compact::from_unix_ms(at.timestamp_millis())),
             disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
             fresh_until_ds,
             epoch,
