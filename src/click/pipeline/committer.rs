@@ -76,6 +76,16 @@ impl Committer {
         }
     }
 
+    /// Waits for `fut` at most `wait`, and no longer once shutdown begins while it runs (a hung store
+    /// must not hold the shutdown): `Err` then, as for a timeout; what it carried stays unfinished.
+    async fn bounded<T>(&self, wait: Duration, fut: impl std::future::Future<Output = T>) -> Result<T, ()> {
+        let started_stopping = self.stop.is_cancelled();
+        tokio::select! {
+            r = tokio::time::timeout(wait, fut) => r.map_err(|_| ()),
+            () = self.stop.cancelled(), if !started_stopping => Err(()),
+        }
+    }
+
     /// Time left before the shutdown deadline, if shutdown began.
     fn remaining(&self) -> Option<Duration> {
         self.deadline.get().map(|d| d.saturating_duration_since(Instant::now()))
@@ -132,7 +142,7 @@ impl Committer {
     async fn finish(&self, batch: &Batch, tallies: &[ClickTally]) -> bool {
         let wait = self.remaining().map_or(EMIT_TIMEOUT, |r| r.min(EMIT_TIMEOUT));
         if !batch.corrections.is_empty() {
-            match tokio::time::timeout(wait, self.sink.withdraw(&batch.corrections)).await {
+            match self.bounded(wait, self.sink.withdraw(&batch.corrections)).await {
                 Ok(Ok(_)) => {}
                 _ => {
                     tracing::warn!(batch = %batch.id, "withdrawing the events of flipped hits failed; the batch is journaled and tried again");
@@ -144,7 +154,7 @@ impl Committer {
         if events.is_empty() {
             return true;
         }
-        match tokio::time::timeout(wait, self.sink.emit(events)).await {
+        match self.bounded(wait, self.sink.emit(events)).await {
             Ok(Ok(())) => true,
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, batch = %batch.id, "a counted batch's events were not accepted; it is journaled and emitted again");
@@ -177,7 +187,7 @@ impl Committer {
     /// Retries an attempted batch through the store's guard. `true` when finished.
     async fn commit_attempted(&mut self, batch: Batch) -> bool {
         let wait = self.remaining().map_or(REPLAY_TIMEOUT, |r| r.min(REPLAY_TIMEOUT));
-        let counted = tokio::time::timeout(wait, self.store.record_batch(&batch, self.settings.recent_clicks)).await;
+        let counted = self.bounded(wait, self.store.record_batch(&batch, self.settings.recent_clicks)).await;
         if let Ok(Ok(tallies)) = counted
             && self.finish(&batch, &tallies).await
         {
@@ -264,8 +274,7 @@ impl Committer {
                 }
             }
             let wait = self.remaining().map_or(REPLAY_TIMEOUT, |r| r.min(REPLAY_TIMEOUT));
-            let counted =
-                tokio::time::timeout(wait, self.store.record_batch(&entry.batch, self.settings.recent_clicks)).await;
+            let counted = self.bounded(wait, self.store.record_batch(&entry.batch, self.settings.recent_clicks)).await;
             let tallies = match counted {
                 Ok(Ok(tallies)) => tallies,
                 Ok(Err(err)) => {
