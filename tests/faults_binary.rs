@@ -98,10 +98,25 @@ async fn kill_9_during_an_outage_loses_nothing_older_than_a_flush_interval() {
     let key = workspace(&http, &first.base).await;
     let mut traffic = Traffic::create(&http, &first.base, &key, "kill9", 50).await;
     traffic.run(&http, &first.base).await;
+    let before = traffic.total();
+    let counted = common::eventually(Duration::from_secs(10), || async {
+        let (_, s) = send(http.get(format!("{}/api/v1/broadcasts/kill9/stats", first.base)).bearer_auth(&key)).await;
+        s["hits"].as_u64() == Some(before)
+    })
+    .await;
+    assert!(counted, "the taps before the outage are counted");
     redis.pause();
     traffic.run(&http, &first.base).await;
     traffic.run(&http, &first.base).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // > one flush interval (50 ms) + drain tick
+    // Every hit answered during the outage reaches the disk within about a flush interval (50 ms here;
+    // waited for rather than slept, as a loaded CI machine may take longer to get there).
+    let outage = (traffic.total() - before) as f64;
+    let on_disk = common::eventually(Duration::from_secs(10), || async {
+        let text = http.get(format!("{}/metrics", first.base)).send().await.unwrap().text().await.unwrap();
+        common::metric(&text, "linkhit_journal_spilled_total") >= outage
+    })
+    .await;
+    assert!(on_disk, "the outage's hits were journaled");
     first.signal("KILL");
     drop(first);
     assert!(segments(&journal) > 0, "the outage's hits are on disk");

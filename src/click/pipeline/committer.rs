@@ -45,18 +45,26 @@ pub(super) struct Committer {
 
 impl Committer {
     pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Batch>) {
+        self.health.busy(true);
         self.replay().await;
+        self.health.busy(false);
         let mut probe = tokio::time::interval(PROBE_INTERVAL);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 batch = batches.recv() => match batch {
-                    Some(batch) => self.commit(batch).await,
+                    Some(batch) => {
+                        self.health.busy(true);
+                        self.commit(batch).await;
+                        self.health.busy(false);
+                    }
                     None => break,
                 },
                 _ = probe.tick(), if !self.stop.is_cancelled() => {
                     if !self.health.ok() || !self.in_doubt.is_empty() || self.journal.as_ref().is_some_and(|j| !j.is_empty()) {
+                        self.health.busy(true);
                         self.replay().await;
+                        self.health.busy(false);
                     }
                 }
             }

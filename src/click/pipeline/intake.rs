@@ -203,7 +203,9 @@ impl Intake {
         metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
         let corrections = std::mem::take(&mut self.corrections);
         let batch = self.ids.seal(clicks, corrections);
-        if !self.health.ok() {
+        // The committer stuck on one batch (a hung store, a slow sink) would leave this one only in
+        // memory for longer than a flush interval: journal it.
+        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) {
             self.to_journal(batch).await;
             return;
         }

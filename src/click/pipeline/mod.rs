@@ -15,7 +15,7 @@
 mod committer;
 mod intake;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,11 +65,24 @@ pub struct Settings {
 /// Whether the store takes commits; shared by intake (which journals while it does not) and the
 /// committer (which decides).
 #[derive(Debug)]
-pub(crate) struct Health(AtomicBool);
+pub(crate) struct Health(AtomicBool, AtomicI64);
 
 impl Health {
     pub(crate) fn ok(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// The committer starts (`true`) or ends (`false`) a piece of work on the store or the sink.
+    pub(crate) fn busy(&self, busy: bool) {
+        let now = if busy { chrono::Utc::now().timestamp_millis().max(1) } else { 0 };
+        self.1.store(now, Ordering::Release);
+    }
+
+    /// Whether the committer has been busy with one piece of work for longer than `limit`: a batch
+    /// handed to it now would wait in memory for longer than a flush interval, so intake journals it.
+    pub(crate) fn stuck(&self, limit: Duration) -> bool {
+        let since = self.1.load(Ordering::Acquire);
+        since != 0 && chrono::Utc::now().timestamp_millis() - since > limit.as_millis() as i64
     }
 
     pub(crate) fn set(&self, ok: bool) {
@@ -135,7 +148,7 @@ impl Pipeline {
         let stop = CancellationToken::new();
         let deadline = Arc::new(OnceLock::new());
         let settings = Arc::new(settings);
-        let health = Arc::new(Health(AtomicBool::new(true)));
+        let health = Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0)));
         metrics::gauge!("linkhit_store_healthy").set(1.0);
         let intake = tokio::spawn(intake::run(intake::Intake {
             rx,
