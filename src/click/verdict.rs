@@ -59,6 +59,9 @@ pub struct Judged {
     pub signals: String,
 }
 
+/// How far a hit may seem to precede its send before that is held against it (clock skew, rounding).
+const CLOCK_SLACK_MS: i64 = 2_000;
+
 /// Judges a hit. Pure.
 pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
     let mut signals: Vec<String> = Vec::new();
@@ -69,10 +72,12 @@ pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
     let after_delivery = fast(evidence.since_delivery_ms, timing.fast_after_delivery)
         .map(|ms| format!("timing:{}s_after_delivery", ms.max(0) / 1000));
     let after_send = evidence.since_send_ms.and_then(|ms| {
-        if ms < 0 {
+        // A couple of seconds' slack: the platform's clock and ours differ, and cached times are rounded
+        // to the second.
+        if ms < -CLOCK_SLACK_MS {
             Some("timing:before_send".to_owned())
         } else {
-            fast(Some(ms), timing.fast_after_send).map(|ms| format!("timing:{}s_after_send", ms / 1000))
+            fast(Some(ms.max(0)), timing.fast_after_send).map(|ms| format!("timing:{}s_after_send", ms / 1000))
         }
     });
     signals.extend(after_delivery.iter().chain(after_send.iter()).cloned());
@@ -125,6 +130,7 @@ mod tests {
             (human(), Evidence { since_send_ms: Some(9_999), ..Default::default() }, Class::Bot, "timing:9s_after_send"),
             (human(), Evidence { since_send_ms: Some(10_000), ..Default::default() }, Class::Human, "browser:Safari"),
             (human(), Evidence { since_send_ms: Some(-5_000), ..Default::default() }, Class::Bot, "timing:before_send"),
+            (human(), Evidence { since_send_ms: Some(-400), ..Default::default() }, Class::Bot, "timing:0s_after_send"),
             (human(), Evidence { since_send_ms: Some(60_000), since_delivery_ms: Some(1_500), ..Default::default() }, Class::Bot, "timing:1s_after_delivery"),
             (human(), Evidence { since_send_ms: Some(60_000), since_delivery_ms: Some(45_000), ..Default::default() }, Class::Human, "browser:Safari"),
             (human(), Evidence { since_send_ms: Some(40_000), sweep: Some(4), ..Default::default() }, Class::Bot, "sweep"),
