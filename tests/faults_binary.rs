@@ -34,6 +34,7 @@ impl Linkhit {
             .env("LINKHIT_TRUSTED_PROXIES", "127.0.0.1/32")
             .env("LINKHIT_CLICK_FLUSH_INTERVAL", "0.05")
             .env("LINKHIT_CLICK_BATCH", "20")
+            .env("LINKHIT_CLICK_HOLD", "0")
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)

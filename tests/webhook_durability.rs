@@ -22,6 +22,8 @@ fn spawn_linkhit(port: u16, redis: &RedisServer, journal: &std::path::Path) -> C
         )
         .env("LINKHIT_WEBHOOK_CLAIM_IDLE", "1")
         .env("LINKHIT_CLICK_FLUSH_INTERVAL", "0.05")
+        // Events at once: the hold window is not what this test is about.
+        .env("LINKHIT_CLICK_HOLD", "0")
         .env("LINKHIT_JOURNAL_DIR", journal)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
