@@ -23,38 +23,17 @@ import tempfile
 import threading
 import time
 
+import lh
+from lh import free_port, wait_port
+
+
+def api(port, method, path, body=None, key=None):
+    return lh.api(port, method, path, body, key or ADMIN)
+
+
 ADMIN = "flood-admin-token-0123456789"
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
           "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def api(port, method, path, body=None, key=ADMIN):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, (json.loads(data) if data else None)
 
 
 def hanging_receiver():
@@ -136,8 +115,10 @@ def main():
         _, b = api(port, "POST", "/api/v1/workspaces", {"name": "b"})
         api(port, "PUT", "/api/v1/webhooks", {"click_url": f"http://127.0.0.1:{hang_port}/hook"}, a["api_key"])
         api(port, "PUT", "/api/v1/webhooks", {"click_url": f"http://127.0.0.1:{fast_port}/hook"}, b["api_key"])
-        _, link_a = api(port, "POST", "/api/v1/links", {"target_url": "https://shop.example/a"}, a["api_key"])
-        _, link_b = api(port, "POST", "/api/v1/links", {"target_url": "https://shop.example/b"}, b["api_key"])
+        # Sent an hour ago, as a test makes a human (README): taps right after creation are previews.
+        sent_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+        _, link_a = api(port, "POST", "/api/v1/links", {"target_url": "https://shop.example/a", "sent_at": sent_at}, a["api_key"])
+        _, link_b = api(port, "POST", "/api/v1/links", {"target_url": "https://shop.example/b", "sent_at": sent_at}, b["api_key"])
         time.sleep(1)
         before = rss_mib(lh.pid) if args.store == "embedded" else redis_used_mib(redis_port)
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)

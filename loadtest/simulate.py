@@ -38,11 +38,18 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
+
+import lh
+from lh import free_port, wait_port
+
+
+def api(port, method, path, body=None, key=None):
+    return lh.api(port, method, path, body, key or ADMIN)
+
 
 ADMIN = "simulate-admin-token-0123456789"
 PHONES = [
@@ -61,35 +68,6 @@ PREVIEWS = [
 STOCK_DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
 CLOUD_SCANNERS = ["3.2.8.17", "4.144.0.23", "8.34.212.9"]  # AWS, Azure, GCP ranges of the built-in list
 PLAIN_SCANNER = "192.0.2.77"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def api(port, method, path, body=None, key=ADMIN):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, (json.loads(data) if data else None)
 
 
 def plan(rng, n):

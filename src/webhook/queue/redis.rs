@@ -307,18 +307,10 @@ impl Queue for RedisQueue {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        let ws = &lease.partition.workspace_id;
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HDEL")
-            .arg(self.jobs_key(ws))
-            .arg(&lease.job.event_id)
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.due_key(ws, &lease.partition.name))
-            .arg(&lease.job.event_id)
-            .ignore();
-        self.atomic(ws, pipe).await
+        pipe.atomic();
+        self.forget(&mut pipe, lease);
+        self.atomic(&lease.partition.workspace_id, pipe).await
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, due: DateTime<Utc>) -> Result<(), QueueError> {
@@ -344,16 +336,9 @@ impl Queue for RedisQueue {
         let record = DeadLetter { reason, at_ms: now_ms(), job: lease.job.clone() };
         let cap = self.limits.dead_letters.max(1);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HDEL")
-            .arg(self.jobs_key(ws))
-            .arg(&lease.job.event_id)
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.due_key(ws, &lease.partition.name))
-            .arg(&lease.job.event_id)
-            .ignore()
-            .cmd("LPUSH")
+        pipe.atomic();
+        self.forget(&mut pipe, lease);
+        pipe.cmd("LPUSH")
             .arg(self.dead_key(ws))
             .arg(serde_json::to_vec(&record).map_err(corrupt)?)
             .cmd("LTRIM")
@@ -469,6 +454,13 @@ impl Queue for RedisQueue {
 }
 
 impl RedisQueue {
+    /// Appends what takes a leased job out of the outbox (its record and its due entry).
+    fn forget(&self, pipe: &mut redis::Pipeline, lease: &Lease) {
+        let ws = &lease.partition.workspace_id;
+        pipe.cmd("HDEL").arg(self.jobs_key(ws)).arg(&lease.job.event_id).ignore();
+        pipe.cmd("ZREM").arg(self.due_key(ws, &lease.partition.name)).arg(&lease.job.event_id).ignore();
+    }
+
     /// Runs an atomic pipeline in a workspace's slot.
     async fn atomic(&self, ws: &str, pipe: redis::Pipeline) -> Result<(), QueueError> {
         let _: () = self.query(ws, pipe).await?;
