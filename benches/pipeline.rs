@@ -60,6 +60,7 @@ fn batch() -> Vec<ClickRecord> {
             user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15".into()),
             ip: Some("203.0.113.0".into()),
             signals: None,
+            click_id: None,
         })
         .collect()
 }

@@ -37,6 +37,7 @@ fn link(code: String) -> Link {
         disabled_at: None,
         delivered_at: None,
         delivery_status: None,
+        ..Default::default()
     }
 }
 
@@ -52,7 +53,12 @@ fn bench(c: &mut Criterion) {
     for code in &missing {
         cache.insert_missing(code, cache.generation());
     }
-    let resolver = Arc::new(Resolver::new(cache, Arc::new(MemoryStore::default()), policy.clone()));
+    let resolver = Arc::new(Resolver::new(
+        cache,
+        Arc::new(MemoryStore::default()),
+        policy.clone(),
+        linkhit::click_id::ClickIds::new(Duration::from_secs(60)),
+    ));
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 
     let mut i = 0usize;
@@ -86,7 +92,7 @@ fn bench(c: &mut Criterion) {
                     linkhit::redirect::resolve::Resolved::Link(l) => Some(l.as_ref()),
                     _ => None,
                 };
-                black_box(respond::response(outcome, link, &Method::GET))
+                black_box(respond::response(outcome, link, &Method::GET, None))
             }
         })
     });
@@ -95,8 +101,12 @@ fn bench(c: &mut Criterion) {
     let stored: Vec<Link> = codes.iter().take(100_000).map(|code| link(code.clone())).collect();
     let store = Arc::new(MemoryStore::default());
     rt.block_on(linkhit::store::Store::insert_links(store.as_ref(), &stored)).unwrap();
-    let cold =
-        Arc::new(Resolver::new(LinkCache::new(1, Duration::from_secs(3600), 1, Duration::ZERO), store, policy.clone()));
+    let cold = Arc::new(Resolver::new(
+        LinkCache::new(1, Duration::from_secs(3600), 1, Duration::ZERO),
+        store,
+        policy.clone(),
+        linkhit::click_id::ClickIds::new(Duration::from_secs(60)),
+    ));
     c.bench_function("resolve/miss_embedded_store", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 7919) % stored.len();

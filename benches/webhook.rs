@@ -15,7 +15,7 @@ use linkhit::webhook::sign;
 fn facts() -> Facts<'static> {
     Facts {
         event_id: "4b0e7a57-5d58-4a9e-9d3b-0c5f7d9f1e11",
-        occurred_at: "2026-11-29T12:00:00.000Z",
+        occurred_at: "2026-11-29T12:00:00Z",
         code: "Ab3_x-9Q",
         short_url: "https://s.example/Ab3_x-9Q",
         target_url: Some("https://shop.example/fall"),
@@ -31,6 +31,9 @@ fn facts() -> Facts<'static> {
         hits: 3,
         first_click: false,
         workspace_id: "ws_1",
+        message_type: "SMS",
+        source: "link",
+        ..Facts::default()
     }
 }
 
@@ -68,6 +71,7 @@ fn bench(c: &mut Criterion) {
         disabled_at: None,
         delivered_at: None,
         delivery_status: None,
+        ..Default::default()
     };
     let cached = cache.insert_link(&link, cache.generation());
     let mut headers = hyper::HeaderMap::new();

@@ -52,6 +52,11 @@ pub struct App {
     pub redirect_metrics: RedirectMetrics,
     /// The hot path's hand-off to the click pipeline.
     pub capture: Capture,
+    /// Where events that do not come from a hit go (an inbound opt-out, a conversion): the same sink
+    /// as the pipeline's (the webhook outbox).
+    pub events: Arc<dyn EventSink>,
+    /// `/track` requests per client address.
+    pub track_limiter: crate::limit::PerAddress,
     pub webhooks: Webhooks,
 }
 
@@ -122,6 +127,7 @@ impl App {
             ))
         });
 
+        let events = Arc::clone(&sink);
         let (capture, pipeline) = if config.capture && config.role.serves() {
             let journal = Journal::open(&config.journal_dir, config.journal_max_bytes)
                 .with_context(|| format!("opening the click journal in {}", config.journal_dir.display()))?;
@@ -173,7 +179,8 @@ impl App {
             config.negative_cache_capacity,
             config.negative_cache_ttl,
         );
-        let resolver = Arc::new(Resolver::new(cache, Arc::clone(&store), codes));
+        let click_ids = crate::click_id::ClickIds::new(config.click_id_ttl);
+        let resolver = Arc::new(Resolver::new(cache, Arc::clone(&store), codes, click_ids));
         let admin_token = match &config.admin_token {
             Some(token) => AdminToken::new(token),
             None => {
@@ -189,6 +196,7 @@ impl App {
                 AdminToken::new(&token)
             }
         };
+        let track_limiter = crate::limit::PerAddress::per_minute(config.track_rate);
         let app = Self {
             base_url,
             config,
@@ -198,6 +206,8 @@ impl App {
             prometheus,
             redirect_metrics: RedirectMetrics::new(),
             capture,
+            events,
+            track_limiter,
             webhooks: Webhooks { settings, deliverer, queue },
         };
         Ok((app, Background { pipeline, worker }))

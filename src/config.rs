@@ -211,6 +211,16 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_CLICK_HOLD", default_value = "10", value_parser = parse_seconds)]
     pub click_hold: Duration,
 
+    /// Seconds a click id (`lh_click`, links with `track_conversions`) is accepted by `/track` and
+    /// `POST /api/v1/conversions` after its redirect.
+    #[arg(long, env = "LINKHIT_CLICK_ID_TTL", default_value = "2592000", value_parser = parse_seconds)]
+    pub click_id_ttl: Duration,
+
+    /// Conversions `/track` takes per client address per minute (a burst of the same size); beyond it
+    /// 429 `RATE_LIMITED`. The click id is the credential, so this bounds guessing and floods.
+    #[arg(long, env = "LINKHIT_TRACK_RATE", default_value = "60")]
+    pub track_rate: u32,
+
     /// A hit this many seconds (or fewer) after its SMS was sent is a link preview or scanner, not a
     /// person: people read first.
     #[arg(long, env = "LINKHIT_CLICK_FAST_AFTER_SEND", default_value = "10", value_parser = parse_seconds)]

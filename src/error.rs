@@ -17,11 +17,25 @@ pub struct ApiError {
     /// Stable UPPER_SNAKE code; clients branch on it, so it never changes once shipped.
     pub code: &'static str,
     pub message: String,
+    /// The methods the route takes, for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), allow: None }
+    }
+
+    /// `405 METHOD_NOT_ALLOWED` with the route's methods in `Allow`.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("this route takes {allow}"))
+        }
+    }
+
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {

@@ -11,10 +11,12 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod click;
+pub mod click_id;
 pub mod code;
 pub mod config;
 pub mod counting;
 pub mod error;
+pub mod limit;
 pub mod model;
 pub mod ops;
 pub mod redirect;
@@ -67,13 +69,15 @@ async fn serve(
         tokio::spawn(Arc::clone(&app.resolver).follow(feed));
     }
     let worker = background.worker.map(|w| w.spawn(stop_background.clone(), grace));
-    if !app.resolver.codes().ready() {
-        // Usually the store answers at once; if not, keep trying in the background.
-        match app.store.code_key().await {
-            Ok(key) => app.resolver.codes().set_key(key),
-            Err(_) => {
-                tokio::spawn(load_code_key(Arc::clone(&app), stop_background.clone()));
-            }
+    // The shared key of code check characters and click ids. Usually the store answers at once; if not,
+    // keep trying in the background.
+    match app.store.code_key().await {
+        Ok(key) => {
+            app.resolver.codes().set_key(key);
+            app.resolver.click_ids.set_key(key);
+        }
+        Err(_) => {
+            tokio::spawn(load_code_key(Arc::clone(&app), stop_background.clone()));
         }
     }
     tracing::info!(
@@ -123,6 +127,7 @@ async fn load_code_key(app: Arc<app::App>, stop: CancellationToken) {
         match app.store.code_key().await {
             Ok(key) => {
                 app.resolver.codes().set_key(key);
+                app.resolver.click_ids.set_key(key);
                 return;
             }
             Err(err) => {

@@ -42,7 +42,9 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        // The handlers are installed before anything is served: a SIGTERM the moment the server answers
+        // must start the graceful shutdown, not kill the process with its logs unflushed.
+        tokio::spawn(watch_signals(shutdown.clone())?);
         linkhit::run(listener, config, shutdown).await
     });
     // Tasks still blocked on a hung store (background refreshes, abandoned commits) are not waited for:
@@ -117,15 +119,13 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn watch_signals(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("could not install signal handlers");
-            return;
-        };
+/// Installs the SIGTERM and SIGINT handlers now; the returned future cancels `shutdown` on the first.
+#[cfg(unix)]
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
         // Shutdown starts before anything is logged about it: logging must never be able to stop it.
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -133,10 +133,13 @@ async fn watch_signals(shutdown: CancellationToken) {
         };
         shutdown.cancel();
         tracing::info!(signal = which, "shutting down");
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async move {
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
-    }
+    })
 }

@@ -82,13 +82,15 @@ async fn dispatch(
         worker_only()
     } else if path.starts_with("/api/") || path == "/api" {
         api::handle(&app, req).await
+    } else if path == "/track" {
+        api::conversions::track(&app, req, peer).await
     } else {
         match path {
             "/healthz" => ops::healthz(),
             "/readyz" => ops::readyz(&app).await,
             "/metrics" => ops::metrics(&app),
             _ if path == "/ui" || path.starts_with("/ui/") => crate::ui::serve(path).unwrap_or_else(|| {
-                redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method())
+                redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method(), None)
             }),
             _ => {
                 // The redirector never reads a body; dropping it keeps the connection reusable.

@@ -73,6 +73,24 @@ pub fn is_e164(raw: &str) -> bool {
         && bytes[1..].iter().all(u8::is_ascii_digit)
 }
 
+/// A recipient as stored: E.164 (`+61435790000`). Accepts E.164, or international digits without the
+/// `+` as Burst sends them (`61435790000`) when the phone-number library (libphonenumber's metadata)
+/// finds a valid number for the country code they start with. `None`: not a phone number.
+pub fn normalize_recipient(raw: &str) -> Option<String> {
+    if raw.starts_with('+') {
+        return is_e164(raw).then(|| raw.to_owned());
+    }
+    if raw.len() < 7 || raw.len() > 15 || !raw.bytes().all(|b| b.is_ascii_digit()) || raw.starts_with('0') {
+        return None;
+    }
+    let number = phonenumber::parse(None, format!("+{raw}")).ok()?;
+    if !phonenumber::is_valid(&number) {
+        return None;
+    }
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    is_e164(&e164).then_some(e164)
+}
+
 /// Checks an optional free-text attribute (`broadcast_id`, `message_id`, `sender`, `message_ref`):
 /// at most `max` characters and no control characters, so it is safe in logs, keys and payloads.
 pub fn is_reasonable_text(raw: &str, max: usize) -> bool {
@@ -147,5 +165,21 @@ mod tests {
         assert!(!is_reasonable_text("", 256));
         assert!(!is_reasonable_text("a\nb", 256));
         assert!(!is_reasonable_text(&"x".repeat(257), 256));
+    }
+
+    #[test]
+    fn recipients_without_plus_are_normalised_by_the_phone_number_library() {
+        // Burst's samples write recipients as international digits.
+        assert_eq!(normalize_recipient("61435790000").as_deref(), Some("+61435790000"));
+        assert_eq!(normalize_recipient("12025550293").as_deref(), Some("+12025550293"));
+        assert_eq!(normalize_recipient("447911123456").as_deref(), Some("+447911123456"));
+        // Ofcom's drama range (07700 900xxx) is reserved, never assigned: not valid.
+        assert_eq!(normalize_recipient("447700900123"), None);
+        assert_eq!(normalize_recipient("+61435790000").as_deref(), Some("+61435790000"));
+        // Not numbers of any country: too short, an unassigned country code, a national trunk prefix,
+        // letters.
+        for bad in ["12345", "999123456789", "0435790000", "6143579000a", "", "+", "61 435 790 000"] {
+            assert_eq!(normalize_recipient(bad), None, "{bad}");
+        }
     }
 }

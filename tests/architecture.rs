@@ -13,6 +13,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
     ("config", 0),
     ("code", 0),
+    ("click_id", 0),
+    ("limit", 0),
     ("validate", 0),
     ("text", 0),
     ("auth", 0),

@@ -133,6 +133,7 @@ fn record(code: &str, workspace: &str, class: Class) -> ClickRecord {
         user_agent: None,
         ip: None,
         signals: None,
+        click_id: None,
     }
 }
 

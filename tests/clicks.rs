@@ -96,7 +96,8 @@ async fn unique_clicks_count_recipients_not_taps(backend: Backend) {
     assert_eq!(
         body,
         json!({"broadcast_id": "spring", "links": 3, "hits": 6, "human_hits": 4, "bot_hits": 2, "unique_clicks": 2,
-               "delivered": 0, "bot_reasons": {"preview:imessage": 1, "preview:whatsapp": 1}})
+               "delivered": 0, "bot_reasons": {"preview:imessage": 1, "preview:whatsapp": 1},
+               "opt_outs": 0, "opt_out_links": 0, "conversions": 0, "conversion_value": {}})
     );
     let (_, s) = env.get_json(&format!("/api/v1/links/{}/stats", codes[2])).await;
     assert_eq!(s["unique_clicks"], 0, "a previewed link was not clicked");

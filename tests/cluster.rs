@@ -117,7 +117,8 @@ async fn links_counters_invalidation_and_webhooks_on_a_cluster() {
     assert_eq!(
         stats,
         json!({"broadcast_id": "c1", "links": 500, "hits": 50, "human_hits": 20, "bot_hits": 30, "unique_clicks": 10,
-               "delivered": 0, "bot_reasons": {"empty_user_agent": 20, "preview:imessage": 10}})
+               "delivered": 0, "bot_reasons": {"empty_user_agent": 20, "preview:imessage": 10},
+               "opt_outs": 0, "opt_out_links": 0, "conversions": 0, "conversion_value": {}})
     );
     let (_, link) = send(http.get(b.url(&format!("/api/v1/links/{}/stats", codes[0]))).bearer_auth(&key)).await;
     assert_eq!((link["hits"].clone(), link["human_hits"].clone()), (json!(4), json!(2)));

@@ -161,6 +161,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
         user_agent: None,
         ip: None,
         signals: None,
+        click_id: None,
     };
     let batches: Vec<Batch> = (0..1500)
         .map(|n| Batch {

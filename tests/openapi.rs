@@ -1,8 +1,9 @@
 //! docs/openapi.yaml and the running server agree: every operation of the spec is called on a server
 //! bound on port 0 (with the spec's request examples and fixture path parameters), its status must be
 //! one the spec documents, and JSON answers must satisfy the documented schema (required properties,
-//! types, nullability, enums; `$ref` and `allOf` resolved). Each secured operation also answers 401
-//! without credentials, as documented; and every route the server serves under /api/v1 is in the spec.
+//! types incl. OpenAPI 3.1 type lists such as `["string", "null"]`, enums; `$ref` and `allOf` resolved).
+//! Each secured operation also answers 401 without credentials, as documented; and every route the
+//! server serves under /api/v1 is in the spec.
 
 mod common;
 
@@ -35,21 +36,29 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str, problems: &mut V
         }
         return;
     }
+    // OpenAPI 3.1: `type` is a name or a list of names; `["string", "null"]` is a nullable string.
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
     if value.is_null() {
-        if !schema["nullable"].as_bool().unwrap_or(false) && schema.get("type").is_some() {
-            problems.push(format!("{at}: null but not nullable"));
+        if !types.is_empty() && !types.contains(&"null") {
+            problems.push(format!("{at}: null but the type {} does not include \"null\"", schema["type"]));
         }
         return;
     }
-    let ok = match schema["type"].as_str() {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => value.is_u64() || value.is_i64(),
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        _ => true,
-    };
+    let ok = types.is_empty()
+        || types.iter().any(|t| match *t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "null" => false,
+            _ => true,
+        });
     if !ok {
         problems.push(format!("{at}: {value} is not {}", schema["type"]));
         return;

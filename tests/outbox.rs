@@ -102,9 +102,9 @@ async fn budget_backlog_duplicates_holds_and_dead_letters() {
         for lease in q.take(&p, 10, Duration::from_secs(60)).await.unwrap() {
             q.ack(&lease).await.unwrap();
         }
-        assert_eq!(q.replay_dead_letters("w", None).await.unwrap(), 4, "{name}");
+        assert_eq!(q.replay_dead_letters("w", None, None).await.unwrap(), 4, "{name}");
         assert!(q.dead_letters("w", 10).await.unwrap().is_empty(), "{name}");
-        assert_eq!(q.replay_dead_letters("w", None).await.unwrap(), 0, "{name}: replayed once");
+        assert_eq!(q.replay_dead_letters("w", None, None).await.unwrap(), 0, "{name}: replayed once");
         let p = due_of(q.as_ref(), "w").await.expect(name);
         let mut replayed: Vec<String> =
             q.take(&p, 10, Duration::from_secs(60)).await.unwrap().into_iter().map(|l| l.job.event_id).collect();

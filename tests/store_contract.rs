@@ -30,6 +30,7 @@ fn link(code: &str, target: &str) -> Link {
         disabled_at: None,
         delivered_at: None,
         delivery_status: None,
+        ..Default::default()
     }
 }
 

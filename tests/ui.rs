@@ -169,7 +169,8 @@ async fn timeline_and_broadcast_list_agree_on_both_stores() {
         let (_, list) = env.get_json("/api/v1/broadcasts").await;
         assert_eq!(
             list["broadcasts"][0],
-            json!({"broadcast_id": "tl", "links": 1, "hits": 4, "human_hits": 3, "bot_hits": 1, "unique_clicks": 1, "click_through_rate": 1.0})
+            json!({"broadcast_id": "tl", "links": 1, "hits": 4, "human_hits": 3, "bot_hits": 1, "unique_clicks": 1,
+                   "opt_outs": 0, "conversions": 0, "conversion_value": {}, "click_through_rate": 1.0})
         );
         let (status, body) = env.get_json("/api/v1/broadcasts/tl/timeline?bucket=week").await;
         assert_eq!(common::error_code(status, &body, 400), "INVALID_BUCKET");

@@ -227,7 +227,8 @@ async fn link_hit_and_fields_formats_count_human_hits(backend: Backend) {
     assert_eq!(first["link_hit"]["url"], "https://shop.example/lh");
     assert_eq!(
         first["link_hit"]["source_message"],
-        json!({"type": "SMS", "id": "m-9", "message_ref": "D701", "recipient": "+61481074191", "sender": "61481074191"})
+        json!({"type": "SMS", "id": "m-9", "message": null, "message_ref": "D701", "recipient": "+61481074191",
+               "sender": "61481074191"})
     );
     assert_eq!(hooks[1].json()["link_hit"]["hits"], 2);
 

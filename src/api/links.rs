@@ -1,6 +1,6 @@
 //! Link routes: create one, create one per recipient of a broadcast, shorten an SMS text, read, disable.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -13,163 +13,9 @@ use crate::model::{Link, LinkKind, LinkStats, Permission, rfc3339};
 use crate::text::{self, Piece};
 use crate::validate;
 
-/// Longest `broadcast_id`.
-const MAX_ID_LEN: usize = 128;
-/// Longest `message_id`, `sender`, `message_ref`.
-const MAX_ATTR_LEN: usize = 256;
-/// Longest SMS text accepted by `messages/shorten` (a 10-part concatenated SMS is ~1,600 characters).
-const MAX_TEXT_LEN: usize = 10_000;
-
-/// The fields a link shares whichever route creates it. Every field is taken as raw JSON so that a
-/// wrong type gets the field's own error code, not a generic one.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinkInput {
-    #[serde(default)]
-    target_url: Value,
-    #[serde(default)]
-    broadcast_id: Value,
-    #[serde(default)]
-    recipient: Value,
-    #[serde(default)]
-    message_id: Value,
-    #[serde(default)]
-    sender: Value,
-    #[serde(default)]
-    message_ref: Value,
-    #[serde(default)]
-    kind: Value,
-    #[serde(default)]
-    expires_at: Value,
-    #[serde(default)]
-    sent_at: Value,
-}
-
-/// A validated link, waiting for its code.
-#[derive(Debug, Clone)]
-struct Draft {
-    kind: LinkKind,
-    target_url: Option<String>,
-    broadcast_id: Option<String>,
-    recipient: Option<String>,
-    message_id: Option<String>,
-    sender: Option<String>,
-    message_ref: Option<String>,
-    expires_at: Option<DateTime<Utc>>,
-    sent_at: Option<DateTime<Utc>>,
-}
-
-impl Draft {
-    fn into_link(self, app: &App, workspace_id: &str, now: DateTime<Utc>) -> Link {
-        Link {
-            code: app.resolver.codes().generate(),
-            workspace_id: workspace_id.to_owned(),
-            kind: self.kind,
-            target_url: self.target_url,
-            broadcast_id: self.broadcast_id,
-            recipient: self.recipient,
-            message_id: self.message_id,
-            sender: self.sender,
-            message_ref: self.message_ref,
-            created_at: now,
-            sent_at: self.sent_at,
-            expires_at: self.expires_at,
-            disabled_at: None,
-            delivered_at: None,
-            delivery_status: None,
-        }
-    }
-}
-
-fn parse_kind(raw: &Value) -> Result<LinkKind, ApiError> {
-    match raw {
-        Value::Null => Ok(LinkKind::Redirect),
-        Value::String(s) if s == "redirect" => Ok(LinkKind::Redirect),
-        Value::String(s) if s == "opt_out" => Ok(LinkKind::OptOut),
-        _ => Err(ApiError::bad_request("INVALID_KIND", "kind must be \"redirect\" or \"opt_out\"")),
-    }
-}
-
-fn parse_target(raw: &Value, required: bool) -> Result<Option<String>, ApiError> {
-    let err = |e: validate::TargetUrlError| ApiError::bad_request("INVALID_TARGET_URL", e.to_string());
-    match raw {
-        Value::Null if required => Err(err(validate::TargetUrlError::Missing)),
-        Value::Null => Ok(None),
-        Value::String(s) => validate::target_url(s).map(Some).map_err(err),
-        _ => Err(err(validate::TargetUrlError::NotAString)),
-    }
-}
-
-fn parse_recipient(raw: &Value) -> Result<Option<String>, ApiError> {
-    match raw {
-        Value::Null => Ok(None),
-        Value::String(s) if validate::is_e164(s) => Ok(Some(s.clone())),
-        _ => Err(ApiError::bad_request(
-            "INVALID_RECIPIENT",
-            format!("recipient must be an E.164 phone number such as +12025550293, got {raw}"),
-        )),
-    }
-}
-
-/// An optional text attribute; integers are accepted and kept as their decimal text (senders and
-/// message ids are often numeric in SMS APIs).
-fn parse_attr(raw: &Value, field: &str, code: &'static str, max: usize) -> Result<Option<String>, ApiError> {
-    let text = match raw {
-        Value::Null => return Ok(None),
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-        _ => {
-            return Err(ApiError::bad_request(code, format!("{field} must be a string")));
-        }
-    };
-    if validate::is_reasonable_text(&text, max) {
-        Ok(Some(text))
-    } else {
-        Err(ApiError::bad_request(code, format!("{field} must be 1-{max} characters without control characters")))
-    }
-}
-
-/// `sent_at`: when the SMS went out; up to a day ahead is accepted (clock skew, scheduled sends).
-fn parse_sent_at(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let err = || ApiError::bad_request("INVALID_SENT_AT", "sent_at must be an RFC 3339 timestamp, at most a day ahead");
-    match raw {
-        Value::Null => Ok(None),
-        Value::String(s) => {
-            let at = DateTime::parse_from_rfc3339(s).map_err(|_| err())?.with_timezone(&Utc);
-            if at > now + chrono::Duration::days(1) { Err(err()) } else { Ok(Some(at)) }
-        }
-        _ => Err(err()),
-    }
-}
-
-fn parse_expires(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let err = || ApiError::bad_request("INVALID_EXPIRES_AT", "expires_at must be a future RFC 3339 timestamp");
-    match raw {
-        Value::Null => Ok(None),
-        Value::String(s) => {
-            let at = DateTime::parse_from_rfc3339(s).map_err(|_| err())?.with_timezone(&Utc);
-            if at <= now { Err(err()) } else { Ok(Some(at)) }
-        }
-        _ => Err(err()),
-    }
-}
-
-impl LinkInput {
-    fn validate(&self, now: DateTime<Utc>) -> Result<Draft, ApiError> {
-        let kind = parse_kind(&self.kind)?;
-        Ok(Draft {
-            kind,
-            target_url: parse_target(&self.target_url, kind == LinkKind::Redirect)?,
-            broadcast_id: parse_attr(&self.broadcast_id, "broadcast_id", "INVALID_BROADCAST_ID", MAX_ID_LEN)?,
-            recipient: parse_recipient(&self.recipient)?,
-            message_id: parse_attr(&self.message_id, "message_id", "INVALID_MESSAGE_ID", MAX_ATTR_LEN)?,
-            sender: parse_attr(&self.sender, "sender", "INVALID_SENDER", MAX_ATTR_LEN)?,
-            message_ref: parse_attr(&self.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN)?,
-            expires_at: parse_expires(&self.expires_at, now)?,
-            sent_at: parse_sent_at(&self.sent_at, now)?,
-        })
-    }
-}
+use super::link_input::{
+    Draft, LinkInput, MAX_ATTR_LEN, MAX_ID_LEN, MAX_TEXT_LEN, parse_attr, parse_message, parse_recipient, parse_sent_at,
+};
 
 /// A link as the API shows it.
 #[derive(Serialize)]
@@ -194,6 +40,14 @@ struct LinkView<'a> {
     delivered_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     delivery_status: Option<&'a str>,
+    sub_account_id: Option<&'a str>,
+    track_conversions: bool,
+    message_type: &'static str,
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    content_urls: &'a [String],
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     counters: Option<super::LinkStatsView>,
 }
@@ -217,6 +71,12 @@ fn view<'a>(app: &App, link: &'a Link, counters: Option<&LinkStats>) -> LinkView
         disabled_at: link.disabled_at.map(rfc3339),
         delivered_at: link.delivered_at.map(rfc3339),
         delivery_status: link.delivery_status.as_deref(),
+        sub_account_id: link.sub_account_id.as_deref(),
+        track_conversions: link.track_conversions,
+        message_type: link.message_type(),
+        message: link.message.as_deref(),
+        subject: link.subject.as_deref(),
+        content_urls: &link.content_urls,
         counters: counters.map(super::LinkStatsView::from),
     }
 }
@@ -240,7 +100,9 @@ pub async fn create(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksWrite).await?;
     let input: LinkInput = parse_json(&read_body(req, app.config.max_body_bytes).await?)?;
     let now = Utc::now();
-    let mut links = [input.validate(now)?.into_link(app, &caller.workspace_id, now)];
+    let draft = input.validate(now)?;
+    draft.require_recipient()?;
+    let mut links = [draft.into_link(app, &caller.workspace_id, now)];
     store_links(app, &mut links).await?;
     json(StatusCode::CREATED, &view(app, &links[0], None))
 }
@@ -264,6 +126,16 @@ struct BroadcastInput {
     expires_at: Value,
     #[serde(default)]
     sent_at: Value,
+    #[serde(default)]
+    sub_account_id: Value,
+    #[serde(default)]
+    track_conversions: Value,
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    subject: Value,
+    #[serde(default)]
+    content_urls: Value,
     recipients: Option<Vec<RecipientInput>>,
 }
 
@@ -280,6 +152,9 @@ struct RecipientInput {
     message_ref: Value,
     #[serde(default)]
     sent_at: Value,
+    /// This recipient's text, when the messages were personalised.
+    #[serde(default)]
+    message: Value,
 }
 
 #[derive(Serialize)]
@@ -318,6 +193,11 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
         kind: input.kind,
         expires_at: input.expires_at,
         sent_at: input.sent_at,
+        sub_account_id: input.sub_account_id,
+        track_conversions: input.track_conversions,
+        message: input.message,
+        subject: input.subject,
+        content_urls: input.content_urls,
         ..LinkInput::default()
     };
     let now = Utc::now();
@@ -341,6 +221,9 @@ pub async fn create_broadcast(app: &App, req: Request<Incoming>, broadcast_id: &
         }
         if let Some(v) = parse_sent_at(&r.sent_at, now).map_err(at)? {
             draft.sent_at = Some(v);
+        }
+        if let Some(v) = parse_message(&r.message).map_err(at)? {
+            draft.message = Some(v);
         }
         links.push(draft.into_link(app, &caller.workspace_id, now));
     }
@@ -388,6 +271,14 @@ struct ShortenInput {
     expires_at: Value,
     #[serde(default)]
     sent_at: Value,
+    #[serde(default)]
+    sub_account_id: Value,
+    #[serde(default)]
+    track_conversions: Value,
+    #[serde(default)]
+    subject: Value,
+    #[serde(default)]
+    content_urls: Value,
 }
 
 impl ShortenInput {
@@ -403,6 +294,11 @@ impl ShortenInput {
             kind: self.kind.take(),
             expires_at: self.expires_at.take(),
             sent_at: self.sent_at.take(),
+            sub_account_id: self.sub_account_id.take(),
+            track_conversions: self.track_conversions.take(),
+            message: Value::Null,
+            subject: self.subject.take(),
+            content_urls: self.content_urls.take(),
         }
     }
 }
@@ -438,6 +334,9 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
         }
     }
     let wants_opt_out = pieces.contains(&Piece::OptOut);
+    if wants_opt_out {
+        base.require_recipient()?;
+    }
     let mut links: Vec<Link> = targets
         .iter()
         .map(|(_, target)| {
@@ -449,21 +348,30 @@ pub async fn shorten(app: &App, req: Request<Incoming>) -> ApiResult {
         })
         .collect();
     if wants_opt_out {
-        links.push(base.clone().into_link(app, &caller.workspace_id, now));
+        links.push(Draft { track_conversions: false, ..base.clone() }.into_link(app, &caller.workspace_id, now));
+    }
+    let compose = |links: &[Link]| {
+        let mut out = String::with_capacity(message.len());
+        for piece in &pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Url(url) => match targets.iter().position(|(raw, _)| raw == url) {
+                    Some(i) => out.push_str(&app.short_url(&links[i].code)),
+                    None => out.push_str(url),
+                },
+                Piece::OptOut => out.push_str(&app.short_url(&links[links.len() - 1].code)),
+            }
+        }
+        out
+    };
+    // Every link keeps the text as sent (Burst's `source_message.message`). Codes are final unless one
+    // collided on insert (odds of 1 in 2^48 per link); then the stored text names the first code drawn.
+    let sent = compose(&links);
+    for link in &mut links {
+        link.message = Some(sent.clone());
     }
     store_links(app, &mut links).await?;
-
-    let mut out = String::with_capacity(message.len());
-    for piece in &pieces {
-        match piece {
-            Piece::Text(t) => out.push_str(t),
-            Piece::Url(url) => match targets.iter().position(|(raw, _)| raw == url) {
-                Some(i) => out.push_str(&app.short_url(&links[i].code)),
-                None => out.push_str(url),
-            },
-            Piece::OptOut => out.push_str(&app.short_url(&links[links.len() - 1].code)),
-        }
-    }
+    let out = compose(&links);
     let views: Vec<LinkView<'_>> = links.iter().map(|l| view(app, l, None)).collect();
     json(StatusCode::OK, &serde_json::json!({ "text": out, "links": views }))
 }
@@ -483,48 +391,4 @@ pub async fn disable(app: &App, req: Request<Incoming>, code: &str) -> ApiResult
     app.store.disable_link(code, Utc::now()).await?;
     app.resolver.cache.invalidate(code);
     empty(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn input(v: Value) -> LinkInput {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn field_errors_have_their_own_codes() {
-        let now = Utc::now();
-        let cases = [
-            (json!({}), "INVALID_TARGET_URL"),
-            (json!({"target_url": 5}), "INVALID_TARGET_URL"),
-            (json!({"target_url": "javascript:alert(1)"}), "INVALID_TARGET_URL"),
-            (json!({"target_url": "https://e.com", "recipient": "12345"}), "INVALID_RECIPIENT"),
-            (json!({"target_url": "https://e.com", "recipient": 12025550293_u64}), "INVALID_RECIPIENT"),
-            (json!({"target_url": "https://e.com", "kind": "banana"}), "INVALID_KIND"),
-            (json!({"target_url": "https://e.com", "expires_at": "tomorrow"}), "INVALID_EXPIRES_AT"),
-            (json!({"target_url": "https://e.com", "expires_at": "2001-01-01T00:00:00Z"}), "INVALID_EXPIRES_AT"),
-            (json!({"target_url": "https://e.com", "broadcast_id": ""}), "INVALID_BROADCAST_ID"),
-            (json!({"target_url": "https://e.com", "sender": {"a": 1}}), "INVALID_SENDER"),
-            (json!({"target_url": "https://e.com", "message_id": "a\u{0}b"}), "INVALID_MESSAGE_ID"),
-        ];
-        for (body, code) in cases {
-            assert_eq!(input(body.clone()).validate(now).unwrap_err().code, code, "{body}");
-        }
-    }
-
-    #[test]
-    fn valid_inputs() {
-        let now = Utc::now();
-        let d = input(json!({"kind": "opt_out", "recipient": "+12025550293"})).validate(now).unwrap();
-        assert_eq!(d.kind, LinkKind::OptOut);
-        assert_eq!(d.target_url, None);
-        let d = input(json!({"target_url": "https://e.com/x", "sender": 61481074191_u64, "expires_at": "2999-01-01T00:00:00+02:00"}))
-            .validate(now)
-            .unwrap();
-        assert_eq!(d.sender.as_deref(), Some("61481074191"));
-        assert_eq!(d.expires_at.unwrap().to_rfc3339(), "2998-12-31T22:00:00+00:00");
-    }
 }

@@ -5,8 +5,11 @@
 //! `Result<Response, ApiError>` and never panic on input.
 
 pub mod admin;
+pub mod conversions;
 pub mod deliveries;
+pub mod link_input;
 pub mod links;
+pub mod opt_outs;
 pub mod stats;
 pub mod webhooks;
 
@@ -67,87 +70,60 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
+    // Each route: its handlers by method, and the `Allow` header of a 405 for any other method.
+    macro_rules! methods {
+        ($allow:literal; $($m:ident => $handler:expr),+ $(,)?) => {
+            match method {
+                $(Method::$m => $handler,)+
+                _ => Err(ApiError::method_not_allowed($allow)),
+            }
+        };
+    }
     match segs.as_slice() {
-        ["api", "v1", "workspaces"] => match method {
-            Method::POST => admin::create_workspace(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "workspaces", workspace_id, "keys"] => match method {
-            Method::POST => admin::create_key(app, req, workspace_id).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "links"] => match method {
-            Method::POST => links::create(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "links", code] => match method {
-            Method::GET => links::get(app, req, code).await,
-            Method::DELETE => links::disable(app, req, code).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "links", code, "stats"] => match method {
-            Method::GET => stats::link(app, req, code).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "links", code, "clicks"] => match method {
-            Method::GET => stats::clicks(app, req, code).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "broadcasts"] => match method {
-            Method::GET => stats::broadcasts(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "broadcasts", broadcast_id, "timeline"] => match method {
-            Method::GET => stats::timeline(app, req, broadcast_id).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "broadcasts", broadcast_id, "stats"] => match method {
-            Method::GET => stats::broadcast(app, req, broadcast_id).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "webhooks"] => match method {
-            Method::PUT => webhooks::put(app, req).await,
-            Method::GET => webhooks::get(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "webhooks", "test"] => match method {
-            Method::POST => webhooks::test(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "webhooks", "logs"] => match method {
-            Method::GET => webhooks::logs(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "webhooks", "dead-letters"] => match method {
-            Method::GET => webhooks::dead_letters(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "webhooks", "dead-letters", "replay"] => match method {
-            Method::POST => webhooks::replay_dead_letters(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "opt-outs"] => match method {
-            Method::GET => stats::opt_outs(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "broadcasts", broadcast_id, "links"] => match method {
-            Method::POST => links::create_broadcast(app, req, broadcast_id).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "delivery-reports"] => match method {
-            Method::POST => deliveries::record(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
-        ["api", "v1", "messages", "shorten"] => match method {
-            Method::POST => links::shorten(app, req).await,
-            _ => Err(method_not_allowed()),
-        },
+        ["api", "v1", "workspaces"] => methods!("POST"; POST => admin::create_workspace(app, req).await),
+        ["api", "v1", "workspaces", workspace_id, "keys"] => {
+            methods!("POST"; POST => admin::create_key(app, req, workspace_id).await)
+        }
+        ["api", "v1", "links"] => methods!("POST"; POST => links::create(app, req).await),
+        ["api", "v1", "links", code] => methods!("GET, DELETE";
+            GET => links::get(app, req, code).await,
+            DELETE => links::disable(app, req, code).await,
+        ),
+        ["api", "v1", "links", code, "stats"] => methods!("GET"; GET => stats::link(app, req, code).await),
+        ["api", "v1", "links", code, "clicks"] => methods!("GET"; GET => stats::clicks(app, req, code).await),
+        ["api", "v1", "broadcasts"] => methods!("GET"; GET => stats::broadcasts(app, req).await),
+        ["api", "v1", "broadcasts", broadcast_id, "timeline"] => {
+            methods!("GET"; GET => stats::timeline(app, req, broadcast_id).await)
+        }
+        ["api", "v1", "broadcasts", broadcast_id, "stats"] => {
+            methods!("GET"; GET => stats::broadcast(app, req, broadcast_id).await)
+        }
+        ["api", "v1", "broadcasts", broadcast_id, "links"] => {
+            methods!("POST"; POST => links::create_broadcast(app, req, broadcast_id).await)
+        }
+        ["api", "v1", "webhooks"] => methods!("GET, PUT";
+            PUT => webhooks::put(app, req).await,
+            GET => webhooks::get(app, req).await,
+        ),
+        ["api", "v1", "webhooks", "test"] => methods!("POST"; POST => webhooks::test(app, req).await),
+        ["api", "v1", "webhooks", "logs"] => methods!("GET"; GET => webhooks::logs(app, req).await),
+        ["api", "v1", "webhooks", "dead-letters"] => methods!("GET"; GET => webhooks::dead_letters(app, req).await),
+        ["api", "v1", "webhooks", "dead-letters", "replay"] => {
+            methods!("POST"; POST => webhooks::replay_dead_letters(app, req).await)
+        }
+        ["api", "v1", "opt-outs"] => methods!("GET, POST";
+            GET => stats::opt_outs(app, req).await,
+            POST => opt_outs::record(app, req).await,
+        ),
+        ["api", "v1", "opt-outs", recipient] => methods!("GET, DELETE";
+            GET => opt_outs::get(app, req, recipient).await,
+            DELETE => opt_outs::delete(app, req, recipient).await,
+        ),
+        ["api", "v1", "conversions"] => methods!("POST"; POST => conversions::record(app, req).await),
+        ["api", "v1", "delivery-reports"] => methods!("POST"; POST => deliveries::record(app, req).await),
+        ["api", "v1", "messages", "shorten"] => methods!("POST"; POST => links::shorten(app, req).await),
         _ => Err(ApiError::not_found("NOT_FOUND", format!("no route for {path}"))),
     }
-}
-
-fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
 }
 
 /// Renders an error as the contract's JSON body, logging server-side failures with their `error_id`.
@@ -160,6 +136,9 @@ pub fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = err.status;
     response.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    if let Some(allow) = err.allow {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
     response
 }
 
@@ -292,6 +271,15 @@ pub struct LinkStatsView {
     pub unique_clicks: u64,
     pub first_click_at: Option<String>,
     pub last_click_at: Option<String>,
+    pub conversions: u64,
+    pub conversion_value: serde_json::Value,
+}
+
+/// Conversion values per currency as JSON numbers. Sums are kept exactly (decimal millionths); a
+/// number is the nearest double, which prints the exact decimal up to 15 significant digits.
+pub fn money(values: &std::collections::BTreeMap<String, rust_decimal::Decimal>) -> serde_json::Value {
+    use rust_decimal::prelude::ToPrimitive;
+    values.iter().map(|(currency, v)| (currency.clone(), serde_json::json!(v.to_f64().unwrap_or(0.0)))).collect()
 }
 
 impl From<&LinkStats> for LinkStatsView {
@@ -303,8 +291,23 @@ impl From<&LinkStats> for LinkStatsView {
             unique_clicks: s.unique_clicks,
             first_click_at: s.first_click_at.map(rfc3339),
             last_click_at: s.last_click_at.map(rfc3339),
+            conversions: s.conversions,
+            conversion_value: money(&s.conversion_value),
         }
     }
+}
+
+/// An opt-out as the API shows it.
+pub fn opt_out_view(o: &crate::model::OptOut) -> serde_json::Value {
+    serde_json::json!({
+        "recipient": o.recipient,
+        "at": rfc3339(o.at),
+        "source": o.source,
+        "code": (!o.code.is_empty()).then_some(&o.code),
+        "broadcast_id": o.broadcast_id,
+        "keyword": o.keyword,
+        "message_id": o.message_id,
+    })
 }
 
 /// Parses `?limit=N` (1..=max, default `default`).

@@ -4,7 +4,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 
-use super::{ApiResult, LinkStatsView, authorize, json, limit, owned_link};
+use super::{ApiResult, LinkStatsView, authorize, json, limit, money, opt_out_view, owned_link};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::model::{Permission, rfc3339};
@@ -42,6 +42,10 @@ pub async fn broadcast(app: &App, req: Request<Incoming>, broadcast_id: &str) ->
             "unique_clicks": stats.unique_clicks,
             "delivered": stats.delivered,
             "bot_reasons": stats.bot_reasons,
+            "opt_outs": stats.opt_outs,
+            "opt_out_links": stats.opt_out_links,
+            "conversions": stats.conversions,
+            "conversion_value": money(&stats.conversion_value),
         }),
     )
 }
@@ -64,6 +68,7 @@ pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult 
                 "ip": c.ip,
                 "signals": c.signals.as_deref().map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_default(),
                 "method": c.method,
+                "click_id": c.click_id,
             })
         })
         .collect();
@@ -75,18 +80,7 @@ pub async fn opt_outs(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
     let limit = limit(&req, 1000, 100_000)?;
     let opt_outs = app.store.opt_outs(&caller.workspace_id, limit).await?;
-    let opt_outs: Vec<_> = opt_outs
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "recipient": o.recipient,
-                "at": rfc3339(o.at),
-                "source": o.source,
-                "code": o.code,
-                "broadcast_id": o.broadcast_id,
-            })
-        })
-        .collect();
+    let opt_outs: Vec<_> = opt_outs.iter().map(opt_out_view).collect();
     json(StatusCode::OK, &serde_json::json!({ "opt_outs": opt_outs }))
 }
 
@@ -105,6 +99,9 @@ pub async fn broadcasts(app: &App, req: Request<Incoming>) -> ApiResult {
                 "human_hits": s.human_hits,
                 "bot_hits": s.bot_hits,
                 "unique_clicks": s.unique_clicks,
+                "opt_outs": s.opt_outs,
+                "conversions": s.conversions,
+                "conversion_value": money(&s.conversion_value),
                 "click_through_rate": if s.links == 0 { 0.0 } else { s.unique_clicks as f64 / s.links as f64 },
             })
         })
@@ -130,17 +127,19 @@ impl Bucket {
     }
 }
 
-/// Sums per-minute counts into `bucket`s (UTC-aligned), oldest first.
-pub fn bucketize(minutes: &[(i64, u64, u64)], bucket: Bucket) -> Vec<(i64, u64, u64)> {
-    let mut out: Vec<(i64, u64, u64)> = Vec::new();
-    for &(minute, human, bot) in minutes {
+/// Sums per-minute counts (`(minute, human, bot, conversions)`) into `bucket`s (UTC-aligned), oldest
+/// first.
+pub fn bucketize(minutes: &[(i64, u64, u64, u64)], bucket: Bucket) -> Vec<(i64, u64, u64, u64)> {
+    let mut out: Vec<(i64, u64, u64, u64)> = Vec::new();
+    for &(minute, human, bot, conversions) in minutes {
         let start = minute.div_euclid(bucket.seconds()) * bucket.seconds();
         match out.last_mut() {
             Some(last) if last.0 == start => {
                 last.1 += human;
                 last.2 += bot;
+                last.3 += conversions;
             }
-            _ => out.push((start, human, bot)),
+            _ => out.push((start, human, bot, conversions)),
         }
     }
     out
@@ -162,11 +161,12 @@ pub async fn timeline(app: &App, req: Request<Incoming>, broadcast_id: &str) -> 
     let minutes = app.store.broadcast_timeline(&caller.workspace_id, broadcast_id).await?;
     let points: Vec<_> = bucketize(&minutes, bucket)
         .into_iter()
-        .map(|(start, human, bot)| {
+        .map(|(start, human, bot, conversions)| {
             serde_json::json!({
                 "at": chrono::DateTime::from_timestamp(start, 0).map(rfc3339),
                 "human": human,
                 "bot": bot,
+                "conversions": conversions,
             })
         })
         .collect();
@@ -185,10 +185,10 @@ mod tests {
     #[test]
     fn buckets_sum_minutes() {
         let day = 86_400;
-        let minutes = [(day, 1, 2), (day + 60, 3, 0), (day + 3_600, 1, 1), (2 * day + 120, 5, 5)];
+        let minutes = [(day, 1, 2, 0), (day + 60, 3, 0, 1), (day + 3_600, 1, 1, 0), (2 * day + 120, 5, 5, 2)];
         assert_eq!(bucketize(&minutes, Bucket::Minute), minutes.to_vec());
-        assert_eq!(bucketize(&minutes, Bucket::Hour), vec![(day, 4, 2), (day + 3_600, 1, 1), (2 * day, 5, 5)]);
-        assert_eq!(bucketize(&minutes, Bucket::Day), vec![(day, 5, 3), (2 * day, 5, 5)]);
+        assert_eq!(bucketize(&minutes, Bucket::Hour), vec![(day, 4, 2, 1), (day + 3_600, 1, 1, 0), (2 * day, 5, 5, 2)]);
+        assert_eq!(bucketize(&minutes, Bucket::Day), vec![(day, 5, 3, 1), (2 * day, 5, 5, 2)]);
         assert!(bucketize(&[], Bucket::Day).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use super::{ApiResult, authorize, json, read_body, refuse_unknown_fields};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::model::{DeliveryLog, EventKind, Job, LogOutcome};
-use crate::model::{Permission, rfc3339};
+use crate::model::{Permission, rfc3339, rfc3339_secs};
 use crate::webhook::payload::{self, Facts};
 use crate::webhook::settings::apply_update;
 
@@ -33,6 +33,10 @@ struct SettingsFields {
     http_authorization: Option<IgnoredAny>,
     oauth: Option<IgnoredAny>,
     enabled: Option<IgnoredAny>,
+    hits: Option<IgnoredAny>,
+    conversion_url: Option<IgnoredAny>,
+    conversion_fields: Option<IgnoredAny>,
+    recipient_format: Option<IgnoredAny>,
 }
 
 /// The fields of `oauth`.
@@ -58,6 +62,7 @@ struct TestFields {
 /// `PUT /api/v1/webhooks`: partial update; answers the stored configuration, secrets masked.
 pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let bytes = read_body(req, app.config.max_body_bytes).await?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?;
@@ -67,27 +72,67 @@ pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
             refuse_unknown_fields::<OAuthFields>(oauth)?;
         }
     }
-    let current = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
+    let sub = sub_account(&query)?;
+    let current = app.store.get_webhook_settings(&caller.workspace_id, sub.as_deref()).await?.unwrap_or_default();
     let mut next = apply_update(&current, &body, app.config.webhook_allow_private)
         .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     next.updated_at = Some(Utc::now());
-    app.store.put_webhook_settings(&caller.workspace_id, &next).await?;
-    app.webhooks.settings.invalidate(&caller.workspace_id);
-    tracing::info!(workspace_id = %caller.workspace_id, "webhook settings updated");
+    next.sub_account_id = sub.clone();
+    app.store.put_webhook_settings(&caller.workspace_id, sub.as_deref(), &next).await?;
+    app.webhooks.settings.invalidate(&caller.workspace_id, sub.as_deref());
+    tracing::info!(workspace_id = %caller.workspace_id, sub_account_id = ?sub, "webhook settings updated");
     json(StatusCode::OK, &next.masked())
 }
 
-/// `GET /api/v1/webhooks`
+/// `?sub_account_id=...`: a sub-account's configuration (absent: the workspace-wide one, the vendors'
+/// `"*"`, which is also what `*` names).
+fn sub_account(query: &str) -> Result<Option<String>, ApiError> {
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name == "sub_account_id" {
+            if value == "*" {
+                return Ok(None);
+            }
+            if !crate::validate::is_reasonable_text(&value, 64) {
+                return Err(ApiError::bad_request(
+                    "INVALID_SUB_ACCOUNT_ID",
+                    "sub_account_id must be 1-64 characters without control characters",
+                ));
+            }
+            return Ok(Some(value.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /api/v1/webhooks`: the configuration; for a sub-account without one of its own, the
+/// workspace-wide configuration it inherits (`"inherited": true`).
 pub async fn get(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
-    let settings = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
-    json(StatusCode::OK, &settings.masked())
+    let sub = sub_account(req.uri().query().unwrap_or_default())?;
+    let own = match &sub {
+        Some(sub) => app.store.get_webhook_settings(&caller.workspace_id, Some(sub)).await?,
+        None => None,
+    };
+    let mut view = match own {
+        Some(settings) => settings.masked(),
+        None => {
+            let mut view =
+                app.store.get_webhook_settings(&caller.workspace_id, None).await?.unwrap_or_default().masked();
+            if sub.is_some() {
+                view["inherited"] = Value::Bool(true);
+            }
+            view
+        }
+    };
+    view["sub_account_id"] = json!(sub);
+    json(StatusCode::OK, &view)
 }
 
 /// `POST /api/v1/webhooks/test` `{"type": "click" | "opt_out"}`: one sample event, sent now, logged,
 /// answered with the attempt's outcome.
 pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let sub = sub_account(req.uri().query().unwrap_or_default())?;
     let bytes = read_body(req, app.config.max_body_bytes).await?;
     let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -102,20 +147,22 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         None | Some(Value::Null) => EventKind::Click,
         Some(Value::String(t)) if t == "click" => EventKind::Click,
         Some(Value::String(t)) if t == "opt_out" => EventKind::OptOut,
+        Some(Value::String(t)) if t == "conversion" => EventKind::Conversion,
         Some(_) => {
-            return Err(ApiError::bad_request("INVALID_TYPE", "type must be \"click\" or \"opt_out\""));
+            return Err(ApiError::bad_request("INVALID_TYPE", "type must be \"click\", \"opt_out\" or \"conversion\""));
         }
     };
-    let settings = app.store.get_webhook_settings(&caller.workspace_id).await?.unwrap_or_default();
+    let settings = app.webhooks.settings.get_for(&caller.workspace_id, sub.as_deref()).await?;
     let url = match kind {
         EventKind::Click => settings.click_url.clone(),
         EventKind::OptOut => settings.opt_out_url.clone(),
+        EventKind::Conversion => settings.conversion_url.clone(),
     }
     .ok_or_else(|| {
         ApiError::bad_request("WEBHOOK_NOT_CONFIGURED", format!("no {}_url is configured", kind.as_str()))
     })?;
     let event_id = uuid::Uuid::new_v4().to_string();
-    let occurred_at = rfc3339(Utc::now());
+    let occurred_at = rfc3339_secs(Utc::now());
     let short_url = app.short_url("SAMPLE00");
     let facts = Facts {
         event_id: &event_id,
@@ -135,8 +182,23 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         hits: 1,
         first_click: true,
         workspace_id: &caller.workspace_id,
+        source: crate::model::OPT_OUT_LINK,
+        message_type: "SMS",
+        message: Some("Fall sale: 20% off today https://example.com/sample"),
+        conversion: (kind == EventKind::Conversion).then_some(payload::ConversionFacts {
+            name: "purchase",
+            value: Some(49.9),
+            currency: "USD",
+            click_id: Some("SAMPLE00.AAAAAAAAAAAAAAAAAAAAAAAA"),
+        }),
+        ..Facts::default()
     };
-    let body = payload::render(settings.format, &settings.effective_click_fields(), kind, &facts);
+    let fields = if kind == EventKind::Conversion {
+        settings.effective_conversion_fields()
+    } else {
+        settings.effective_click_fields()
+    };
+    let body = payload::render(settings.format, &fields, kind, &facts);
     let job = Job {
         event_id: event_id.clone(),
         workspace_id: caller.workspace_id.clone(),
@@ -149,6 +211,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         url: url.clone(),
         due_at: None,
     };
+    let job = Job { sub_account_id: sub.clone(), ..job };
     let attempt = app.webhooks.deliverer.attempt(&settings, &caller.workspace_id, &url, &job).await;
     let entry = DeliveryLog {
         event_id: event_id.clone(),
@@ -162,6 +225,7 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         at: Utc::now(),
         outcome: LogOutcome::Test,
         next_attempt_at: None,
+        sub_account_id: sub.clone(),
     };
     app.store.append_webhook_logs(&caller.workspace_id, &[entry], app.config.webhook_log_limit).await?;
     json(
@@ -183,9 +247,14 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
 pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
     let limit = super::limit(&req, 10, app.config.webhook_log_limit.max(1))?;
-    let logs = app.store.webhook_logs(&caller.workspace_id, limit).await?;
+    let sub = sub_account(req.uri().query().unwrap_or_default())?;
+    // A sub-account's entries are picked from the whole (capped) log.
+    let fetch = if sub.is_some() { app.config.webhook_log_limit.max(1) } else { limit };
+    let logs = app.store.webhook_logs(&caller.workspace_id, fetch).await?;
     let logs: Vec<Value> = logs
         .iter()
+        .filter(|l| sub.is_none() || l.sub_account_id == sub)
+        .take(limit)
         .map(|l| {
             json!({
                 "event_id": l.event_id,
@@ -199,6 +268,7 @@ pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
                 "at": rfc3339(l.at),
                 "outcome": l.outcome,
                 "next_attempt_at": l.next_attempt_at.map(rfc3339),
+                "sub_account_id": l.sub_account_id,
             })
         })
         .collect();
@@ -210,10 +280,14 @@ pub async fn logs(app: &App, req: Request<Incoming>) -> ApiResult {
 pub async fn dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::WebhooksRead).await?;
     let limit = super::limit(&req, 100, 10_000)?;
-    let letters = app.webhooks.queue.dead_letters(&caller.workspace_id, limit).await.map_err(outbox_error)?;
+    let sub = sub_account(req.uri().query().unwrap_or_default())?;
+    let fetch = if sub.is_some() { 10_000 } else { limit };
+    let letters = app.webhooks.queue.dead_letters(&caller.workspace_id, fetch).await.map_err(outbox_error)?;
     let backlog = app.webhooks.queue.backlog(&caller.workspace_id).await.map_err(outbox_error)?;
     let shown: Vec<Value> = letters
         .iter()
+        .filter(|d| sub.is_none() || d.job.sub_account_id == sub)
+        .take(limit)
         .map(|d| {
             json!({
                 "event_id": d.job.event_id,
@@ -222,6 +296,7 @@ pub async fn dead_letters(app: &App, req: Request<Incoming>) -> ApiResult {
                 "reason": d.reason.as_str(),
                 "at": chrono::DateTime::from_timestamp_millis(d.at_ms).map(rfc3339),
                 "attempts": d.job.attempt,
+                "sub_account_id": d.job.sub_account_id,
                 "payload": serde_json::from_str::<Value>(&d.job.payload).unwrap_or(Value::String(d.job.payload.clone())),
             })
         })
@@ -239,6 +314,7 @@ pub async fn replay_dead_letters(app: &App, req: Request<Incoming>) -> ApiResult
         since: Option<Value>,
     }
     let caller = authorize(app, req.headers(), Permission::WebhooksWrite).await?;
+    let sub = sub_account(req.uri().query().unwrap_or_default())?;
     let bytes = read_body(req, app.config.max_body_bytes).await?;
     let body: Replay =
         if bytes.iter().all(u8::is_ascii_whitespace) { Replay { since: None } } else { super::parse_json(&bytes)? };
@@ -251,7 +327,12 @@ pub async fn replay_dead_letters(app: &App, req: Request<Incoming>) -> ApiResult
         ),
         Some(_) => return Err(ApiError::bad_request("INVALID_SINCE", "since must be an RFC 3339 time")),
     };
-    let replayed = app.webhooks.queue.replay_dead_letters(&caller.workspace_id, since).await.map_err(outbox_error)?;
+    let replayed = app
+        .webhooks
+        .queue
+        .replay_dead_letters(&caller.workspace_id, since, sub.as_deref())
+        .await
+        .map_err(outbox_error)?;
     tracing::info!(workspace_id = %caller.workspace_id, replayed, "dead letters replayed");
     json(StatusCode::ACCEPTED, &json!({ "replayed": replayed }))
 }

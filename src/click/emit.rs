@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use crate::model::{Batch, ClickRecord, ClickTally, Correction, LinkKind};
+use crate::model::{Batch, ClickRecord, ClickTally, Conversion, Correction, LinkKind, OptOut};
 
 /// An event worth telling the customer about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,18 +15,29 @@ pub enum Event {
     Click { id: String, click: ClickRecord, tally: ClickTally },
     /// A human opted out through an opt-out link.
     OptOut { id: String, click: ClickRecord },
+    /// A recipient opted out by SMS (an inbound STOP the platform passed on); `code`: the link of the
+    /// message it answered, when known (for the message facts of the payload).
+    InboundOptOut { id: String, workspace_id: String, opt_out: OptOut, code: Option<String> },
+    /// A conversion attributed to a link (and, through `/track`, to a click).
+    Conversion { id: String, conversion: Conversion },
 }
 
 impl Event {
     pub fn id(&self) -> &str {
         match self {
-            Event::Click { id, .. } | Event::OptOut { id, .. } => id,
+            Event::Click { id, .. }
+            | Event::OptOut { id, .. }
+            | Event::InboundOptOut { id, .. }
+            | Event::Conversion { id, .. } => id,
         }
     }
 
-    pub fn click(&self) -> &ClickRecord {
+    /// The link the event is about, if any.
+    pub fn code(&self) -> Option<&str> {
         match self {
-            Event::Click { click, .. } | Event::OptOut { click, .. } => click,
+            Event::Click { click, .. } | Event::OptOut { click, .. } => Some(&click.code),
+            Event::InboundOptOut { code, .. } => code.as_deref(),
+            Event::Conversion { conversion, .. } => Some(&conversion.code),
         }
     }
 }

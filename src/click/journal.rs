@@ -316,6 +316,7 @@ mod tests {
             user_agent: Some("UA".into()),
             ip: Some("203.0.113.0".into()),
             signals: None,
+            click_id: None,
         }
     }
 

@@ -17,8 +17,11 @@ use crate::model::{Class, ClickRecord, ClickTally, LinkKind, OptOut};
 pub struct Groups<'a> {
     /// (code, indices of its hits), in order of first appearance.
     pub links: Vec<(&'a str, Vec<usize>)>,
-    /// ((workspace, broadcast), indices of its hits), in order of first appearance.
+    /// ((workspace, broadcast), indices of its hits on redirect links), in order of first appearance.
+    /// Opt-out links are not engagement: their hits count on the link, not in the broadcast.
     pub broadcasts: Vec<((&'a str, &'a str), Vec<usize>)>,
+    /// ((workspace, broadcast), indices of human hits on its opt-out links with a recipient).
+    pub broadcast_opt_outs: Vec<((&'a str, &'a str), Vec<usize>)>,
     /// Indices of human hits on opt-out links with a recipient: each may record a new opt-out.
     pub opt_outs: Vec<usize>,
 }
@@ -34,7 +37,9 @@ pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
             groups.links.len() - 1
         });
         groups.links[g].1.push(i);
-        if let Some(b) = &click.broadcast_id {
+        if let Some(b) = &click.broadcast_id
+            && click.kind == LinkKind::Redirect
+        {
             let key = (click.workspace_id.as_str(), b.as_str());
             let g = *broadcast_index.entry(key).or_insert_with(|| {
                 groups.broadcasts.push((key, Vec::new()));
@@ -44,6 +49,13 @@ pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
         }
         if records_opt_out(click) {
             groups.opt_outs.push(i);
+            if let Some(b) = &click.broadcast_id {
+                let key = (click.workspace_id.as_str(), b.as_str());
+                match groups.broadcast_opt_outs.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, list)) => list.push(i),
+                    None => groups.broadcast_opt_outs.push((key, vec![i])),
+                }
+            }
         }
     }
     groups
@@ -60,29 +72,38 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
     OptOut {
         recipient: recipient.to_owned(),
         at: click.at,
-        source: "link".to_owned(),
+        source: crate::model::OPT_OUT_LINK.to_owned(),
         code: click.code.clone(),
         broadcast_id: click.broadcast_id.clone(),
+        keyword: None,
+        message_id: None,
     }
 }
 
 /// Per-click tallies for a batch, given what the store answered per link and per broadcast.
 ///
-/// - `human_after[code]`: the link's human hits after the whole batch;
+/// - `human_after[code]`: the link's human hits after the whole batch; `all_after[code]`: its hits of
+///   both classes (known for links with a human hit in the batch, the only ones events are made of);
 /// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
 ///   recipient to the broadcast's unique set;
 /// - `opted_out[i]`: whether click `i` recorded a new opt-out.
 pub fn tallies(
     clicks: &[ClickRecord],
     human_after: &HashMap<&str, u64>,
+    all_after: &HashMap<&str, u64>,
     first_in_broadcast: &[bool],
     opted_out: &[bool],
 ) -> Vec<ClickTally> {
     let mut human_in_batch: HashMap<&str, u64> = HashMap::new();
-    for c in clicks.iter().filter(|c| c.is_human()) {
-        *human_in_batch.entry(c.code.as_str()).or_default() += 1;
+    let mut all_in_batch: HashMap<&str, u64> = HashMap::new();
+    for c in clicks {
+        if c.is_human() {
+            *human_in_batch.entry(c.code.as_str()).or_default() += 1;
+        }
+        *all_in_batch.entry(c.code.as_str()).or_default() += 1;
     }
     let mut seen: HashMap<&str, u64> = HashMap::new();
+    let mut seen_all: HashMap<&str, u64> = HashMap::new();
     clicks
         .iter()
         .enumerate()
@@ -94,13 +115,18 @@ pub fn tallies(
                 *so_far += 1;
             }
             let human_hits = before + *so_far;
+            let all = all_after.get(click.code.as_str()).copied().unwrap_or(0);
+            let all_before = all.saturating_sub(all_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
+            let all_so_far = seen_all.entry(click.code.as_str()).or_default();
+            *all_so_far += 1;
+            let hits = all_before + *all_so_far;
             let first_click = click.is_human()
                 && if click.broadcast_id.is_some() && click.recipient.is_some() {
                     first_in_broadcast[i]
                 } else {
                     human_hits == 1
                 };
-            ClickTally { human_hits, first_click, opted_out: opted_out[i] }
+            ClickTally { human_hits, hits, first_click, opted_out: opted_out[i] }
         })
         .collect()
 }
@@ -112,6 +138,22 @@ pub fn apply_delivery(link: &mut crate::model::Link, delivery: &crate::model::De
     if delivery.status == "delivered" && link.delivered_at.is_none() {
         link.delivered_at = Some(delivery.at);
     }
+}
+
+/// A conversion value in millionths, the unit stores sum it in (exact; `None` beyond ±9·10^12 or with
+/// more than six decimals, which the API refuses).
+pub fn micro_units(value: rust_decimal::Decimal) -> Option<i64> {
+    let scaled = value.checked_mul(rust_decimal::Decimal::from(1_000_000))?;
+    if !scaled.fract().is_zero() {
+        return None;
+    }
+    let n = i64::try_from(scaled).ok()?;
+    (n.unsigned_abs() < 9_000_000_000_000_000_000).then_some(n)
+}
+
+/// A sum in millionths as a decimal (`49900000` → `49.9`).
+pub fn from_micro_units(n: i64) -> rust_decimal::Decimal {
+    rust_decimal::Decimal::new(n, 6).normalize()
 }
 
 /// The unix minute (its first second) a hit falls in: the timeline's unit.
@@ -146,6 +188,7 @@ mod tests {
             user_agent: None,
             ip: None,
             signals: None,
+            click_id: None,
         }
     }
 
@@ -169,8 +212,9 @@ mod tests {
         ];
         let g = group(&batch);
         assert_eq!(g.links, vec![("a", vec![0, 2]), ("b", vec![1]), ("c", vec![3, 4, 5])]);
-        assert_eq!(g.broadcasts, vec![(("ws", "b1"), vec![0, 2, 3, 4, 5])]);
+        assert_eq!(g.broadcasts, vec![(("ws", "b1"), vec![0, 2])], "opt-out links are not engagement");
         assert_eq!(g.opt_outs, vec![3], "only a human hit naming its recipient opts out");
+        assert_eq!(g.broadcast_opt_outs, vec![(("ws", "b1"), vec![3])]);
     }
 
     #[test]
@@ -206,10 +250,27 @@ mod tests {
         for (batch, after, first, want) in cases {
             let after: HashMap<&str, u64> = after.into_iter().collect();
             let opted = vec![false; batch.len()];
-            let got: Vec<(u64, bool)> =
-                tallies(&batch, &after, &first, &opted).iter().map(|t| (t.human_hits, t.first_click)).collect();
+            let got: Vec<(u64, bool)> = tallies(&batch, &after, &HashMap::new(), &first, &opted)
+                .iter()
+                .map(|t| (t.human_hits, t.first_click))
+                .collect();
             assert_eq!(got, want, "{batch:?}");
         }
+    }
+
+    #[test]
+    fn all_hits_count_both_classes_in_batch_order() {
+        let batch = [
+            hit("a", None, None, Class::Bot, T),
+            hit("a", None, None, Class::Human, T),
+            hit("a", None, None, Class::Human, T),
+        ];
+        // 10 hits before the batch, 13 after.
+        let all: HashMap<&str, u64> = [("a", 13)].into_iter().collect();
+        let human: HashMap<&str, u64> = [("a", 7)].into_iter().collect();
+        let got: Vec<(u64, u64)> =
+            tallies(&batch, &human, &all, &[false; 3], &[false; 3]).iter().map(|t| (t.human_hits, t.hits)).collect();
+        assert_eq!(got, vec![(5, 11), (6, 12), (7, 13)]);
     }
 
     #[test]

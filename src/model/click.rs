@@ -45,6 +45,9 @@ pub struct ClickRecord {
     /// The evidence behind the verdict besides the user agent (`network:hosting:aws,timing:2s_after_send`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<String>,
+    /// The click id the redirect added to the target (`lh_click`), on links tracking conversions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<String>,
 }
 
 impl ClickRecord {
@@ -63,6 +66,7 @@ impl ClickRecord {
             user_agent: self.user_agent.as_deref(),
             ip: self.ip.as_deref(),
             signals: self.signals.as_deref(),
+            click_id: self.click_id.as_deref(),
         };
         serde_json::to_vec(&recent).expect("a recent click always serializes")
     }
@@ -76,6 +80,7 @@ impl ClickRecord {
             user_agent: self.user_agent.clone(),
             ip: self.ip.clone(),
             signals: self.signals.clone(),
+            click_id: self.click_id.clone(),
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct RecentClick {
     pub ip: Option<String>,
     #[serde(default)]
     pub signals: Option<String>,
+    #[serde(default)]
+    pub click_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -108,6 +115,8 @@ struct RecentClickRef<'a> {
     ip: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signals: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_id: Option<&'a str>,
 }
 
 /// Classified hits counted as one unit. The id makes counting idempotent: a store that already applied
@@ -137,6 +146,8 @@ pub struct Correction {
 pub struct ClickTally {
     /// The link's human hits including this click (for a bot hit: the human hits so far).
     pub human_hits: u64,
+    /// The link's hits of both classes including this click.
+    pub hits: u64,
     /// First human hit of its (broadcast, recipient); for links without both, of the link.
     pub first_click: bool,
     /// This click recorded a new opt-out.
@@ -161,6 +172,7 @@ mod tests {
             user_agent: Some("WhatsApp/2.23".into()),
             ip: Some("203.0.113.0".into()),
             signals: None,
+            click_id: None,
         }
     }
 

@@ -23,8 +23,8 @@ impl LinkKind {
     }
 }
 
-/// One short link. Immutable once created except for `disabled_at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One short link. Immutable once created except for `disabled_at` and the delivery report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Link {
     pub code: String,
     pub workspace_id: String,
@@ -55,12 +55,32 @@ pub struct Link {
     pub delivered_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_status: Option<String>,
+    /// The sub-account the link belongs to (its events use that sub-account's webhook configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_account_id: Option<String>,
+    /// Redirects add `lh_click=<click id>` to the target, for conversions (`/track`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_conversions: bool,
+    /// The text of the message that carried the link (Burst's `source_message.message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// MMS subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// MMS media URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_urls: Vec<String>,
 }
 
 impl Link {
     /// When its SMS went out: `sent_at`, or the creation time.
     pub fn sent(&self) -> DateTime<Utc> {
         self.sent_at.unwrap_or(self.created_at)
+    }
+
+    /// `"MMS"` when the message had a subject or media, else `"SMS"`.
+    pub fn message_type(&self) -> &'static str {
+        if self.subject.is_some() || !self.content_urls.is_empty() { "MMS" } else { "SMS" }
     }
 
     /// The state a redirect of this link answers with at `now`.
@@ -102,6 +122,11 @@ pub struct LinkStats {
     pub unique_clicks: u64,
     pub first_click_at: Option<DateTime<Utc>>,
     pub last_click_at: Option<DateTime<Utc>>,
+    /// Conversions attributed to the link, and their value per currency (exact decimals).
+    #[serde(default)]
+    pub conversions: u64,
+    #[serde(default)]
+    pub conversion_value: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 }
 
 /// Counters of one broadcast: sums over its links, plus `unique_clicks`, the number of distinct
@@ -119,6 +144,16 @@ pub struct BroadcastStats {
     /// Recipients with a `delivered` report.
     #[serde(default)]
     pub delivered: u64,
+    /// Recipients who opted out through this broadcast (its opt-out links, or an inbound STOP naming it).
+    #[serde(default)]
+    pub opt_outs: u64,
+    /// The broadcast's opt-out links (not in `links`: opt-out links are not engagement).
+    #[serde(default)]
+    pub opt_out_links: u64,
+    #[serde(default)]
+    pub conversions: u64,
+    #[serde(default)]
+    pub conversion_value: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 }
 
 /// How a delivery report names its link.
@@ -136,15 +171,57 @@ pub struct Delivery {
     pub at: DateTime<Utc>,
 }
 
-/// A recipient who opted out through an opt-out link (the first time counts).
+/// A recipient who opted out, through an opt-out link (`source: "link"`) or by texting a keyword the SMS
+/// platform passed on (`"sms_inbound"`). The first opt-out counts until the recipient opts back in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OptOut {
     pub recipient: String,
     pub at: DateTime<Utc>,
     pub source: String,
+    /// The opt-out link's code (empty for an inbound SMS).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// Where an opt-out came from.
+pub const OPT_OUT_LINK: &str = "link";
+pub const OPT_OUT_SMS: &str = "sms_inbound";
+
+/// One conversion (a purchase, a sign-up…) attributed to a link and, through `/track`, to one click.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversion {
+    /// What makes it count once: `click:<click id>:<name>` for `/track`, `id:<caller's id>` for the API.
+    pub dedup: String,
+    /// The event id of its webhook event (UUID v5 of `dedup`).
+    pub event_id: String,
+    pub workspace_id: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<rust_decimal::Decimal>,
+    pub currency: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What recording a conversion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted now.
+    New,
+    /// Counted before; nothing changed. `emitted`: its event was queued back then.
+    Duplicate { emitted: bool },
 }
 
 /// A tenant: every link and key belongs to exactly one workspace.
@@ -180,15 +257,21 @@ pub enum Permission {
     WebhooksWrite,
     #[serde(rename = "webhooks.read")]
     WebhooksRead,
+    #[serde(rename = "conversions.write")]
+    ConversionsWrite,
+    #[serde(rename = "opt_outs.write")]
+    OptOutsWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 7] = [
         Permission::LinksWrite,
         Permission::LinksRead,
         Permission::StatsRead,
         Permission::WebhooksWrite,
         Permission::WebhooksRead,
+        Permission::ConversionsWrite,
+        Permission::OptOutsWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -198,6 +281,8 @@ impl Permission {
             Permission::StatsRead => "stats.read",
             Permission::WebhooksWrite => "webhooks.write",
             Permission::WebhooksRead => "webhooks.read",
+            Permission::ConversionsWrite => "conversions.write",
+            Permission::OptOutsWrite => "opt_outs.write",
         }
     }
 
@@ -239,6 +324,7 @@ mod tests {
             disabled_at: None,
             delivered_at: None,
             delivery_status: None,
+            ..Link::default()
         };
         assert_eq!(link.state_at(now), LinkState::Active);
         link.expires_at = Some(now - chrono::Duration::seconds(1));

@@ -25,3 +25,9 @@ pub fn now_rfc3339() -> String {
 pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
+
+/// RFC 3339 UTC in whole seconds (`2026-11-29T12:00:00Z`), the format of webhook payloads (the vendors'
+/// samples, and the parsers written against them, have no fractions).
+pub fn rfc3339_secs(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}

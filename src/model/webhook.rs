@@ -12,6 +12,7 @@ use serde_json::Value;
 pub enum EventKind {
     Click,
     OptOut,
+    Conversion,
 }
 
 impl EventKind {
@@ -19,8 +20,31 @@ impl EventKind {
         match self {
             EventKind::Click => "click",
             EventKind::OptOut => "opt_out",
+            EventKind::Conversion => "conversion",
         }
     }
+}
+
+/// What `hits` in `LINK_HIT` and `fields` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HitsCount {
+    /// The link's human hits (previews and scanners are not visits).
+    #[default]
+    Human,
+    /// Every hit, as Burst counts visits.
+    All,
+}
+
+/// How recipients appear in payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientFormat {
+    /// `+61435790000`.
+    #[default]
+    E164,
+    /// `61435790000`: international digits without `+`, as Burst's samples write them.
+    Digits,
 }
 
 /// One event to deliver. The payload is rendered once, when the event is accepted, so every attempt
@@ -120,6 +144,9 @@ pub struct DeliveryLog {
     pub outcome: LogOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The sub-account whose configuration the event used (`None`: the workspace's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_account_id: Option<String>,
 }
 
 /// The mask shown instead of a secret.
@@ -172,6 +199,36 @@ pub const CLICK_FIELDS: [&str; 18] = [
     "workspace_id",
 ];
 
+/// Field names allowed in `conversion_fields`: the click fields and the conversion's own.
+pub const CONVERSION_FIELDS: [&str; 22] = [
+    "event_id",
+    "occurred_at",
+    "code",
+    "short_url",
+    "target_url",
+    "broadcast_id",
+    "recipient",
+    "message_id",
+    "sender",
+    "message_ref",
+    "user_agent",
+    "ip",
+    "device",
+    "os",
+    "browser",
+    "hits",
+    "first_click",
+    "workspace_id",
+    "name",
+    "value",
+    "currency",
+    "click_id",
+];
+
+/// The fields of a conversion in the `fields` format when none were chosen.
+pub const DEFAULT_CONVERSION_FIELDS: [&str; 9] =
+    ["event_id", "occurred_at", "short_url", "recipient", "message_id", "click_id", "name", "value", "currency"];
+
 /// The fields of the `fields` format when none were chosen.
 pub const DEFAULT_CLICK_FIELDS: [&str; 7] =
     ["event_id", "occurred_at", "short_url", "target_url", "recipient", "message_id", "hits"];
@@ -218,6 +275,17 @@ pub struct WebhookSettings {
     /// other. `None` in records of earlier versions: the origins of the URLs stored with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_origins: Option<std::collections::BTreeSet<String>>,
+    #[serde(default)]
+    pub hits: HitsCount,
+    #[serde(default)]
+    pub conversion_url: Option<String>,
+    #[serde(default)]
+    pub conversion_fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub recipient_format: RecipientFormat,
+    /// The sub-account this configuration is for (`None`: the workspace-wide one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_account_id: Option<String>,
 }
 
 impl Default for WebhookSettings {
@@ -234,6 +302,11 @@ impl Default for WebhookSettings {
             enabled: true,
             updated_at: None,
             authorization_origins: None,
+            hits: HitsCount::default(),
+            conversion_url: None,
+            conversion_fields: None,
+            recipient_format: RecipientFormat::default(),
+            sub_account_id: None,
         }
     }
 }
@@ -255,9 +328,17 @@ impl WebhookSettings {
         }
     }
 
+    /// The conversion fields in effect for the `fields` format.
+    pub fn effective_conversion_fields(&self) -> Vec<&str> {
+        match &self.conversion_fields {
+            Some(fields) => fields.iter().map(String::as_str).collect(),
+            None => DEFAULT_CONVERSION_FIELDS.to_vec(),
+        }
+    }
+
     /// The destinations the channels' URLs point at.
     pub fn channel_origins(&self) -> std::collections::BTreeSet<String> {
-        [&self.click_url, &self.opt_out_url].into_iter().flatten().map(|u| origin(u)).collect()
+        [&self.click_url, &self.opt_out_url, &self.conversion_url].into_iter().flatten().map(|u| origin(u)).collect()
     }
 
     /// The destinations `http_authorization` may be sent to.
@@ -278,6 +359,7 @@ impl WebhookSettings {
         match kind {
             EventKind::Click => self.click_url.as_deref(),
             EventKind::OptOut => self.opt_out_url.as_deref(),
+            EventKind::Conversion => self.conversion_url.as_deref(),
         }
     }
 
@@ -300,6 +382,11 @@ impl WebhookSettings {
                 "scope": o.scope,
             })),
             "enabled": self.enabled,
+            "hits": self.hits,
+            "conversion_url": self.conversion_url,
+            "conversion_fields": self.effective_conversion_fields(),
+            "recipient_format": self.recipient_format,
+            "sub_account_id": self.sub_account_id,
             "updated_at": self.updated_at.map(crate::model::rfc3339),
         })
     }

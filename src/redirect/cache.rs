@@ -50,6 +50,8 @@ pub struct CachedLink {
     sent: u32,
     delivered: u32,
     pub disabled: bool,
+    /// The link tracks conversions: its redirects add a click id to the target.
+    pub track: bool,
     /// Tenths of a second since the cache's `born` instant after which the entry is stale (a `u32`
     /// lasts 13 years of uptime).
     fresh_until_ds: u32,
@@ -397,6 +399,7 @@ impl LinkCache {
             sent: Compact::from_unix_ms(link.sent().timestamp_millis()),
             delivered: link.delivered_at.map_or(0, |at| Compact::from_unix_ms(at.timestamp_millis())),
             disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
+            track: link.track_conversions,
             fresh_until_ds,
             epoch,
             refreshing: AtomicBool::new(false),
@@ -425,6 +428,7 @@ mod tests {
             disabled_at: None,
             delivered_at: None,
             delivery_status: None,
+            ..Default::default()
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Hit {
     pub user_agent: Option<HeaderValue>,
     pub peer: Option<IpAddr>,
     pub forwarded_for: Option<HeaderValue>,
+    /// The click id added to the target (links tracking conversions).
+    pub click_id: Option<Box<str>>,
 }
 
 impl Hit {
@@ -39,6 +41,7 @@ impl Hit {
             user_agent: headers.get(hyper::header::USER_AGENT).cloned(),
             peer,
             forwarded_for: headers.get("x-forwarded-for").cloned(),
+            click_id: None,
         }
     }
 }

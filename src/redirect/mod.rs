@@ -37,7 +37,7 @@ pub async fn handle(
     let code = request.uri.path().get(1..).unwrap_or_default();
     if method != Method::GET && method != Method::HEAD {
         metrics.record(Outcome::MethodNotAllowed);
-        return respond::response(Outcome::MethodNotAllowed, None, method);
+        return respond::response(Outcome::MethodNotAllowed, None, method, None);
     }
     let resolved = resolver.resolve(code).await;
     let outcome = respond::outcome(&resolved, || chrono::Utc::now().timestamp());
@@ -46,9 +46,17 @@ pub async fn handle(
         _ => None,
     };
     metrics.record(outcome);
+    // A link tracking conversions gets a fresh click id per redirect (verifiable at once by `/track`).
+    let click_id = match (outcome, link) {
+        (Outcome::Redirected, Some(l)) if l.track => resolver.click_ids.issue(&l.code, chrono::Utc::now().timestamp()),
+        _ => None,
+    };
+    let response = respond::response(outcome, link, method, click_id.as_deref());
     // Every answered GET/HEAD of a live link is a hit; classification happens off this path.
     if let (Outcome::Redirected | Outcome::OptOutPage, Resolved::Link(link)) = (outcome, &resolved) {
-        capture.record(Hit::from_request(Arc::clone(link), method == Method::HEAD, &request.headers, peer));
+        let mut hit = Hit::from_request(Arc::clone(link), method == Method::HEAD, &request.headers, peer);
+        hit.click_id = click_id.map(String::into_boxed_str);
+        capture.record(hit);
     }
-    respond::response(outcome, link, method)
+    response
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::click_id::ClickIds;
 use crate::code::CodePolicy;
 use crate::store::{Invalidation, SharedStore};
 
@@ -25,11 +26,13 @@ pub struct Resolver {
     pub cache: LinkCache,
     store: SharedStore,
     codes: CodePolicy,
+    /// Issues the click ids of links tracking conversions.
+    pub click_ids: ClickIds,
 }
 
 impl Resolver {
-    pub fn new(cache: LinkCache, store: SharedStore, codes: CodePolicy) -> Self {
-        Self { cache, store, codes }
+    pub fn new(cache: LinkCache, store: SharedStore, codes: CodePolicy, click_ids: ClickIds) -> Self {
+        Self { cache, store, codes, click_ids }
     }
 
     pub fn codes(&self) -> &CodePolicy {

@@ -61,8 +61,14 @@ pub fn outcome(resolved: &Resolved, now_unix: impl FnOnce() -> i64) -> Outcome {
     }
 }
 
-/// Builds the response. `HEAD` gets the same status and headers with no body.
-pub fn response(outcome: Outcome, link: Option<&CachedLink>, method: &Method) -> Response<Full<Bytes>> {
+/// Builds the response. `HEAD` gets the same status and headers with no body. `click_id`: the
+/// `lh_click` to add to the target (links tracking conversions).
+pub fn response(
+    outcome: Outcome,
+    link: Option<&CachedLink>,
+    method: &Method,
+    click_id: Option<&str>,
+) -> Response<Full<Bytes>> {
     let body = |text: &'static str| {
         if method == Method::HEAD { Full::new(Bytes::new()) } else { Full::new(Bytes::from_static(text.as_bytes())) }
     };
@@ -71,7 +77,10 @@ pub fn response(outcome: Outcome, link: Option<&CachedLink>, method: &Method) ->
     let body = match outcome {
         Outcome::Redirected => {
             if let Some(location) = link.and_then(|l| l.location.as_deref()) {
-                headers.insert(header::LOCATION, location.clone());
+                let tracked = click_id
+                    .and_then(|id| location.to_str().ok().map(|target| crate::click_id::add_to_target(target, id)))
+                    .and_then(|url| HeaderValue::from_str(&url).ok());
+                headers.insert(header::LOCATION, tracked.unwrap_or_else(|| location.clone()));
             }
             headers.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
             Full::new(Bytes::new())

@@ -19,6 +19,7 @@ use crate::model::{
     ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats,
     OptOut, RecentClick, WebhookSettings, Workspace,
 };
+use crate::model::{Class, Conversion, LinkKind, Recorded};
 
 pub struct MemoryStore {
     /// Random per process: nothing outlives the process anyway.
@@ -26,11 +27,12 @@ pub struct MemoryStore {
     links: DashMap<String, Link>,
     /// Click counters, behind one lock: they are written by one committer task in batches.
     clicks: Mutex<ClickState>,
-    /// Links per (workspace, broadcast).
-    broadcast_links: DashMap<(String, String), u64>,
+    /// Redirect links and opt-out links per (workspace, broadcast).
+    broadcast_links: DashMap<(String, String), (u64, u64)>,
     workspaces: DashMap<String, Workspace>,
     keys: DashMap<String, ApiKeyRecord>,
-    webhook_settings: DashMap<String, WebhookSettings>,
+    /// By (workspace, sub-account; `""` for the workspace-wide configuration).
+    webhook_settings: DashMap<(String, String), WebhookSettings>,
     /// Per workspace, newest first.
     webhook_logs: DashMap<String, VecDeque<DeliveryLog>>,
     /// (workspace, message id) → code, for delivery reports.
@@ -52,12 +54,19 @@ struct ClickState {
     broadcasts: HashMap<(String, String), BroadcastAgg>,
     /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
     opt_outs: HashMap<String, (Vec<OptOut>, HashSet<String>)>,
+    /// Conversions counted, by what makes them count once: whether their event was queued.
+    conversions: HashMap<String, bool>,
 }
+
+/// Click ids remembered per link with their verdict (for the conversions-on-bot-hits metric); a link
+/// flooded with hits keeps the first ones.
+const CLICK_IDS_PER_LINK: usize = 1000;
 
 #[derive(Default)]
 struct LinkAgg {
     stats: LinkStats,
     recent: VecDeque<ClickRecord>,
+    click_ids: HashMap<String, Class>,
 }
 
 #[derive(Default)]
@@ -71,8 +80,12 @@ struct BroadcastAgg {
     /// Recipients with at least one human hit (exact unique clicks).
     unique: u64,
     bot_reasons: std::collections::BTreeMap<String, u64>,
+    /// Recipients who opted out through the broadcast.
+    opt_outs: HashSet<String>,
+    conversions: u64,
+    conversion_value: std::collections::BTreeMap<String, rust_decimal::Decimal>,
     /// Unix minute → (human, bot).
-    timeline: std::collections::BTreeMap<i64, (u64, u64)>,
+    timeline: std::collections::BTreeMap<i64, (u64, u64, u64)>,
 }
 
 impl Default for MemoryStore {
@@ -147,7 +160,13 @@ impl Store for MemoryStore {
                 }
             };
             if fresh && let Some(broadcast) = &link.broadcast_id {
-                *self.broadcast_links.entry((link.workspace_id.clone(), broadcast.clone())).or_default() += 1;
+                let mut counts =
+                    self.broadcast_links.entry((link.workspace_id.clone(), broadcast.clone())).or_default();
+                match link.kind {
+                    LinkKind::Redirect => counts.0 += 1,
+                    LinkKind::OptOut => counts.1 += 1,
+                }
+                drop(counts);
                 if let Some(recipient) = &link.recipient {
                     self.by_recipient
                         .insert((link.workspace_id.clone(), broadcast.clone(), recipient.clone()), link.code.clone());
@@ -202,7 +221,14 @@ impl Store for MemoryStore {
                 agg.recent.push_front(click.clone());
                 agg.recent.truncate(recent);
             }
-            if let Some(broadcast) = &click.broadcast_id {
+            if let Some(id) = &click.click_id
+                && agg.click_ids.len() < CLICK_IDS_PER_LINK
+            {
+                agg.click_ids.insert(id.clone(), click.class);
+            }
+            if let Some(broadcast) = &click.broadcast_id
+                && click.kind == LinkKind::Redirect
+            {
                 let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
                 b.hits += 1;
                 let minute = b.timeline.entry(click.at.timestamp().div_euclid(60) * 60).or_default();
@@ -226,10 +252,13 @@ impl Store for MemoryStore {
                     *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;
                 }
             }
-            if human
-                && click.kind == crate::model::LinkKind::OptOut
+            if counting::records_opt_out(click)
                 && let Some(recipient) = &click.recipient
             {
+                if let Some(broadcast) = &click.broadcast_id {
+                    let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
+                    b.opt_outs.insert(recipient.clone());
+                }
                 let (list, seen) = state.opt_outs.entry(click.workspace_id.clone()).or_default();
                 if seen.insert(recipient.clone()) {
                     list.push(counting::opt_out_of(click, recipient));
@@ -244,7 +273,9 @@ impl Store for MemoryStore {
             .iter()
             .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
             .collect();
-        let tallies = counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out);
+        let all_after: HashMap<&str, u64> =
+            clicks.iter().map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.hits))).collect();
+        let tallies = counting::tallies(clicks, &human_after, &all_after, &first_in_broadcast, &opted_out);
         if state.applied.len() >= MAX_UNRELEASED_BATCHES {
             // Only batches whose pipeline stopped before releasing them are left here; nothing can
             // count them again in this process's lifetime except a journal replay, which the journal's
@@ -297,13 +328,17 @@ impl Store for MemoryStore {
         broadcast_id: &str,
     ) -> Result<Option<BroadcastStats>, StoreError> {
         let key = (workspace_id.to_owned(), broadcast_id.to_owned());
-        let Some(links) = self.broadcast_links.get(&key).map(|n| *n) else {
+        let Some((links, opt_out_links)) = self.broadcast_links.get(&key).map(|n| *n) else {
             return Ok(None);
         };
         let state = self.click_state();
         let agg = state.broadcasts.get(&key);
         Ok(Some(BroadcastStats {
             links,
+            opt_out_links,
+            opt_outs: agg.map_or(0, |b| b.opt_outs.len() as u64),
+            conversions: agg.map_or(0, |b| b.conversions),
+            conversion_value: agg.map(|b| b.conversion_value.clone()).unwrap_or_default(),
             hits: agg.map_or(0, |b| b.hits),
             human_hits: agg.map_or(0, |b| b.human_hits),
             bot_hits: agg.map_or(0, |b| b.bot_hits),
@@ -330,12 +365,12 @@ impl Store for MemoryStore {
         &self,
         workspace_id: &str,
         broadcast_id: &str,
-    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+    ) -> Result<Vec<(i64, u64, u64, u64)>, StoreError> {
         let state = self.click_state();
         Ok(state
             .broadcasts
             .get(&(workspace_id.to_owned(), broadcast_id.to_owned()))
-            .map(|b| b.timeline.iter().map(|(m, (h, bot))| (*m, *h, *bot)).collect())
+            .map(|b| b.timeline.iter().map(|(m, (h, bot, c))| (*m, *h, *bot, *c)).collect())
             .unwrap_or_default())
     }
 
@@ -357,12 +392,84 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError> {
-        Ok(self.webhook_settings.get(workspace_id).map(|s| s.clone()))
+    async fn record_opt_out(&self, opt_out: &OptOut, workspace_id: &str) -> Result<bool, StoreError> {
+        let mut state = self.click_state();
+        if let Some(broadcast) = &opt_out.broadcast_id {
+            let b = state.broadcasts.entry((workspace_id.to_owned(), broadcast.clone())).or_default();
+            b.opt_outs.insert(opt_out.recipient.clone());
+        }
+        let (list, seen) = state.opt_outs.entry(workspace_id.to_owned()).or_default();
+        if !seen.insert(opt_out.recipient.clone()) {
+            return Ok(false);
+        }
+        list.push(opt_out.clone());
+        Ok(true)
     }
 
-    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
-        self.webhook_settings.insert(workspace_id.to_owned(), settings.clone());
+    async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError> {
+        Ok(self
+            .click_state()
+            .opt_outs
+            .get(workspace_id)
+            .and_then(|(list, _)| list.iter().rev().find(|o| o.recipient == recipient).cloned()))
+    }
+
+    async fn delete_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<bool, StoreError> {
+        let mut state = self.click_state();
+        let Some((list, seen)) = state.opt_outs.get_mut(workspace_id) else { return Ok(false) };
+        list.retain(|o| o.recipient != recipient);
+        Ok(seen.remove(recipient))
+    }
+
+    async fn record_conversion(
+        &self,
+        conversion: &Conversion,
+        _ttl: std::time::Duration,
+    ) -> Result<(Recorded, Option<Class>), StoreError> {
+        let mut state = self.click_state();
+        let class = conversion
+            .click_id
+            .as_ref()
+            .and_then(|id| state.links.get(&conversion.code).and_then(|a| a.click_ids.get(id).copied()));
+        if let Some(&emitted) = state.conversions.get(&conversion.dedup) {
+            return Ok((Recorded::Duplicate { emitted }, class));
+        }
+        state.conversions.insert(conversion.dedup.clone(), false);
+        let value = conversion.value.unwrap_or_default();
+        let stats = &mut state.links.entry(conversion.code.clone()).or_default().stats;
+        stats.conversions += 1;
+        *stats.conversion_value.entry(conversion.currency.clone()).or_default() += value;
+        if let Some(broadcast) = &conversion.broadcast_id {
+            let b = state.broadcasts.entry((conversion.workspace_id.clone(), broadcast.clone())).or_default();
+            b.conversions += 1;
+            *b.conversion_value.entry(conversion.currency.clone()).or_default() += value;
+            b.timeline.entry(conversion.at.timestamp().div_euclid(60) * 60).or_default().2 += 1;
+        }
+        Ok((Recorded::New, class))
+    }
+
+    async fn conversion_emitted(&self, conversion: &Conversion, _ttl: std::time::Duration) -> Result<(), StoreError> {
+        self.click_state().conversions.insert(conversion.dedup.clone(), true);
+        Ok(())
+    }
+
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+    ) -> Result<Option<WebhookSettings>, StoreError> {
+        let key = (workspace_id.to_owned(), sub_account_id.unwrap_or_default().to_owned());
+        Ok(self.webhook_settings.get(&key).map(|s| s.clone()))
+    }
+
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError> {
+        let key = (workspace_id.to_owned(), sub_account_id.unwrap_or_default().to_owned());
+        self.webhook_settings.insert(key, settings.clone());
         Ok(())
     }
 
@@ -402,7 +509,15 @@ fn correct(state: &mut ClickState, click: &ClickRecord) {
             agg.stats.last_click_at = None;
         }
     }
-    if let Some(broadcast) = &click.broadcast_id {
+    if let Some(agg) = state.links.get_mut(&click.code)
+        && let Some(id) = &click.click_id
+        && let Some(class) = agg.click_ids.get_mut(id)
+    {
+        *class = Class::Bot;
+    }
+    if let Some(broadcast) = &click.broadcast_id
+        && click.kind == LinkKind::Redirect
+    {
         let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
         b.human_hits = b.human_hits.saturating_sub(1);
         b.bot_hits += 1;
@@ -418,7 +533,7 @@ fn correct(state: &mut ClickState, click: &ClickRecord) {
             }
         }
     }
-    if click.kind == crate::model::LinkKind::OptOut
+    if click.kind == LinkKind::OptOut
         && let Some(recipient) = &click.recipient
         && let Some((list, seen)) = state.opt_outs.get_mut(&click.workspace_id)
     {
@@ -429,5 +544,11 @@ fn correct(state: &mut ClickState, click: &ClickRecord) {
             list.remove(i);
             seen.remove(recipient);
         }
+    }
+    if click.kind == LinkKind::OptOut
+        && let (Some(broadcast), Some(recipient)) = (&click.broadcast_id, &click.recipient)
+        && let Some(b) = state.broadcasts.get_mut(&(click.workspace_id.clone(), broadcast.clone()))
+    {
+        b.opt_outs.remove(recipient);
     }
 }

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats, OptOut,
-    RecentClick, WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, Class, ClickTally, Conversion, Delivery, DeliveryLog, Link, LinkRef,
+    LinkStats, OptOut, RecentClick, Recorded, WebhookSettings, Workspace,
 };
 
 /// Errors of any store operation.
@@ -115,12 +115,13 @@ pub trait Store: Send + Sync + 'static {
     /// The workspace's broadcasts with their counters, by id.
     async fn list_broadcasts(&self, workspace_id: &str) -> Result<Vec<(String, BroadcastStats)>, StoreError>;
 
-    /// Hits of a broadcast per minute: `(unix minute start in seconds, human, bot)`, oldest first.
+    /// Hits of a broadcast per minute: `(unix minute start in seconds, human, bot, conversions)`, oldest
+    /// first.
     async fn broadcast_timeline(
         &self,
         workspace_id: &str,
         broadcast_id: &str,
-    ) -> Result<Vec<(i64, u64, u64)>, StoreError>;
+    ) -> Result<Vec<(i64, u64, u64, u64)>, StoreError>;
 
     /// The most recent clicks of a link, newest first.
     async fn recent_clicks(&self, code: &str, limit: usize) -> Result<Vec<RecentClick>, StoreError>;
@@ -128,9 +129,43 @@ pub trait Store: Send + Sync + 'static {
     /// Opt-outs of a workspace, newest first.
     async fn opt_outs(&self, workspace_id: &str, limit: usize) -> Result<Vec<OptOut>, StoreError>;
 
-    /// A workspace's webhook settings (`None` if never configured).
-    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError>;
-    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError>;
+    /// Records an opt-out that did not come through a link (an inbound STOP). Returns `true` if the
+    /// recipient was not opted out before (the event fires), `false` if it was (nothing changes). With a
+    /// `broadcast_id`, the recipient counts in that broadcast's `opt_outs` either way.
+    async fn record_opt_out(&self, opt_out: &OptOut, workspace_id: &str) -> Result<bool, StoreError>;
+
+    /// The recipient's current opt-out, if any.
+    async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError>;
+
+    /// Opts the recipient back in: the next opt-out is recorded (and fires) again. Broadcast counts keep
+    /// their history. Returns whether there was an opt-out.
+    async fn delete_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<bool, StoreError>;
+
+    /// Counts a conversion on its link and broadcast, once per `conversion.dedup` (remembered for `ttl`):
+    /// a second call changes nothing and answers `Duplicate`, with whether the event was queued
+    /// ([`Store::conversion_emitted`]). Also answers the verdict of its click, when the click id was
+    /// counted (`None`: not yet, or not remembered).
+    async fn record_conversion(
+        &self,
+        conversion: &Conversion,
+        ttl: std::time::Duration,
+    ) -> Result<(Recorded, Option<Class>), StoreError>;
+
+    /// Notes that the conversion's event was queued (a duplicate no longer queues it again).
+    async fn conversion_emitted(&self, conversion: &Conversion, ttl: std::time::Duration) -> Result<(), StoreError>;
+
+    /// A workspace's webhook settings, or a sub-account's (`None` if never configured).
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+    ) -> Result<Option<WebhookSettings>, StoreError>;
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError>;
 
     /// Appends delivery log entries (oldest first in `entries`), keeping the newest `cap`.
     async fn append_webhook_logs(

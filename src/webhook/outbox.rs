@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::payload::{self, Facts};
+use super::payload::{self, ConversionFacts, Facts};
 use super::queue::{Pushed, Queue};
 use super::settings_cache::SettingsCache;
 use crate::backoff::Backoff;
 use crate::click::emit::{EmitError, Event, EventSink};
 use crate::model::Correction;
-use crate::model::{EventKind, Job};
-use crate::model::{Link, rfc3339};
+use crate::model::{EventKind, HitsCount, Job, RecipientFormat};
+use crate::model::{Link, rfc3339_secs};
 use crate::store::SharedStore;
 
 pub struct Outbox {
@@ -53,7 +53,7 @@ impl Outbox {
     /// Loads, in one round trip, the links of `events` not cached yet.
     async fn prefetch_links(&self, events: &[Event]) {
         let mut missing: Vec<&str> =
-            events.iter().map(|e| e.click().code.as_str()).filter(|code| self.cached_link(code).is_none()).collect();
+            events.iter().filter_map(Event::code).filter(|code| self.cached_link(code).is_none()).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
@@ -71,59 +71,153 @@ impl Outbox {
 
     /// Turns one event into a job, or `None` when the workspace does not want it.
     async fn job(&self, event: &Event) -> Result<Option<Job>, String> {
-        let (kind, click, tally) = match event {
-            Event::Click { click, tally, .. } => (EventKind::Click, click, Some(tally)),
-            Event::OptOut { click, .. } => (EventKind::OptOut, click, None),
-        };
-        let settings = patiently(|| self.settings.get(&click.workspace_id)).await.map_err(|e| e.to_string())?;
-        let Some(url) = settings.url_for(kind).map(str::to_owned) else {
+        let subject = Subject::of(event);
+        let link = subject.code.and_then(|code| self.cached_link(code));
+        let sub_account = link.as_ref().and_then(|l| l.sub_account_id.clone());
+        let settings = patiently(|| self.settings.get_for(subject.workspace_id, sub_account.as_deref()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(url) = settings.url_for(subject.kind).map(str::to_owned) else {
             return Ok(None);
         };
-        if let Some(tally) = tally
+        if let Event::Click { click, tally, .. } = event
             && settings.unique_clicks_only
             && click.broadcast_id.is_some()
             && !tally.first_click
         {
             return Ok(None);
         }
-        let link = self.cached_link(&click.code);
         let event_id = event.id().to_owned();
-        let occurred_at = rfc3339(click.at);
-        let short_url = format!("{}/{}", self.base_url, click.code);
+        let occurred_at = rfc3339_secs(subject.at);
+        let code = subject.code.unwrap_or_default();
+        let short_url = if code.is_empty() { String::new() } else { format!("{}/{}", self.base_url, code) };
+        let recipient = subject.recipient.map(|r| match settings.recipient_format {
+            RecipientFormat::E164 => r.to_owned(),
+            RecipientFormat::Digits => r.trim_start_matches('+').to_owned(),
+        });
+        let value =
+            subject.conversion.and_then(|c| c.value).and_then(|v| rust_decimal::prelude::ToPrimitive::to_f64(&v));
+        let l = link.as_deref();
         let facts = Facts {
             event_id: &event_id,
             occurred_at: &occurred_at,
-            code: &click.code,
+            code,
             short_url: &short_url,
-            target_url: link.as_ref().and_then(|l| l.target_url.as_deref()),
-            broadcast_id: click.broadcast_id.as_deref(),
-            recipient: click.recipient.as_deref(),
-            message_id: link.as_ref().and_then(|l| l.message_id.as_deref()),
-            sender: link.as_ref().and_then(|l| l.sender.as_deref()),
-            message_ref: link.as_ref().and_then(|l| l.message_ref.as_deref()),
-            user_agent: click.user_agent.as_deref(),
-            ip: click.ip.as_deref(),
-            hits: tally.map_or(0, |t| t.human_hits),
-            first_click: tally.is_some_and(|t| t.first_click),
-            workspace_id: &click.workspace_id,
+            target_url: l.and_then(|l| l.target_url.as_deref()),
+            broadcast_id: subject.broadcast_id,
+            recipient: recipient.as_deref(),
+            message_id: subject.message_id.or_else(|| l.and_then(|l| l.message_id.as_deref())),
+            sender: l.and_then(|l| l.sender.as_deref()),
+            message_ref: l.and_then(|l| l.message_ref.as_deref()),
+            user_agent: subject.user_agent,
+            ip: subject.ip,
+            hits: subject.tally.map_or(0, |t| match settings.hits {
+                HitsCount::Human => t.human_hits,
+                HitsCount::All => t.hits,
+            }),
+            first_click: subject.tally.is_some_and(|t| t.first_click),
+            workspace_id: subject.workspace_id,
+            source: subject.source,
+            message_type: l.map_or("SMS", Link::message_type),
+            message: l.and_then(|l| l.message.as_deref()),
+            subject: l.and_then(|l| l.subject.as_deref()),
+            content_urls: l.map_or(&[], |l| l.content_urls.as_slice()),
+            conversion: subject.conversion.map(|c| ConversionFacts {
+                name: &c.name,
+                value,
+                currency: &c.currency,
+                click_id: c.click_id.as_deref(),
+            }),
         };
-        let body = payload::render(settings.format, &settings.effective_click_fields(), kind, &facts);
+        let fields = match subject.kind {
+            EventKind::Conversion => settings.effective_conversion_fields(),
+            _ => settings.effective_click_fields(),
+        };
+        let body = payload::render(settings.format, &fields, subject.kind, &facts);
+        // Click and opt-out-link events wait for the click hold window (a verdict that flips meanwhile
+        // withdraws them); an inbound opt-out or a conversion has no verdict to wait for.
+        let held = matches!(event, Event::Click { .. } | Event::OptOut { .. }) && !self.hold.is_zero();
         Ok(Some(Job {
             event_id,
-            workspace_id: click.workspace_id.clone(),
-            kind,
+            workspace_id: subject.workspace_id.to_owned(),
+            kind: subject.kind,
             payload: body.to_string(),
             attempt: 0,
             created_at: chrono::Utc::now(),
-            sub_account_id: None,
+            sub_account_id: sub_account.filter(|_| settings.sub_account_id.is_some()),
             // Links without a broadcast (auto-shortened, public) are the ones a flood can target; every
             // link has a budget so a recipient tapping repeatedly is bounded too.
-            code: Some(click.code.clone()),
+            code: subject.code.map(str::to_owned),
             url,
-            // Held for the click hold window: a verdict that flips meanwhile withdraws the event.
-            due_at: (!self.hold.is_zero())
-                .then(|| click.at + chrono::Duration::from_std(self.hold).unwrap_or_default()),
+            due_at: held.then(|| subject.at + chrono::Duration::from_std(self.hold).unwrap_or_default()),
         }))
+    }
+}
+
+/// The facts of an event, whatever its kind.
+struct Subject<'a> {
+    kind: EventKind,
+    workspace_id: &'a str,
+    code: Option<&'a str>,
+    at: chrono::DateTime<chrono::Utc>,
+    broadcast_id: Option<&'a str>,
+    recipient: Option<&'a str>,
+    message_id: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    ip: Option<&'a str>,
+    tally: Option<&'a crate::model::ClickTally>,
+    source: &'a str,
+    conversion: Option<&'a crate::model::Conversion>,
+}
+
+impl<'a> Subject<'a> {
+    fn of(event: &'a Event) -> Self {
+        let base = |kind, click: &'a crate::model::ClickRecord| Subject {
+            kind,
+            workspace_id: &click.workspace_id,
+            code: Some(&click.code),
+            at: click.at,
+            broadcast_id: click.broadcast_id.as_deref(),
+            recipient: click.recipient.as_deref(),
+            message_id: None,
+            user_agent: click.user_agent.as_deref(),
+            ip: click.ip.as_deref(),
+            tally: None,
+            source: crate::model::OPT_OUT_LINK,
+            conversion: None,
+        };
+        match event {
+            Event::Click { click, tally, .. } => Subject { tally: Some(tally), ..base(EventKind::Click, click) },
+            Event::OptOut { click, .. } => base(EventKind::OptOut, click),
+            Event::InboundOptOut { workspace_id, opt_out, code, .. } => Subject {
+                kind: EventKind::OptOut,
+                workspace_id,
+                code: code.as_deref(),
+                at: opt_out.at,
+                broadcast_id: opt_out.broadcast_id.as_deref(),
+                recipient: Some(&opt_out.recipient),
+                message_id: opt_out.message_id.as_deref(),
+                user_agent: None,
+                ip: None,
+                tally: None,
+                source: &opt_out.source,
+                conversion: None,
+            },
+            Event::Conversion { conversion, .. } => Subject {
+                kind: EventKind::Conversion,
+                workspace_id: &conversion.workspace_id,
+                code: Some(&conversion.code),
+                at: conversion.at,
+                broadcast_id: conversion.broadcast_id.as_deref(),
+                recipient: conversion.recipient.as_deref(),
+                message_id: None,
+                user_agent: None,
+                ip: None,
+                tally: None,
+                source: "",
+                conversion: Some(conversion),
+            },
+        }
     }
 }
 
@@ -186,6 +280,8 @@ impl EventSink for Outbox {
                 crate::model::LinkKind::Redirect => EventKind::Click,
                 crate::model::LinkKind::OptOut => EventKind::OptOut,
             };
+            // Held events were queued in the partition of their link's sub-account configuration;
+            // try both (the sub-account's, then the workspace's).
             let partition = format!("{}/*", kind.as_str());
             by_workspace.entry(c.click.workspace_id.as_str()).or_default().push((c.event_id.clone(), partition));
         }

@@ -9,7 +9,10 @@
 use serde_json::{Map, Value};
 
 use super::ssrf;
-use crate::model::webhook::{CLICK_FIELDS, CredentialsLocation, Format, MASK, OAuth, WebhookSettings, origin};
+use crate::model::webhook::{
+    CLICK_FIELDS, CONVERSION_FIELDS, CredentialsLocation, Format, HitsCount, MASK, OAuth, RecipientFormat,
+    WebhookSettings, origin,
+};
 
 /// Longest signing secret (the contract's limit).
 pub const MAX_SECRET: usize = 64;
@@ -52,7 +55,11 @@ pub fn apply_update(
         return Err(err("CONFLICTING_FIELDS", "signing_secret and clear_signing_secret: true cannot be sent together"));
     }
 
-    for (name, slot) in [("click_url", &mut next.click_url), ("opt_out_url", &mut next.opt_out_url)] {
+    for (name, slot) in [
+        ("click_url", &mut next.click_url),
+        ("opt_out_url", &mut next.opt_out_url),
+        ("conversion_url", &mut next.conversion_url),
+    ] {
         if let Some(raw) = map.get(name) {
             *slot = parse_url(name, raw, allow_private)?;
         }
@@ -65,7 +72,24 @@ pub fn apply_update(
     }
 
     if let Some(raw) = map.get("click_fields") {
-        next.click_fields = Some(parse_fields(raw)?);
+        next.click_fields = Some(parse_fields("click_fields", raw, &CLICK_FIELDS)?);
+    }
+    if let Some(raw) = map.get("conversion_fields") {
+        next.conversion_fields = Some(parse_fields("conversion_fields", raw, &CONVERSION_FIELDS)?);
+    }
+    if let Some(raw) = map.get("hits") {
+        next.hits = match raw.as_str() {
+            Some("human") => HitsCount::Human,
+            Some("all") => HitsCount::All,
+            _ => return Err(err("INVALID_HITS", "hits must be \"human\" or \"all\"")),
+        };
+    }
+    if let Some(raw) = map.get("recipient_format") {
+        next.recipient_format = match raw.as_str() {
+            Some("e164") => RecipientFormat::E164,
+            Some("digits") => RecipientFormat::Digits,
+            _ => return Err(err("INVALID_RECIPIENT_FORMAT", "recipient_format must be \"e164\" or \"digits\"")),
+        };
     }
 
     if let Some(raw) = map.get("signing_secret") {
@@ -163,8 +187,8 @@ fn parse_url(name: &str, raw: &Value, allow_private: bool) -> Result<Option<Stri
     }
 }
 
-fn parse_fields(raw: &Value) -> Result<Vec<String>, UpdateError> {
-    let bad = |why: String| err("INVALID_FIELDS", format!("click_fields {why}; allowed: {}", CLICK_FIELDS.join(", ")));
+fn parse_fields(list: &str, raw: &Value, allowed: &[&str]) -> Result<Vec<String>, UpdateError> {
+    let bad = |why: String| err("INVALID_FIELDS", format!("{list} {why}; allowed: {}", allowed.join(", ")));
     let Value::Array(items) = raw else {
         return Err(bad("must be a non-empty list".into()));
     };
@@ -174,7 +198,7 @@ fn parse_fields(raw: &Value) -> Result<Vec<String>, UpdateError> {
     let mut fields: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         let name = item.as_str().ok_or_else(|| bad(format!("holds {item}, not a field name")))?;
-        if !CLICK_FIELDS.contains(&name) {
+        if !allowed.contains(&name) {
             return Err(bad(format!("holds the unknown field `{name}`")));
         }
         if !fields.iter().any(|f| f == name) {

@@ -14,29 +14,54 @@ use crate::store::{SharedStore, StoreError};
 pub struct SettingsCache {
     store: SharedStore,
     ttl: Duration,
-    map: DashMap<String, (Instant, Arc<WebhookSettings>)>,
+    /// By (workspace, sub-account or `""`); `None`: that sub-account has no configuration of its own.
+    map: DashMap<(String, String), Cached>,
 }
+
+/// When it was read, and what: `None` for a sub-account without a configuration of its own.
+type Cached = (Instant, Option<Arc<WebhookSettings>>);
 
 impl SettingsCache {
     pub fn new(store: SharedStore, ttl: Duration) -> Self {
         Self { store, ttl, map: DashMap::new() }
     }
 
+    /// The workspace-wide configuration.
     pub async fn get(&self, workspace_id: &str) -> Result<Arc<WebhookSettings>, StoreError> {
-        if let Some(entry) = self.map.get(workspace_id)
+        self.get_for(workspace_id, None).await
+    }
+
+    /// The configuration that applies to a sub-account's events: its own when it has one, else the
+    /// workspace-wide one (the vendors' `"*"`).
+    pub async fn get_for(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+    ) -> Result<Arc<WebhookSettings>, StoreError> {
+        if let Some(sub) = sub_account_id
+            && let Some(own) = self.lookup(workspace_id, Some(sub)).await?
+        {
+            return Ok(own);
+        }
+        Ok(self.lookup(workspace_id, None).await?.unwrap_or_default())
+    }
+
+    async fn lookup(&self, workspace_id: &str, sub: Option<&str>) -> Result<Option<Arc<WebhookSettings>>, StoreError> {
+        let key = (workspace_id.to_owned(), sub.unwrap_or_default().to_owned());
+        if let Some(entry) = self.map.get(&key)
             && entry.0.elapsed() < self.ttl
         {
-            return Ok(Arc::clone(&entry.1));
+            return Ok(entry.1.clone());
         }
-        let settings = Arc::new(self.store.get_webhook_settings(workspace_id).await?.unwrap_or_default());
+        let settings = self.store.get_webhook_settings(workspace_id, sub).await?.map(Arc::new);
         if self.map.len() > 100_000 {
             self.map.clear();
         }
-        self.map.insert(workspace_id.to_owned(), (Instant::now(), Arc::clone(&settings)));
+        self.map.insert(key, (Instant::now(), settings.clone()));
         Ok(settings)
     }
 
-    pub fn invalidate(&self, workspace_id: &str) {
-        self.map.remove(workspace_id);
+    pub fn invalidate(&self, workspace_id: &str, sub_account_id: Option<&str>) {
+        self.map.remove(&(workspace_id.to_owned(), sub_account_id.unwrap_or_default().to_owned()));
     }
 }

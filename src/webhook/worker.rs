@@ -177,7 +177,7 @@ impl Worker {
 
     /// The URL a partition's jobs go to now.
     async fn url_of(&self, partition: &Partition) -> Option<String> {
-        let settings = self.settings.get(&partition.workspace_id).await.ok()?;
+        let settings = self.settings.get_for(&partition.workspace_id, partition.sub_account()).await.ok()?;
         settings.url_for(partition.kind()?).map(str::to_owned)
     }
 
@@ -216,7 +216,7 @@ impl Worker {
 
     async fn handle(&self, lease: Lease) {
         let job = &lease.job;
-        let settings = match self.settings.get(&job.workspace_id).await {
+        let settings = match self.settings.get_for(&job.workspace_id, job.sub_account_id.as_deref()).await {
             Ok(s) => s,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read webhook settings; the event is tried again in a second");
@@ -241,6 +241,7 @@ impl Worker {
                 at: Utc::now(),
                 outcome: LogOutcome::Cancelled,
                 next_attempt_at: None,
+                sub_account_id: job.sub_account_id.clone(),
             };
             self.append_log(&job.workspace_id, entry).await;
             metrics::counter!("linkhit_webhook_deliveries_total", "outcome" => "cancelled").increment(1);
@@ -292,6 +293,7 @@ impl Worker {
             at: Utc::now(),
             outcome,
             next_attempt_at,
+            sub_account_id: job.sub_account_id.clone(),
         };
         self.append_log(&job.workspace_id, entry).await;
     }

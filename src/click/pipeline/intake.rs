@@ -74,6 +74,7 @@ impl Intake {
             user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
             ip,
             signals: (!judged.signals.is_empty()).then(|| judged.signals.clone()),
+            click_id: hit.click_id.as_deref().map(str::to_owned),
         };
         if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
             let who = Client {

@@ -38,14 +38,19 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Applies one slot's share of a batch. KEYS[1]: the guard; KEYS[2..]: the keys the operations name by
 /// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
-/// - `L` counters-key recent-key human bot first-ms last-ms cap k json×k — a link: counters, first and
-///   last human click, the newest `k` recent clicks pushed (oldest first), the list capped; answers the
-///   link's human hits after the batch (0 when the batch has no human hit of it: not read, not needed).
+/// - `L` counters-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m (id class)×m — a
+///   link: counters, first and last human click, the newest `k` recent clicks pushed (oldest first), the
+///   list capped, the verdicts of tracked hits (click ids; the first 1,000 of a link kept, for 30 days);
+///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
+///   not needed).
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
 ///   p (field n)×p q (reason n)×q — a broadcast: counters, human hits per recipient and the exact
 ///   unique-recipient set (a recipient joins it when its count reaches 1), the per-minute timeline, bot
 ///   hits per reason; answers 1/0 per recipient (new to the set or not), or 0 when `r` is 0.
 /// - `O` key recipient json — a possible opt-out (`HSETNX`); answers 1 if new.
+/// - `P` key recipient — a recipient opted out through a broadcast (`SADD`); answers 0.
+/// - `Z` key recipient — that opt-out's hit flipped to bot (`SREM`); answers 0.
+/// - `K` key click-id — a tracked hit whose verdict flipped to bot; answers 0.
 /// - `C` counters-key n — a link's n human hits counted again as bots (a verdict flipped); answers 0.
 /// - `D` hash-key uniques-key timeline-key counts-key reasons-key k (recipient h-field b-field reason)×k
 ///   — the same for a broadcast: a recipient whose human hits drop to 0 leaves the unique set; answers 0.
@@ -64,34 +69,48 @@ while i <= n do
   if op == 'L' then
     local counters = KEYS[tonumber(ARGV[i + 1])]
     local recent = KEYS[tonumber(ARGV[i + 2])]
-    local human = tonumber(ARGV[i + 3])
-    local bots = tonumber(ARGV[i + 4])
-    local cap = tonumber(ARGV[i + 7])
-    local k = tonumber(ARGV[i + 8])
+    local cids = KEYS[tonumber(ARGV[i + 3])]
+    local human = tonumber(ARGV[i + 4])
+    local bots = tonumber(ARGV[i + 5])
+    local cap = tonumber(ARGV[i + 8])
+    local k = tonumber(ARGV[i + 9])
     local after = 0
+    local bot_after = 0
     if human > 0 then
       after = redis.call('HINCRBY', counters, 'human_hits', human)
       local first = redis.call('HGET', counters, 'first_click_at')
-      if (not first) or tonumber(first) > tonumber(ARGV[i + 5]) then
-        redis.call('HSET', counters, 'first_click_at', ARGV[i + 5])
+      if (not first) or tonumber(first) > tonumber(ARGV[i + 6]) then
+        redis.call('HSET', counters, 'first_click_at', ARGV[i + 6])
       end
       local last = redis.call('HGET', counters, 'last_click_at')
-      if (not last) or tonumber(last) < tonumber(ARGV[i + 6]) then
-        redis.call('HSET', counters, 'last_click_at', ARGV[i + 6])
+      if (not last) or tonumber(last) < tonumber(ARGV[i + 7]) then
+        redis.call('HSET', counters, 'last_click_at', ARGV[i + 7])
       end
     end
-    if bots > 0 then redis.call('HINCRBY', counters, 'bot_hits', bots) end
+    if bots > 0 then
+      bot_after = redis.call('HINCRBY', counters, 'bot_hits', bots)
+    elseif human > 0 then
+      bot_after = tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
+    end
     local len = 0
-    local s = i + 9
-    local e = i + 8 + k
+    local s = i + 10
+    local e = i + 9 + k
     while s <= e do
       local t = math.min(s + 99, e)
       len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
       s = t + 1
     end
     if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
-    out[#out + 1] = after
-    i = i + 9 + k
+    local at = i + 10 + k
+    local m = tonumber(ARGV[at])
+    if m > 0 then
+      if redis.call('HLEN', cids) < 1000 then
+        for j = at + 1, at + 2 * m, 2 do redis.call('HSETNX', cids, ARGV[j], ARGV[j + 1]) end
+      end
+      redis.call('PEXPIRE', cids, 2592000000)
+    end
+    if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
+    i = at + 1 + 2 * m
   elseif op == 'B' then
     local hash = KEYS[tonumber(ARGV[i + 1])]
     local uniques = KEYS[tonumber(ARGV[i + 2])]
@@ -157,6 +176,19 @@ while i <= n do
     if redis.call('HGET', key, ARGV[i + 2]) == ARGV[i + 3] then redis.call('HDEL', key, ARGV[i + 2]) end
     out[#out + 1] = 0
     i = i + 4
+  elseif op == 'P' then
+    redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    out[#out + 1] = 0
+    i = i + 3
+  elseif op == 'Z' then
+    redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    out[#out + 1] = 0
+    i = i + 3
+  elseif op == 'K' then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    if redis.call('HEXISTS', key, ARGV[i + 2]) == 1 then redis.call('HSET', key, ARGV[i + 2], 'bot') end
+    out[#out + 1] = 0
+    i = i + 3
   elseif op == 'O' then
     out[#out + 1] = redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
@@ -236,6 +268,7 @@ fn calls<'a>(
             b"L".to_vec(),
             Vec::new(),
             Vec::new(),
+            Vec::new(),
             arg(human.len()),
             arg(members.len() - human.len()),
             arg(first),
@@ -244,7 +277,13 @@ fn calls<'a>(
             arg(newest.len()),
         ];
         args.extend(newest);
-        let keys = vec![store.keys.counters(code), store.keys.recent_clicks(code)];
+        let tracked: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.click_id.is_some()).collect();
+        args.push(arg(tracked.len()));
+        for c in tracked {
+            args.push(c.click_id.as_deref().unwrap_or_default().as_bytes().to_vec());
+            args.push(c.class.as_str().as_bytes().to_vec());
+        }
+        let keys = vec![store.keys.counters(code), store.keys.recent_clicks(code), store.keys.click_ids(code)];
         placed.push((call_for(code), args, keys, Answer::Link(code)));
     }
     for (n, ((workspace, broadcast), members)) in groups.broadcasts.iter().enumerate() {
@@ -290,6 +329,15 @@ fn calls<'a>(
         ];
         placed.push((call_for(&tag), args, keys, Answer::Broadcast(n)));
     }
+    for ((workspace, broadcast), members) in &groups.broadcast_opt_outs {
+        let key = store.keys.broadcast_opt_outs(workspace, broadcast);
+        let tag = hash_tag(&key).to_owned();
+        for &i in members {
+            let recipient = clicks[i].recipient.as_deref().unwrap_or_default();
+            let args = vec![b"P".to_vec(), Vec::new(), recipient.as_bytes().to_vec()];
+            placed.push((call_for(&tag), args, vec![key.clone()], Answer::Nothing));
+        }
+    }
     for &i in &groups.opt_outs {
         let click = &clicks[i];
         let recipient = click.recipient.as_deref().unwrap_or_default();
@@ -313,8 +361,21 @@ fn calls<'a>(
         let args = vec![b"C".to_vec(), Vec::new(), arg(n)];
         placed.push((call_for(code), args, vec![store.keys.counters(code)], Answer::Nothing));
     }
+    for c in corrections.iter().filter(|c| c.click_id.is_some()) {
+        let args = vec![b"K".to_vec(), Vec::new(), c.click_id.as_deref().unwrap_or_default().as_bytes().to_vec()];
+        placed.push((call_for(&c.code), args, vec![store.keys.click_ids(&c.code)], Answer::Nothing));
+    }
+    for c in corrections.iter().filter(|c| c.kind == crate::model::LinkKind::OptOut) {
+        if let (Some(broadcast), Some(recipient)) = (&c.broadcast_id, &c.recipient) {
+            let key = store.keys.broadcast_opt_outs(&c.workspace_id, broadcast);
+            let tag = hash_tag(&key).to_owned();
+            let args = vec![b"Z".to_vec(), Vec::new(), recipient.as_bytes().to_vec()];
+            placed.push((call_for(&tag), args, vec![key], Answer::Nothing));
+        }
+    }
     let mut by_broadcast: Vec<((&str, &str), Vec<&ClickRecord>)> = Vec::new();
-    for c in corrections.iter().filter(|c| c.broadcast_id.is_some()) {
+    // Opt-out links are not engagement: their hits were never in the broadcast's counters.
+    for c in corrections.iter().filter(|c| c.broadcast_id.is_some() && c.kind == crate::model::LinkKind::Redirect) {
         let key = (c.workspace_id.as_str(), c.broadcast_id.as_deref().unwrap_or_default());
         match by_broadcast.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(c),
@@ -412,6 +473,7 @@ pub(super) async fn record_batch(
     };
     let bad = |what: String| StoreError::Corrupt(format!("unexpected reply to the counting script: {what}"));
     let mut human_after: HashMap<&str, u64> = HashMap::new();
+    let mut all_after: HashMap<&str, u64> = HashMap::new();
     let mut first_in_broadcast = vec![false; clicks.len()];
     let mut opted_out = vec![false; clicks.len()];
     let mut duplicate = false;
@@ -436,7 +498,12 @@ pub(super) async fn record_batch(
         for (meaning, answer) in call.answers.iter().zip(answers) {
             match *meaning {
                 Answer::Link(code) => {
-                    human_after.insert(code, answer.as_u64().unwrap_or(0));
+                    // `{human, bot}` after the batch, or 0 when the batch had no human hit of the link.
+                    let pair = answer.as_array().map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect::<Vec<_>>());
+                    if let Some([human, bot]) = pair.as_deref() {
+                        human_after.insert(code, *human);
+                        all_after.insert(code, human + bot);
+                    }
                 }
                 Answer::Broadcast(n) => {
                     let added = answer.as_array().cloned().unwrap_or_default();
@@ -457,7 +524,7 @@ pub(super) async fn record_batch(
         metrics::counter!("linkhit_batches_deduplicated_total").increment(1);
         tracing::info!(batch = %batch.id, "batch was counted before; nothing counted twice");
     }
-    Ok(counting::tallies(clicks, &human_after, &first_in_broadcast, &opted_out))
+    Ok(counting::tallies(clicks, &human_after, &all_after, &first_in_broadcast, &opted_out))
 }
 
 /// The guard keys of a batch, one per script call, when this process did not count it (a replay after

@@ -7,19 +7,23 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
 //! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
-//! | `P:bc:{WS:BROADCAST}` | hash | `links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` |
+//! | `P:bc:{WS:BROADCAST}` | hash | `links` (redirect links), `opt_out_links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` (redirect links only), `conversions`, `cv:<CURRENCY>` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
 //! | `P:bch:{WS:BROADCAST}` | hash | recipient → human hits (a verdict correction takes one back; at 0 the recipient leaves `bcu`) |
 //! | `P:bcr:{WS:BROADCAST}` | hash | bot reason → bot hits |
 //! | `P:bcd:{WS:BROADCAST}` | set | recipients with a `delivered` report |
 //! | `P:bcl:{WS:BROADCAST}` | hash | recipient → code of the broadcast's link (delivery reports) |
 //! | `P:msg:{WS}` | hash | message id → code (delivery reports) |
-//! | `P:tl:{WS:BROADCAST}` | hash | hits per minute: field `<unix minute>:h` / `<unix minute>:b` |
+//! | `P:tl:{WS:BROADCAST}` | hash | per minute: field `<unix minute>:h` / `:b` (hits), `:c` (conversions) |
 //! | `P:bcs:{WS}` | set | the workspace's broadcast ids |
-//! | `P:optout:{WS}` | hash | recipient → first opt-out as JSON |
+//! | `P:optout:{WS}` | hash | recipient → current opt-out as JSON (deleted when the recipient opts back in) |
+//! | `P:bco:{WS:BROADCAST}` | set | recipients who opted out through the broadcast |
+//! | `P:cid:{CODE}` | hash | click id → verdict (`human`/`bot`) of the link's first 1,000 tracked hits, for the conversions-on-bot-hits metric |
+//! | `P:conv:{TAG}:DEDUP` | string | a conversion counted in the slot of `TAG` (the link's code, or `WS:BROADCAST`); `1` once its event was queued (link slot); expires with the click id TTL |
 //! | `P:whcfg:{WS}` | string | the workspace's webhook settings as JSON (secrets included) |
+//! | `P:whcfg:{WS}:sub:SUB` | string | a sub-account's webhook settings (the workspace's apply where none) |
 //! | `P:whlog:{WS}` | list | webhook delivery log entries as JSON, newest first, capped |
 //! | `P:ws:{WS}` | string | the workspace as JSON |
 //! | `P:key:HASH` | string | an API key record as JSON (HASH = hex SHA-256 of the key) |
@@ -80,14 +84,30 @@ impl Keys {
     pub fn recent_clicks(&self, code: &str) -> String {
         format!("{}:clicks:{{{code}}}", self.prefix)
     }
-    pub fn webhook_settings(&self, workspace_id: &str) -> String {
-        format!("{}:whcfg:{{{workspace_id}}}", self.prefix)
+    /// A workspace's webhook settings, or one sub-account's (`P:whcfg:{WS}:sub:SUB`).
+    pub fn webhook_settings(&self, workspace_id: &str, sub_account_id: Option<&str>) -> String {
+        match sub_account_id {
+            None => format!("{}:whcfg:{{{workspace_id}}}", self.prefix),
+            Some(sub) => format!("{}:whcfg:{{{workspace_id}}}:sub:{sub}", self.prefix),
+        }
     }
     pub fn webhook_logs(&self, workspace_id: &str) -> String {
         format!("{}:whlog:{{{workspace_id}}}", self.prefix)
     }
     pub fn opt_outs(&self, workspace_id: &str) -> String {
         format!("{}:optout:{{{workspace_id}}}", self.prefix)
+    }
+    /// Recipients who opted out through a broadcast.
+    pub fn broadcast_opt_outs(&self, workspace_id: &str, broadcast_id: &str) -> String {
+        format!("{}:bco:{{{workspace_id}:{broadcast_id}}}", self.prefix)
+    }
+    /// Click id → verdict of a link's tracked hits.
+    pub fn click_ids(&self, code: &str) -> String {
+        format!("{}:cid:{{{code}}}", self.prefix)
+    }
+    /// The mark of a conversion counted in the slot of hash tag `tag`.
+    pub fn conversion(&self, tag: &str, dedup: &str) -> String {
+        format!("{}:conv:{{{tag}}}:{dedup}", self.prefix)
     }
     pub fn workspace(&self, id: &str) -> String {
         format!("{}:ws:{{{id}}}", self.prefix)

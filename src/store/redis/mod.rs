@@ -5,12 +5,14 @@
 //! - [`keys`]: the key layout, the only place that knows Redis key names;
 //! - [`counting`]: a batch of classified hits as commands and scripts, and their replies;
 //! - [`stats`]: the counters, timelines, recent clicks and opt-outs read back;
+//! - [`conversions`]: conversions (idempotent per slot) and opt-outs by SMS;
 //! - [`invalidation`]: the subscription that keeps every instance's cache coherent;
 //! - this file: connections, deadlines, links, workspaces, keys, webhook settings and logs.
 //!
 //! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
 //! never into a hung request.
 
+mod conversions;
 mod counting;
 mod deliveries;
 mod invalidation;
@@ -32,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Invalidation, Store, StoreError};
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats, OptOut,
-    RecentClick, WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, Class, ClickTally, Conversion, Delivery, DeliveryLog, Link, LinkKind, LinkRef,
+    LinkStats, OptOut, RecentClick, Recorded, WebhookSettings, Workspace,
 };
 use crate::redis_conn::{Conn, Pool, hash_tag};
 
@@ -236,10 +238,12 @@ impl Store for RedisStore {
             inserted.extend(batch?);
         }
         // Count the new links of each broadcast with one HINCRBY per broadcast, after the links exist.
-        let mut per_broadcast: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        // Opt-out links are not engagement: they count apart from the broadcast's `links`.
+        let mut per_broadcast: std::collections::HashMap<(&str, &str, &str), i64> = Default::default();
         for (link, fresh) in links.iter().zip(&inserted) {
             if let (true, Some(broadcast)) = (fresh, &link.broadcast_id) {
-                *per_broadcast.entry((&link.workspace_id, broadcast)).or_default() += 1;
+                let field = if link.kind == LinkKind::OptOut { "opt_out_links" } else { "links" };
+                *per_broadcast.entry((&link.workspace_id, broadcast, field)).or_default() += 1;
             }
         }
         let fresh: Vec<&Link> = links.iter().zip(&inserted).filter(|(_, f)| **f).map(|(l, _)| l).collect();
@@ -249,10 +253,10 @@ impl Store for RedisStore {
         }
         if !per_broadcast.is_empty() {
             let mut tagged = Vec::new();
-            for ((workspace, broadcast), n) in per_broadcast {
+            for ((workspace, broadcast, field), n) in per_broadcast {
                 let key = self.keys.broadcast(workspace, broadcast);
                 let mut count = redis::cmd("HINCRBY");
-                count.arg(&key).arg("links").arg(n);
+                count.arg(&key).arg(field).arg(n);
                 tagged.push((hash_tag(&key).to_owned(), count));
                 let index = self.keys.broadcasts(workspace);
                 let mut register = redis::cmd("SADD");
@@ -354,7 +358,7 @@ impl Store for RedisStore {
         &self,
         workspace_id: &str,
         broadcast_id: &str,
-    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+    ) -> Result<Vec<(i64, u64, u64, u64)>, StoreError> {
         stats::broadcast_timeline(self, workspace_id, broadcast_id).await
     }
 
@@ -366,17 +370,50 @@ impl Store for RedisStore {
         stats::opt_outs(self, workspace_id, limit).await
     }
 
+    async fn record_opt_out(&self, opt_out: &OptOut, workspace_id: &str) -> Result<bool, StoreError> {
+        conversions::record_opt_out(self, opt_out, workspace_id).await
+    }
+
+    async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError> {
+        conversions::get_opt_out(self, workspace_id, recipient).await
+    }
+
+    async fn delete_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<bool, StoreError> {
+        conversions::delete_opt_out(self, workspace_id, recipient).await
+    }
+
+    async fn record_conversion(
+        &self,
+        conversion: &Conversion,
+        ttl: Duration,
+    ) -> Result<(Recorded, Option<Class>), StoreError> {
+        conversions::record_conversion(self, conversion, ttl).await
+    }
+
+    async fn conversion_emitted(&self, conversion: &Conversion, ttl: Duration) -> Result<(), StoreError> {
+        conversions::conversion_emitted(self, conversion, ttl).await
+    }
+
     fn invalidations(&self, shutdown: CancellationToken) -> Option<mpsc::Receiver<Invalidation>> {
         invalidation::invalidations(self, shutdown)
     }
 
-    async fn get_webhook_settings(&self, workspace_id: &str) -> Result<Option<WebhookSettings>, StoreError> {
-        self.get_json(self.keys.webhook_settings(workspace_id)).await
+    async fn get_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+    ) -> Result<Option<WebhookSettings>, StoreError> {
+        self.get_json(self.keys.webhook_settings(workspace_id, sub_account_id)).await
     }
 
-    async fn put_webhook_settings(&self, workspace_id: &str, settings: &WebhookSettings) -> Result<(), StoreError> {
+    async fn put_webhook_settings(
+        &self,
+        workspace_id: &str,
+        sub_account_id: Option<&str>,
+        settings: &WebhookSettings,
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_vec(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let key = self.keys.webhook_settings(workspace_id);
+        let key = self.keys.webhook_settings(workspace_id, sub_account_id);
         let mut conn = self.conn().await?;
         self.bounded(self.timeout, async move { conn.set::<_, _, ()>(key, json).await }).await
     }

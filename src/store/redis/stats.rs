@@ -13,26 +13,28 @@ use crate::store::StoreError;
 pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkStats, StoreError> {
     let key = store.keys.counters(code);
     let mut conn = store.conn().await?;
-    type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-    let (human_hits, bot_hits, first, last): Row = store
-        .bounded(store.timeout, async move {
-            redis::cmd("HMGET")
-                .arg(key)
-                .arg(&["human_hits", "bot_hits", "first_click_at", "last_click_at"])
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+    let f: HashMap<String, i64> = store.bounded(store.timeout, async move { conn.hgetall(key).await }).await?;
     // Briefly negative while a correction is counted before the hit it corrects: read as 0.
-    let (human_hits, bot_hits) = (human_hits.unwrap_or(0).max(0) as u64, bot_hits.unwrap_or(0).max(0) as u64);
+    let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
+    let (human_hits, bot_hits) = (get("human_hits"), get("bot_hits"));
     Ok(LinkStats {
         hits: human_hits + bot_hits,
         human_hits,
         bot_hits,
         unique_clicks: u64::from(human_hits > 0),
-        first_click_at: first.and_then(DateTime::from_timestamp_millis),
-        last_click_at: last.and_then(DateTime::from_timestamp_millis),
+        first_click_at: f.get("first_click_at").copied().and_then(DateTime::from_timestamp_millis),
+        last_click_at: f.get("last_click_at").copied().and_then(DateTime::from_timestamp_millis),
+        conversions: get("conversions"),
+        conversion_value: values(&f),
     })
+}
+
+/// The `cv:<CURRENCY>` fields of a counters hash (millionths) as decimals.
+fn values(fields: &HashMap<String, i64>) -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
+    fields
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("cv:")?.to_owned(), crate::counting::from_micro_units(*v))))
+        .collect()
 }
 
 pub(super) async fn broadcast_stats(
@@ -41,7 +43,7 @@ pub(super) async fn broadcast_stats(
     broadcast_id: &str,
 ) -> Result<Option<BroadcastStats>, StoreError> {
     let mut all = read_broadcasts(store, workspace_id, &[broadcast_id.to_owned()]).await?;
-    Ok(all.pop().filter(|s| s.links > 0))
+    Ok(all.pop().filter(|s| s.links + s.opt_out_links > 0))
 }
 
 pub(super) async fn list_broadcasts(
@@ -73,25 +75,26 @@ async fn read_broadcasts(
             cmd.arg(&key);
             tagged.push((hash_tag(&key).to_owned(), cmd));
         }
-        let key = store.keys.broadcast_delivered(workspace_id, id);
-        let mut card = redis::cmd("SCARD");
-        card.arg(&key);
-        tagged.push((hash_tag(&key).to_owned(), card));
+        for key in [store.keys.broadcast_delivered(workspace_id, id), store.keys.broadcast_opt_outs(workspace_id, id)] {
+            let mut card = redis::cmd("SCARD");
+            card.arg(&key);
+            tagged.push((hash_tag(&key).to_owned(), card));
+        }
     }
     let replies = store.spread(store.timeout * 4, tagged, &[]).await?;
-    // (counters, bot reasons, delivered recipients) per broadcast.
-    type Row = (HashMap<String, i64>, HashMap<String, i64>, u64);
+    // (counters, bot reasons, delivered recipients, opted-out recipients) per broadcast.
+    type Row = (HashMap<String, i64>, HashMap<String, i64>, u64, u64);
     let mut rows: Vec<Row> = Vec::with_capacity(ids.len());
-    for triple in replies.chunks(3) {
+    for row in replies.chunks(4) {
         let parse = |v: &redis::Value| {
             redis::from_redis_value::<HashMap<String, i64>>(v.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))
         };
-        let delivered = redis::from_redis_value::<u64>(triple[2].clone()).unwrap_or(0);
-        rows.push((parse(&triple[0])?, parse(&triple[1])?, delivered));
+        let card = |v: &redis::Value| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0);
+        rows.push((parse(&row[0])?, parse(&row[1])?, card(&row[2]), card(&row[3])));
     }
     Ok(rows
         .iter()
-        .map(|(f, reasons, delivered)| {
+        .map(|(f, reasons, delivered, opt_outs)| {
             let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
             BroadcastStats {
                 links: get("links"),
@@ -101,6 +104,10 @@ async fn read_broadcasts(
                 unique_clicks: get("unique_clicks"),
                 bot_reasons: reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (r.clone(), *n as u64)).collect(),
                 delivered: *delivered,
+                opt_outs: *opt_outs,
+                opt_out_links: get("opt_out_links"),
+                conversions: get("conversions"),
+                conversion_value: values(f),
             }
         })
         .collect())
@@ -110,11 +117,11 @@ pub(super) async fn broadcast_timeline(
     store: &RedisStore,
     workspace_id: &str,
     broadcast_id: &str,
-) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+) -> Result<Vec<(i64, u64, u64, u64)>, StoreError> {
     let key = store.keys.timeline(workspace_id, broadcast_id);
     let mut conn = store.conn().await?;
     let fields: HashMap<String, u64> = store.bounded(store.timeout, async move { conn.hgetall(key).await }).await?;
-    let mut minutes: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+    let mut minutes: std::collections::BTreeMap<i64, (u64, u64, u64)> = Default::default();
     for (field, n) in fields {
         let Some((minute, class)) = field.split_once(':') else { continue };
         let Ok(minute) = minute.parse::<i64>() else { continue };
@@ -122,10 +129,11 @@ pub(super) async fn broadcast_timeline(
         match class {
             "h" => slot.0 += n,
             "b" => slot.1 += n,
+            "c" => slot.2 += n,
             _ => {}
         }
     }
-    Ok(minutes.into_iter().map(|(m, (h, b))| (m, h, b)).collect())
+    Ok(minutes.into_iter().map(|(m, (h, b, c))| (m, h, b, c)).collect())
 }
 
 pub(super) async fn recent_clicks(

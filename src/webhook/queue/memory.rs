@@ -210,12 +210,19 @@ impl Queue for MemoryQueue {
         Ok(state.workspaces.get(workspace_id).map(|w| w.dead.iter().take(limit).cloned().collect()).unwrap_or_default())
     }
 
-    async fn replay_dead_letters(&self, workspace_id: &str, since: Option<DateTime<Utc>>) -> Result<usize, QueueError> {
+    async fn replay_dead_letters(
+        &self,
+        workspace_id: &str,
+        since: Option<DateTime<Utc>>,
+        sub_account_id: Option<&str>,
+    ) -> Result<usize, QueueError> {
         let since = since.map_or(i64::MIN, |s| s.timestamp_millis());
         let now = Utc::now();
         let mut state = self.lock();
         let Some(ws) = state.workspaces.get_mut(workspace_id) else { return Ok(0) };
-        let (replay, keep): (Vec<DeadLetter>, Vec<DeadLetter>) = ws.dead.drain(..).partition(|d| d.at_ms >= since);
+        let (replay, keep): (Vec<DeadLetter>, Vec<DeadLetter>) = ws.dead.drain(..).partition(|d| {
+            d.at_ms >= since && sub_account_id.is_none_or(|sub| d.job.sub_account_id.as_deref() == Some(sub))
+        });
         ws.dead = keep.into();
         let n = replay.len();
         for dead in replay {
@@ -306,7 +313,7 @@ mod tests {
             1,
             "the cap evicts the oldest"
         );
-        assert_eq!(q.replay_dead_letters("w1", None).await.unwrap(), 2);
+        assert_eq!(q.replay_dead_letters("w1", None, None).await.unwrap(), 2);
         let replayed = q.take(&w1, 10, Duration::from_secs(60)).await.unwrap();
         assert_eq!(replayed.len(), 2, "replayed with their ids and a fresh attempt count");
         assert!(replayed.iter().all(|l| l.job.attempt == 0));

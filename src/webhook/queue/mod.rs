@@ -94,7 +94,9 @@ impl Partition {
     /// The channel of the partition (its name starts with the event kind).
     pub fn kind(&self) -> Option<crate::model::EventKind> {
         use crate::model::EventKind;
-        [EventKind::Click, EventKind::OptOut].into_iter().find(|k| self.name.split('/').next() == Some(k.as_str()))
+        [EventKind::Click, EventKind::OptOut, EventKind::Conversion]
+            .into_iter()
+            .find(|k| self.name.split('/').next() == Some(k.as_str()))
     }
 
     /// The sub-account of the partition (`None`: the workspace-wide configuration).
@@ -142,7 +144,13 @@ pub trait Queue: Send + Sync + 'static {
     async fn dead_letters(&self, workspace_id: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
     /// Queues a workspace's dead letters (those dead-lettered at or after `since`) again, with their
     /// original event ids and a fresh attempt count; they leave the list. Returns how many.
-    async fn replay_dead_letters(&self, workspace_id: &str, since: Option<DateTime<Utc>>) -> Result<usize, QueueError>;
+    /// `sub_account_id`: only that sub-account's dead letters (`None`: all of the workspace's).
+    async fn replay_dead_letters(
+        &self,
+        workspace_id: &str,
+        since: Option<DateTime<Utc>>,
+        sub_account_id: Option<&str>,
+    ) -> Result<usize, QueueError>;
     /// Events a workspace has queued (all partitions, leased ones included): at most the backlog cap.
     async fn backlog(&self, workspace_id: &str) -> Result<usize, QueueError>;
     async fn stats(&self) -> Result<QueueStats, QueueError>;

@@ -364,7 +364,12 @@ impl Queue for RedisQueue {
         Ok(raw.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect())
     }
 
-    async fn replay_dead_letters(&self, workspace_id: &str, since: Option<DateTime<Utc>>) -> Result<usize, QueueError> {
+    async fn replay_dead_letters(
+        &self,
+        workspace_id: &str,
+        since: Option<DateTime<Utc>>,
+        sub_account_id: Option<&str>,
+    ) -> Result<usize, QueueError> {
         let mut cmd = redis::cmd("LRANGE");
         cmd.arg(self.dead_key(workspace_id)).arg(0).arg(-1);
         let reply = self.spread(vec![(workspace_id.to_owned(), cmd)]).await?;
@@ -378,7 +383,7 @@ impl Queue for RedisQueue {
         let mut index: HashMap<Partition, i64> = HashMap::new();
         for stored in raw {
             let Ok(dead) = serde_json::from_slice::<DeadLetter>(&stored) else { continue };
-            if dead.at_ms < since {
+            if dead.at_ms < since || sub_account_id.is_some_and(|sub| dead.job.sub_account_id.as_deref() != Some(sub)) {
                 continue;
             }
             let job = Job { attempt: 0, due_at: Some(now), ..dead.job };
