@@ -211,6 +211,15 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_CLICK_HOLD", default_value = "10", value_parser = parse_seconds)]
     pub click_hold: Duration,
 
+    /// A second listen address for `/metrics`, `/healthz` and `/readyz` only, with its own connection
+    /// limit; when set, `/metrics` is served only there (the health routes stay on both).
+    #[arg(long, env = "LINKHIT_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+
+    /// Connections the admin listener serves at once.
+    #[arg(long, env = "LINKHIT_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+
     /// Seconds a click id (`lh_click`, links with `track_conversions`) is accepted by `/track` and
     /// `POST /api/v1/conversions` after its redirect.
     #[arg(long, env = "LINKHIT_CLICK_ID_TTL", default_value = "2592000", value_parser = parse_seconds)]

@@ -96,7 +96,25 @@ async fn serve(
             let _ = began.set(std::time::Instant::now());
         });
     }
+    let admin = match app.config.admin_listen {
+        Some(addr) => {
+            let admin_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("LINKHIT_ADMIN_LISTEN: cannot listen on {addr}: {e}"))?;
+            tracing::info!(listen = %addr, "admin listener (metrics, health) serving");
+            Some(tokio::spawn(server::serve_as(
+                server::Listener::Admin,
+                admin_listener,
+                Arc::clone(&app),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     server::serve(listener, Arc::clone(&app), shutdown).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     // Connections are drained (within the grace period): nothing captures any more. Count what was
     // captured — or journal it, if the store does not take it before the deadline — which also queues its
     // webhook events; then stop the workers. The whole shutdown ends within the grace period plus a few

@@ -15,15 +15,26 @@ use linkhit::config::{ClassifyArgs, Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| parse_error(err));
     let config = match cli.command {
         Some(Command::Serve(config)) => *config,
         Some(Command::Classify(args)) => return classify(&args),
         None => cli.serve,
     };
+    match std::env::var("LINKHIT_LOG_FORMAT") {
+        Ok(f) if !f.eq_ignore_ascii_case("json") && !f.eq_ignore_ascii_case("text") => {
+            invalid(&format!("LINKHIT_LOG_FORMAT must be \"text\" or \"json\", not {f:?}"))
+        }
+        _ => {}
+    }
     linkhit::telemetry::init_tracing();
     if let Err(message) = config.validate() {
         invalid(&message.to_string());
+    }
+    if let Some(url) = &config.redis_url
+        && let Err(err) = linkhit::redis_conn::parse_target(url)
+    {
+        invalid(&format!("LINKHIT_REDIS_URL: {err}"));
     }
     // An unusable journal directory would only show during the first outage, as lost clicks: refuse to
     // start instead.
@@ -54,6 +65,45 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Stops with exit code 2 and a message naming the setting. Writing to a closed stderr is not an error.
+/// A value clap refused: name the environment variable as well as the flag (the README documents the
+/// variables), and exit 2 like every invalid setting. `--help` and `--version` print and exit 0.
+fn parse_error(err: clap::Error) -> ! {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let long =
+        arg.as_deref().and_then(|a| a.strip_prefix("--")).map(|a| a.split([' ', '=']).next().unwrap_or(a).to_owned());
+    let command = Cli::command();
+    let env = long.as_deref().and_then(|long| {
+        std::iter::once(&command)
+            .chain(command.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    });
+    match env {
+        Some(env) => {
+            let why = err.render().to_string();
+            let why = why.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            invalid(&format!("{env} (--{}): {why}", long.unwrap_or_default()))
+        }
+        None => {
+            let _ = err.print();
+            std::process::exit(2);
+        }
+    }
+}
+
 fn invalid(message: &str) -> ! {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "linkhit: invalid configuration: {message}");

@@ -22,9 +22,25 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::{api, ops, redirect};
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Everything: redirects, API, console, and the ops routes (`/metrics` only when there is no admin
+    /// listener).
+    Public,
+    /// `LINKHIT_ADMIN_LISTEN`: `/metrics`, `/healthz`, `/readyz` only, with their own connection limit,
+    /// so public traffic holding every public slot cannot starve a health check or a scrape.
+    Admin,
+}
+
 /// Serves connections from `listener` until `shutdown` is cancelled, then stops accepting and gives
 /// in-flight requests up to the configured grace period.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    serve_as(Listener::Public, listener, app, shutdown).await;
+}
+
+/// [`serve`] for one kind of listener.
+pub async fn serve_as(kind: Listener, listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
@@ -33,7 +49,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     let graceful = GracefulShutdown::new();
     // Past the limit we simply stop accepting: new connections wait in the kernel's backlog instead
     // of exhausting file descriptors or memory.
-    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+    let limit = match kind {
+        Listener::Public => app.config.max_connections,
+        Listener::Admin => app.config.admin_max_connections,
+    };
+    let slots = Arc::new(Semaphore::new(limit));
 
     loop {
         let permit = tokio::select! {
@@ -55,7 +75,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let peer = Some(peer.ip());
-        let service = service_fn(move |req| dispatch(Arc::clone(&app), req, peer));
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move {
+                match kind {
+                    Listener::Public => dispatch(app, req, peer).await,
+                    Listener::Admin => Ok(admin_dispatch(&app, &req).await),
+                }
+            }
+        });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
@@ -78,7 +106,10 @@ async fn dispatch(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let is_ops = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    let response = if !app.config.role.serves() && !is_ops {
+    let response = if path == "/metrics" && app.config.admin_listen.is_some() {
+        // Served only on the admin listener.
+        redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method(), None)
+    } else if !app.config.role.serves() && !is_ops {
         worker_only()
     } else if path.starts_with("/api/") || path == "/api" {
         api::handle(&app, req).await
@@ -100,6 +131,16 @@ async fn dispatch(
         }
     };
     Ok(response)
+}
+
+/// The admin listener: the ops routes and nothing else.
+async fn admin_dispatch(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => ops::healthz(),
+        "/readyz" => ops::readyz(app).await,
+        "/metrics" => ops::metrics(app),
+        _ => redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method(), None),
+    }
 }
 
 /// What a `LINKHIT_ROLE=worker` instance answers outside the ops endpoints.

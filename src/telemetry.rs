@@ -7,6 +7,90 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric linkhit emits, with the `# HELP` text `/metrics` shows (Prometheus' `promtool check
+/// metrics` wants one per metric; docs/OPERATIONS.md has the long form and the labels).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("linkhit_redirects_total", Kind::Counter, "Redirect requests answered, by status."),
+    ("linkhit_hits_total", Kind::Counter, "Hits counted, by class (human, bot) and reason."),
+    (
+        "linkhit_hits_dropped_total",
+        Kind::Counter,
+        "Hits dropped, by pipeline stage (a full capture buffer, a full journal).",
+    ),
+    (
+        "linkhit_hits_in_doubt_total",
+        Kind::Counter,
+        "Hits of batches whose counting was attempted too long ago to replay safely.",
+    ),
+    (
+        "linkhit_verdict_flips_total",
+        Kind::Counter,
+        "Hits whose verdict flipped from human to bot during the hold window.",
+    ),
+    (
+        "linkhit_batches_deduplicated_total",
+        Kind::Counter,
+        "Batches the store had counted before (a retry or replay counted nothing twice).",
+    ),
+    ("linkhit_click_batch_size", Kind::Histogram, "Hits per counted batch."),
+    ("linkhit_capture_queue_depth", Kind::Gauge, "Hits captured and not yet classified."),
+    (
+        "linkhit_journal_spilled_total",
+        Kind::Counter,
+        "Hits written to the click journal while the store was slow or down.",
+    ),
+    ("linkhit_journal_replayed_total", Kind::Counter, "Hits counted from the click journal."),
+    (
+        "linkhit_journal_corrupt_lines_total",
+        Kind::Counter,
+        "Journal lines that could not be read (torn writes cut back).",
+    ),
+    ("linkhit_journal_bytes", Kind::Gauge, "Bytes of the click journal on disk."),
+    (
+        "linkhit_store_healthy",
+        Kind::Gauge,
+        "1 when the store takes counting commits, 0 while batches go to the journal.",
+    ),
+    ("linkhit_store_errors_total", Kind::Counter, "Store errors, by operation."),
+    ("linkhit_cache_links", Kind::Gauge, "Links in the redirect cache."),
+    ("linkhit_cache_missing", Kind::Gauge, "Codes remembered as unknown in the redirect cache."),
+    ("linkhit_code_collisions_total", Kind::Counter, "Generated codes that were taken and drawn again."),
+    ("linkhit_links_created_total", Kind::Counter, "Links created."),
+    ("linkhit_delivery_reports_total", Kind::Counter, "Delivery reports received, by outcome."),
+    ("linkhit_log_write_errors_total", Kind::Counter, "Log lines that could not be written."),
+    ("linkhit_conversions_total", Kind::Counter, "Conversions, by source, outcome and the verdict of their click."),
+    ("linkhit_track_refused_total", Kind::Counter, "/track calls refused, by reason (rate, click_id)."),
+    ("linkhit_opt_outs_total", Kind::Counter, "Opt-outs passed on by the SMS platform, by outcome."),
+    ("linkhit_opt_ins_total", Kind::Counter, "Recipients who opted back in."),
+    ("linkhit_webhook_events_total", Kind::Counter, "Events offered to the webhook outbox, by type and outcome."),
+    ("linkhit_webhook_deliveries_total", Kind::Counter, "Webhook delivery attempts, by outcome."),
+    ("linkhit_webhook_attempt_seconds", Kind::Histogram, "Duration of webhook delivery attempts."),
+    ("linkhit_webhook_dead_letters_total", Kind::Counter, "Webhook events dead-lettered, by reason."),
+    ("linkhit_webhook_dead_letters_evicted_total", Kind::Counter, "Dead letters evicted from a full dead-letter list."),
+    ("linkhit_webhook_queue_errors_total", Kind::Counter, "Webhook outbox operations that failed, by operation."),
+    ("linkhit_webhook_outbox_due_partitions", Kind::Gauge, "Outbox partitions with events due now."),
+    ("linkhit_webhook_outbox_oldest_age_seconds", Kind::Gauge, "Age of the oldest due outbox event."),
+];
+
+/// Registers the HELP text of every metric with the installed recorder.
+fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> PrometheusHandle {
     PROMETHEUS
@@ -31,6 +115,7 @@ pub fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            describe();
             handle
         })
         .clone()

@@ -76,13 +76,23 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         ("LINKHIT_BASE_URL", "ftp://x"),
         ("LINKHIT_WEBHOOK_RETRY_SCHEDULE", "1,soon"),
         ("LINKHIT_CODE_LENGTH", "3"),
+        ("LINKHIT_CODE_LENGTH", "eight"),
         ("LINKHIT_ADMIN_TOKEN", "short"),
+        ("LINKHIT_LOG_FORMAT", "yaml"),
+        ("LINKHIT_REDIS_URL", "htp://localhost:6379"),
+        ("LINKHIT_REDIS_URL", "redis://"),
+        ("LINKHIT_ADMIN_LISTEN", "metrics-port"),
+        ("LINKHIT_CLICK_HOLD", "-1"),
     ];
     for (var, value) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_linkhit")).env(var, value).output().unwrap();
-        assert!(!out.status.success(), "{var}={value} was accepted");
+        let out = Command::new(env!("CARGO_BIN_EXE_linkhit"))
+            .env(var, value)
+            .env("LINKHIT_JOURNAL_DIR", common::temp_dir("invalid-config"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: every invalid setting exits 2");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(value) || stderr.contains(var), "{var}={value}: unclear message: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: the message names the variable the README documents: {stderr}");
     }
 }
 

@@ -31,4 +31,8 @@ fn every_metric_is_documented() {
     assert!(names.len() >= 20, "found only {names:?}");
     let missing: Vec<&&str> = names.iter().filter(|n| !ops.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "metrics missing from docs/OPERATIONS.md: {missing:?}");
+    // Each has its HELP text (what `promtool check metrics` asks for).
+    let described: Vec<&str> = linkhit::telemetry::METRICS.iter().map(|(n, _, _)| *n).collect();
+    let undescribed: Vec<&&str> = names.iter().filter(|n| !described.contains(n)).collect();
+    assert!(undescribed.is_empty(), "metrics without HELP text in telemetry::METRICS: {undescribed:?}");
 }

@@ -98,9 +98,10 @@ async fn route(app: &App, req: Request<Incoming>) -> ApiResult {
         ["api", "v1", "broadcasts", broadcast_id, "stats"] => {
             methods!("GET"; GET => stats::broadcast(app, req, broadcast_id).await)
         }
-        ["api", "v1", "broadcasts", broadcast_id, "links"] => {
-            methods!("POST"; POST => links::create_broadcast(app, req, broadcast_id).await)
-        }
+        ["api", "v1", "broadcasts", broadcast_id, "links"] => methods!("GET, POST";
+            GET => stats::broadcast_links(app, req, broadcast_id).await,
+            POST => links::create_broadcast(app, req, broadcast_id).await,
+        ),
         ["api", "v1", "webhooks"] => methods!("GET, PUT";
             PUT => webhooks::put(app, req).await,
             GET => webhooks::get(app, req).await,

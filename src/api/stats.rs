@@ -50,6 +50,68 @@ pub async fn broadcast(app: &App, req: Request<Incoming>, broadcast_id: &str) ->
     )
 }
 
+/// `GET /api/v1/broadcasts/{broadcast_id}/links?limit=50&offset=0&recipient=…`: the broadcast's
+/// redirect links by recipient, with their counters; `recipient` searches (contains).
+pub async fn broadcast_links(app: &App, req: Request<Incoming>, broadcast_id: &str) -> ApiResult {
+    let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
+    let limit = limit(&req, 50, 200)?;
+    let mut offset = 0;
+    let mut search = None;
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "offset" => {
+                offset = v
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request("INVALID_OFFSET", "offset must be a non-negative integer"))?
+            }
+            "recipient" if !v.is_empty() => {
+                if v.chars().count() > 32 {
+                    return Err(ApiError::bad_request(
+                        "INVALID_RECIPIENT",
+                        "recipient search is at most 32 characters",
+                    ));
+                }
+                search = Some(v.into_owned());
+            }
+            _ => {}
+        }
+    }
+    if app.store.broadcast_stats(&caller.workspace_id, broadcast_id).await?.is_none() {
+        return Err(ApiError::not_found("BROADCAST_NOT_FOUND", "no links in this broadcast"));
+    }
+    let (total, page) =
+        app.store.broadcast_recipients(&caller.workspace_id, broadcast_id, search.as_deref(), offset, limit).await?;
+    let codes: Vec<&str> = page.iter().map(|(_, c)| c.as_str()).collect();
+    let links = app.store.get_links(&codes).await?;
+    let stats = futures_util::future::try_join_all(codes.iter().map(|c| app.store.link_stats(c))).await?;
+    let now = chrono::Utc::now();
+    let items: Vec<_> = links
+        .iter()
+        .zip(&stats)
+        .filter_map(|(link, s)| {
+            let link = link.as_ref()?;
+            Some(serde_json::json!({
+                "code": link.code,
+                "short_url": app.short_url(&link.code),
+                "recipient": link.recipient,
+                "message_id": link.message_id,
+                "status": link.state_at(now).as_str(),
+                "delivery_status": link.delivery_status,
+                "delivered_at": link.delivered_at.map(rfc3339),
+                "hits": s.hits,
+                "human_hits": s.human_hits,
+                "bot_hits": s.bot_hits,
+                "conversions": s.conversions,
+                "last_click_at": s.last_click_at.map(rfc3339),
+            }))
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"broadcast_id": broadcast_id, "total": total, "offset": offset, "links": items}),
+    )
+}
+
 /// `GET /api/v1/links/{code}/clicks?limit=50`: newest first.
 pub async fn clicks(app: &App, req: Request<Incoming>, code: &str) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::StatsRead).await?;
@@ -127,8 +189,12 @@ impl Bucket {
     }
 }
 
+/// Most buckets a timeline answers with its gaps filled (two months of hours; a day of minutes).
+const MAX_FILLED: usize = 1_500;
+
 /// Sums per-minute counts (`(minute, human, bot, conversions)`) into `bucket`s (UTC-aligned), oldest
-/// first.
+/// first, with the empty buckets between the first and the last as zeros (so a chart is
+/// time-proportional) unless that would exceed `MAX_FILLED` buckets.
 pub fn bucketize(minutes: &[(i64, u64, u64, u64)], bucket: Bucket) -> Vec<(i64, u64, u64, u64)> {
     let mut out: Vec<(i64, u64, u64, u64)> = Vec::new();
     for &(minute, human, bot, conversions) in minutes {
@@ -142,7 +208,22 @@ pub fn bucketize(minutes: &[(i64, u64, u64, u64)], bucket: Bucket) -> Vec<(i64, 
             _ => out.push((start, human, bot, conversions)),
         }
     }
-    out
+    let (Some(first), Some(last)) = (out.first().copied(), out.last().copied()) else { return out };
+    let span = ((last.0 - first.0) / bucket.seconds()) as usize + 1;
+    if span > MAX_FILLED || span == out.len() {
+        return out;
+    }
+    let mut filled = Vec::with_capacity(span);
+    let mut points = out.into_iter().peekable();
+    let mut at = first.0;
+    while filled.len() < span {
+        match points.peek() {
+            Some(p) if p.0 == at => filled.extend(points.next()),
+            _ => filled.push((at, 0, 0, 0)),
+        }
+        at += bucket.seconds();
+    }
+    filled
 }
 
 /// `GET /api/v1/broadcasts/{broadcast_id}/timeline?bucket=minute|hour|day`: human and bot hits per
@@ -186,8 +267,19 @@ mod tests {
     fn buckets_sum_minutes() {
         let day = 86_400;
         let minutes = [(day, 1, 2, 0), (day + 60, 3, 0, 1), (day + 3_600, 1, 1, 0), (2 * day + 120, 5, 5, 2)];
-        assert_eq!(bucketize(&minutes, Bucket::Minute), minutes.to_vec());
-        assert_eq!(bucketize(&minutes, Bucket::Hour), vec![(day, 4, 2, 1), (day + 3_600, 1, 1, 0), (2 * day, 5, 5, 2)]);
+        let by_minute = bucketize(&minutes, Bucket::Minute);
+        assert_eq!(by_minute.len(), 1_443, "every minute from the first to the last");
+        assert_eq!(by_minute.iter().filter(|m| m.1 + m.2 + m.3 > 0).copied().collect::<Vec<_>>(), minutes.to_vec());
+        assert_eq!(
+            bucketize(&[(day, 1, 0, 0), (day + 180, 2, 0, 0)], Bucket::Minute),
+            vec![(day, 1, 0, 0), (day + 60, 0, 0, 0), (day + 120, 0, 0, 0), (day + 180, 2, 0, 0)],
+            "empty buckets in between are zeros"
+        );
+        assert_eq!(bucketize(&[(0, 1, 0, 0), (60 * 2_000, 1, 0, 0)], Bucket::Minute).len(), 2, "too long to fill");
+        let hours = bucketize(&minutes, Bucket::Hour);
+        assert_eq!(hours.len(), 25);
+        assert_eq!((hours[0], hours[1], hours[24]), ((day, 4, 2, 1), (day + 3_600, 1, 1, 0), (2 * day, 5, 5, 2)));
+        assert!(hours[2..24].iter().all(|h| h.1 + h.2 + h.3 == 0));
         assert_eq!(bucketize(&minutes, Bucket::Day), vec![(day, 5, 3, 1), (2 * day, 5, 5, 2)]);
         assert!(bucketize(&[], Bucket::Day).is_empty());
     }

@@ -54,8 +54,9 @@ struct ClickState {
     broadcasts: HashMap<(String, String), BroadcastAgg>,
     /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
     opt_outs: HashMap<String, (Vec<OptOut>, HashSet<String>)>,
-    /// Conversions counted, by what makes them count once: whether their event was queued.
-    conversions: HashMap<String, bool>,
+    /// Conversions counted, by what makes them count once: whether their event was queued, and until
+    /// when the mark holds (the TTL Redis gives it; expired marks are pruned as the map grows).
+    conversions: HashMap<String, (bool, std::time::Instant)>,
 }
 
 /// Click ids remembered per link with their verdict (for the conversions-on-bot-hits metric); a link
@@ -167,12 +168,17 @@ impl Store for MemoryStore {
                     LinkKind::OptOut => counts.1 += 1,
                 }
                 drop(counts);
-                if let Some(recipient) = &link.recipient {
+                if let Some(recipient) = &link.recipient
+                    && link.kind == LinkKind::Redirect
+                {
                     self.by_recipient
                         .insert((link.workspace_id.clone(), broadcast.clone(), recipient.clone()), link.code.clone());
                 }
             }
-            if fresh && let Some(message_id) = &link.message_id {
+            if fresh
+                && link.kind == LinkKind::Redirect
+                && let Some(message_id) = &link.message_id
+            {
                 self.by_message.insert((link.workspace_id.clone(), message_id.clone()), link.code.clone());
             }
             inserted.push(fresh);
@@ -303,6 +309,26 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn broadcast_recipients(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+        search: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<(String, String)>), StoreError> {
+        let mut all: Vec<(String, String)> = self
+            .by_recipient
+            .iter()
+            .filter(|e| e.key().0 == workspace_id && e.key().1 == broadcast_id)
+            .filter(|e| search.is_none_or(|s| e.key().2.contains(s)))
+            .map(|e| (e.key().2.clone(), e.value().clone()))
+            .collect();
+        all.sort();
+        let total = all.len();
+        Ok((total, all.into_iter().skip(offset).take(limit).collect()))
+    }
+
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Link>, StoreError> {
         let mut updated = Vec::new();
         for d in deliveries {
@@ -424,17 +450,23 @@ impl Store for MemoryStore {
     async fn record_conversion(
         &self,
         conversion: &Conversion,
-        _ttl: std::time::Duration,
+        ttl: std::time::Duration,
     ) -> Result<(Recorded, Option<Class>), StoreError> {
         let mut state = self.click_state();
         let class = conversion
             .click_id
             .as_ref()
             .and_then(|id| state.links.get(&conversion.code).and_then(|a| a.click_ids.get(id).copied()));
-        if let Some(&emitted) = state.conversions.get(&conversion.dedup) {
+        let now = std::time::Instant::now();
+        if let Some(&(emitted, until)) = state.conversions.get(&conversion.dedup)
+            && until > now
+        {
             return Ok((Recorded::Duplicate { emitted }, class));
         }
-        state.conversions.insert(conversion.dedup.clone(), false);
+        if state.conversions.len() >= 100_000 {
+            state.conversions.retain(|_, (_, until)| *until > now);
+        }
+        state.conversions.insert(conversion.dedup.clone(), (false, now + ttl));
         let value = conversion.value.unwrap_or_default();
         let stats = &mut state.links.entry(conversion.code.clone()).or_default().stats;
         stats.conversions += 1;
@@ -449,7 +481,9 @@ impl Store for MemoryStore {
     }
 
     async fn conversion_emitted(&self, conversion: &Conversion, _ttl: std::time::Duration) -> Result<(), StoreError> {
-        self.click_state().conversions.insert(conversion.dedup.clone(), true);
+        if let Some(mark) = self.click_state().conversions.get_mut(&conversion.dedup) {
+            mark.0 = true;
+        }
         Ok(())
     }
 

@@ -101,6 +101,17 @@ pub trait Store: Send + Sync + 'static {
     /// (`None`: no such link). The newest link wins when several share a name.
     async fn find_links(&self, workspace_id: &str, refs: &[LinkRef]) -> Result<Vec<Option<String>>, StoreError>;
 
+    /// A page of a broadcast's redirect links that name a recipient, as (recipient, code) ordered by
+    /// recipient; `search`: only recipients containing it. Returns the number matching and the page.
+    async fn broadcast_recipients(
+        &self,
+        workspace_id: &str,
+        broadcast_id: &str,
+        search: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<(String, String)>), StoreError>;
+
     /// Records delivery reports on their links (status, and when delivered) and counts delivered
     /// recipients per broadcast; tells every instance to reload those links. Returns the updated links.
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Link>, StoreError>;

@@ -280,10 +280,13 @@ impl EventSink for Outbox {
                 crate::model::LinkKind::Redirect => EventKind::Click,
                 crate::model::LinkKind::OptOut => EventKind::OptOut,
             };
-            // Held events were queued in the partition of their link's sub-account configuration;
-            // try both (the sub-account's, then the workspace's).
-            let partition = format!("{}/*", kind.as_str());
-            by_workspace.entry(c.click.workspace_id.as_str()).or_default().push((c.event_id.clone(), partition));
+            // A held event was queued in its sub-account's partition when the sub-account had a
+            // configuration then, else in the workspace's: try both (a miss withdraws nothing).
+            let jobs = by_workspace.entry(c.click.workspace_id.as_str()).or_default();
+            jobs.push((c.event_id.clone(), format!("{}/*", kind.as_str())));
+            if let Some(sub) = self.cached_link(&c.click.code).and_then(|l| l.sub_account_id.clone()) {
+                jobs.push((c.event_id.clone(), format!("{}/{sub}", kind.as_str())));
+            }
         }
         let mut withdrawn = 0;
         for (ws, jobs) in by_workspace {

@@ -58,10 +58,10 @@ pub enum SsrfError {
     #[error("the URL has no host")]
     NoHost,
     /// The host is a literal IP address that is not publicly routable; carries the address.
-    #[error("{0} is not a public address")]
+    #[error("{0} is not a public address (LINKHIT_WEBHOOK_ALLOW_PRIVATE=true allows it, for local testing only)")]
     Forbidden(String),
     /// The host is a name reserved for, or only meaningful on, internal networks; carries the name.
-    #[error("{0} is an internal host name")]
+    #[error("{0} is an internal host name (LINKHIT_WEBHOOK_ALLOW_PRIVATE=true allows it, for local testing only)")]
     InternalName(String),
     /// The URL is longer than 2048 characters.
     #[error("the URL is longer than 2048 characters")]

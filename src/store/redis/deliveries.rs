@@ -21,7 +21,9 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 /// The index commands for freshly inserted links (one `HSET` per key and chunk).
 pub(super) fn index_commands(store: &RedisStore, links: &[&Link]) -> Vec<(String, redis::Cmd)> {
     let mut by_key: HashMap<String, Vec<(&str, &str)>> = HashMap::new();
-    for link in links {
+    // Delivery reports (and the console's list of a broadcast's links) are about the message's redirect
+    // links; an opt-out link sharing its message id or recipient must not take them.
+    for link in links.iter().filter(|l| l.kind == crate::model::LinkKind::Redirect) {
         if let Some(m) = &link.message_id {
             by_key.entry(store.keys.message_index(&link.workspace_id)).or_default().push((m, &link.code));
         }
