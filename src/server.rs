@@ -106,7 +106,9 @@ async fn dispatch(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let is_ops = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    let response = if path == "/metrics" && app.config.admin_listen.is_some() {
+    let response = if is_ops && !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        redirect::respond::response(redirect::respond::Outcome::MethodNotAllowed, None, req.method(), None)
+    } else if path == "/metrics" && app.config.admin_listen.is_some() {
         // Served only on the admin listener.
         redirect::respond::response(redirect::respond::Outcome::NotFound, None, req.method(), None)
     } else if !app.config.role.serves() && !is_ops {
@@ -135,6 +137,9 @@ async fn dispatch(
 
 /// The admin listener: the ops routes and nothing else.
 async fn admin_dispatch(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        return redirect::respond::response(redirect::respond::Outcome::MethodNotAllowed, None, req.method(), None);
+    }
     match req.uri().path() {
         "/healthz" => ops::healthz(),
         "/readyz" => ops::readyz(app).await,

@@ -133,7 +133,8 @@ async fn every_operation_answers_as_documented() {
         let url_path = path
             .replace("{code}", &code)
             .replace("{broadcast_id}", "fixture")
-            .replace("{workspace_id}", &env.workspace_id);
+            .replace("{workspace_id}", &env.workspace_id)
+            .replace("{recipient}", "+12025550100");
         let security = op.get("security").or(spec.get("security")).cloned().unwrap_or(Value::Null);
         let scheme = security
             .as_array()
@@ -199,6 +200,8 @@ fn every_api_route_of_the_server_is_documented() {
         "/api/v1/messages/shorten",
         "/api/v1/delivery-reports",
         "/api/v1/opt-outs",
+        "/api/v1/opt-outs/{recipient}",
+        "/api/v1/conversions",
         "/api/v1/webhooks",
         "/api/v1/webhooks/test",
         "/api/v1/webhooks/logs",

@@ -9,7 +9,7 @@ import sys
 root = pathlib.Path(__file__).resolve().parents[2]
 dashboard = json.loads((root / "deploy/grafana/linkhit.json").read_text())
 telemetry = (root / "src/telemetry.rs").read_text()
-emitted = dict(re.findall(r'\("(linkhit_[a-z_]+)", Kind::(\w+),', telemetry))
+emitted = dict(re.findall(r"\(\s*\"(linkhit_[a-z_]+)\",\s*Kind::(\w+),", telemetry))
 problems = []
 for key in ("title", "uid", "panels", "schemaVersion"):
     if key not in dashboard:

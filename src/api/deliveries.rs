@@ -40,11 +40,19 @@ struct Report {
     at: Value,
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A message id or broadcast id: absent (`Ok(None)`), or 1-256 characters without control characters
+/// (integers accepted as their text); anything else is refused, never treated as absent.
+fn text(v: &Value, field: &str) -> Result<Option<String>, String> {
+    let text = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        _ => return Err(format!("{field} must be a string")),
+    };
+    if crate::validate::is_reasonable_text(&text, 256) {
+        Ok(Some(text))
+    } else {
+        Err(format!("{field} must be 1-256 characters without control characters"))
     }
 }
 
@@ -64,7 +72,9 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
     let mut parsed = Vec::with_capacity(reports.len());
     for (i, r) in reports.iter().enumerate() {
         let bad = |code: &'static str, what: &str| ApiError::bad_request(code, format!("reports[{i}]: {what}"));
-        let link = match (text(&r.message_id), text(&r.broadcast_id), &r.recipient) {
+        let message_id = text(&r.message_id, "message_id").map_err(|e| bad("INVALID_MESSAGE_ID", &e))?;
+        let broadcast_id = text(&r.broadcast_id, "broadcast_id").map_err(|e| bad("INVALID_BROADCAST_ID", &e))?;
+        let link = match (message_id, broadcast_id, &r.recipient) {
             (Some(m), _, _) => LinkRef::MessageId(m),
             (None, Some(b), Value::String(rcpt)) if crate::validate::is_e164(rcpt) => {
                 LinkRef::Recipient { broadcast_id: b, recipient: rcpt.clone() }

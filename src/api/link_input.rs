@@ -195,7 +195,10 @@ pub(super) fn parse_attr(raw: &Value, field: &str, code: &'static str, max: usiz
     let text = match raw {
         Value::Null => return Ok(None),
         Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        Value::Number(n) => match whole_number(n) {
+            Some(text) => text,
+            None => return Err(ApiError::bad_request(code, format!("{field} must be a string or an integer"))),
+        },
         _ => {
             return Err(ApiError::bad_request(code, format!("{field} must be a string")));
         }
@@ -205,6 +208,16 @@ pub(super) fn parse_attr(raw: &Value, field: &str, code: &'static str, max: usiz
     } else {
         Err(ApiError::bad_request(code, format!("{field} must be 1-{max} characters without control characters")))
     }
+}
+
+/// A JSON number that is an integer (`61481074191`, or `61481074191.0`, which JSON Schema counts as the
+/// same integer) as its decimal text; `None` for a fraction or a number beyond 64 bits.
+pub(super) fn whole_number(n: &serde_json::Number) -> Option<String> {
+    if n.is_u64() || n.is_i64() {
+        return Some(n.to_string());
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 9.0e15).then(|| format!("{}", f as i64))
 }
 
 /// `sent_at`: when the SMS went out; up to a day ahead is accepted (clock skew, scheduled sends).

@@ -254,8 +254,6 @@ struct ShortenInput {
     #[serde(default)]
     text: Value,
     #[serde(default)]
-    target_url: Value,
-    #[serde(default)]
     broadcast_id: Value,
     #[serde(default)]
     recipient: Value,
@@ -265,8 +263,6 @@ struct ShortenInput {
     sender: Value,
     #[serde(default)]
     message_ref: Value,
-    #[serde(default)]
-    kind: Value,
     #[serde(default)]
     expires_at: Value,
     #[serde(default)]
@@ -285,13 +281,14 @@ impl ShortenInput {
     /// The fields every link of the message shares.
     fn common(&mut self) -> LinkInput {
         LinkInput {
-            target_url: self.target_url.take(),
+            // The text decides each link's target and kind.
+            target_url: Value::Null,
             broadcast_id: self.broadcast_id.take(),
             recipient: self.recipient.take(),
             message_id: self.message_id.take(),
             sender: self.sender.take(),
             message_ref: self.message_ref.take(),
-            kind: self.kind.take(),
+            kind: Value::Null,
             expires_at: self.expires_at.take(),
             sent_at: self.sent_at.take(),
             sub_account_id: self.sub_account_id.take(),

@@ -308,6 +308,7 @@ pub fn opt_out_view(o: &crate::model::OptOut) -> serde_json::Value {
         "broadcast_id": o.broadcast_id,
         "keyword": o.keyword,
         "message_id": o.message_id,
+        "sender": o.sender,
     })
 }
 

@@ -33,6 +33,9 @@ struct Inbound {
     broadcast_id: Value,
     #[serde(default)]
     message_id: Value,
+    /// The number the STOP was sent to.
+    #[serde(default)]
+    sender: Value,
     #[serde(default)]
     at: Value,
 }
@@ -54,6 +57,7 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
     let keyword = text(&input.keyword, "keyword", "INVALID_KEYWORD", 64)?;
     let broadcast_id = text(&input.broadcast_id, "broadcast_id", "INVALID_BROADCAST_ID", 128)?;
     let message_id = text(&input.message_id, "message_id", "INVALID_MESSAGE_ID", 256)?;
+    let sender = text(&input.sender, "sender", "INVALID_SENDER", 256)?;
     let now = Utc::now();
     let at = match &input.at {
         Value::Null => now,
@@ -72,6 +76,7 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
         broadcast_id: broadcast_id.clone(),
         keyword,
         message_id: message_id.clone(),
+        sender,
     };
     let new = app.store.record_opt_out(&opt_out, &caller.workspace_id).await?;
     if !new {

@@ -140,9 +140,10 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_body(format!("request body is not valid JSON: {e}")))?
     };
-    if body.is_object() {
-        refuse_unknown_fields::<TestFields>(&body)?;
+    if !body.is_object() {
+        return Err(ApiError::invalid_body("request body must be a JSON object"));
     }
+    refuse_unknown_fields::<TestFields>(&body)?;
     let kind = match body.get("type") {
         None | Some(Value::Null) => EventKind::Click,
         Some(Value::String(t)) if t == "click" => EventKind::Click,
@@ -171,7 +172,10 @@ pub async fn test(app: &App, req: Request<Incoming>) -> ApiResult {
         short_url: &short_url,
         target_url: Some("https://example.com/sample"),
         broadcast_id: Some("sample_broadcast"),
-        recipient: Some("+15555550100"),
+        recipient: Some(match settings.recipient_format {
+            crate::model::RecipientFormat::E164 => "+15555550100",
+            crate::model::RecipientFormat::Digits => "15555550100",
+        }),
         message_id: Some("sample-message-id"),
         sender: Some("SAMPLE"),
         message_ref: Some("sample-ref"),

@@ -77,6 +77,7 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
         broadcast_id: click.broadcast_id.clone(),
         keyword: None,
         message_id: None,
+        sender: None,
     }
 }
 

@@ -187,6 +187,9 @@ pub struct OptOut {
     pub keyword: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The number the STOP was sent to (an inbound opt-out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// Where an opt-out came from.

@@ -158,11 +158,19 @@ pub(super) async fn run(mut me: Intake) {
             }
         }
         depth.set((me.rx.max_capacity() - me.rx.capacity()) as f64);
+        let mut since_yield = 0;
         loop {
             match me.rx.try_recv() {
                 Ok(hit) => {
                     let record = me.record(hit, &mut batch, &mut tally);
                     batch.push(record);
+                    // Classifying is a few µs a hit: give the worker back to the redirects every chunk,
+                    // so a full channel never holds a redirect worker for more than ~100 µs.
+                    since_yield += 1;
+                    if since_yield == DRAIN_CHUNK {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                     if batch.len() >= settings.batch_size {
                         me.hand_off(std::mem::take(&mut batch)).await;
                         last_flush = tokio::time::Instant::now();
@@ -226,6 +234,8 @@ impl Intake {
     }
 }
 
+/// Hits classified between two yields of the intake task.
+const DRAIN_CHUNK: usize = 32;
 /// How often intake drains the capture channel.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Tail latency with click capture against the bare redirect, in one pinned run (issue #17).
+
+    python3 loadtest/tail.py                      # 100,000 links, 3 rounds x 5 s, -c64
+    python3 loadtest/tail.py --rounds 5 --seconds 5 --links 100000
+
+linkhit is pinned to CPU 1 (one tokio worker thread), wrk and Redis to CPU 0; 100 % bot traffic (a preview
+user agent: every hit is classified and counted, no webhooks). Three servers over the same codes:
+  bare      LINKHIT_CAPTURE=false (the redirect alone)
+  embedded  capture on, embedded store
+  redis     capture on, Redis store
+Rounds alternate bare/embedded/redis so the machine's drift hits all three alike; medians are printed
+with the per-round figures, plus linkhit CPU per request. Needs target/release/linkhit (cargo build
+--release), wrk, redis-server, taskset.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lh  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADMIN = "loadtest-admin-token-0123456789"
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def start_linkhit(binary, env_extra, tmp, name):
+    port = lh.free_port()
+    env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
+               LINKHIT_JOURNAL_DIR=os.path.join(tmp, f"journal-{name}"), LINKHIT_WORKER_THREADS="1",
+               LINKHIT_CLICK_HOLD="0", RUST_LOG="warn")
+    env.pop("LINKHIT_REDIS_URL", None)
+    env.update(env_extra)
+    log = open(os.path.join(tmp, f"{name}.log"), "w")
+    proc = subprocess.Popen(["taskset", "-c", "1", binary], env=env, stdout=log, stderr=log)
+    lh.wait_port(port)
+    return proc, port
+
+
+def wrk(port, codes_file, seconds, connections):
+    env = dict(os.environ, CODES_FILE=codes_file, BOT_PERCENT="100")
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", os.path.join(ROOT, "loadtest", "wrk.lua"), f"http://127.0.0.1:{port}"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("JSON "))
+    return json.loads(line[5:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "linkhit"))
+    p.add_argument("--links", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--connections", type=int, default=64)
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
+    procs = []
+    try:
+        rport = lh.free_port()
+        redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        procs.append(redis)
+        lh.wait_port(rport)
+        servers = {
+            "bare": {"LINKHIT_CAPTURE": "false"},
+            "embedded": {},
+            "redis": {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"},
+        }
+        ports = {}
+        for name, extra in servers.items():
+            proc, port = start_linkhit(args.binary, extra, tmp, name)
+            procs.append(proc)
+            ports[name] = (proc, port)
+            codes = os.path.join(tmp, f"codes-{name}.txt")
+            subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                            f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(args.links), "--out",
+                            codes], check=True, stdout=subprocess.DEVNULL)
+            # Warm the cache: every code once.
+            wrk(port, codes, 2, args.connections)
+        results = {name: [] for name in servers}
+        for r in range(args.rounds):
+            for name in servers:
+                proc, port = ports[name]
+                before = cpu_seconds(proc.pid)
+                out = wrk(port, os.path.join(tmp, f"codes-{name}.txt"), args.seconds, args.connections)
+                cpu = cpu_seconds(proc.pid) - before
+                out["cpu_us_per_request"] = cpu * 1e6 / max(out["requests"], 1)
+                results[name].append(out)
+                print(f"round {r + 1} {name:9} {out['requests'] / args.seconds:>10,.0f} req/s  "
+                      f"p50 {out['p50_us']:>6} µs  p99 {out['p99_us']:>6} µs  "
+                      f"{out['cpu_us_per_request']:.2f} µs CPU/req", flush=True)
+        time.sleep(1)
+        print("\nmedians:")
+        bare_p99 = statistics.median(r["p99_us"] for r in results["bare"])
+        bare_cpu = statistics.median(r["cpu_us_per_request"] for r in results["bare"])
+        summary = {}
+        for name, rounds in results.items():
+            rps = statistics.median(r["requests"] / args.seconds for r in rounds)
+            p99 = statistics.median(r["p99_us"] for r in rounds)
+            cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
+            summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2)}
+            print(f"  {name:9} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
+                  f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)")
+        print("JSON " + json.dumps(summary))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
