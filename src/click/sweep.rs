@@ -36,6 +36,56 @@ struct Seen<T> {
     flippable: Option<Flippable<T>>,
 }
 
+/// One client's hits in the window, with what a hit needs in O(1): how many hits each recipient has in
+/// the window (so the distinct count is the map's size) and how many hits still wait to be flipped. A
+/// flood from one client costs constant work per hit, not a scan of its window.
+#[derive(Debug)]
+struct Window<T> {
+    hits: VecDeque<Seen<T>>,
+    recipients: HashMap<u64, u32>,
+    flippable: usize,
+}
+
+impl<T> Default for Window<T> {
+    fn default() -> Self {
+        Self { hits: VecDeque::new(), recipients: HashMap::new(), flippable: 0 }
+    }
+}
+
+impl<T> Window<T> {
+    fn push(&mut self, seen: Seen<T>) {
+        *self.recipients.entry(seen.recipient).or_default() += 1;
+        self.flippable += usize::from(seen.flippable.is_some());
+        self.hits.push_back(seen);
+    }
+
+    /// Forgets the hits older than `since_ms`; returns how many.
+    fn expire(&mut self, since_ms: i64) -> usize {
+        let mut gone = 0;
+        while self.hits.front().is_some_and(|s| s.at_ms < since_ms) {
+            let Some(old) = self.hits.pop_front() else { break };
+            self.flippable -= usize::from(old.flippable.is_some());
+            if let Some(n) = self.recipients.get_mut(&old.recipient) {
+                *n -= 1;
+                if *n == 0 {
+                    self.recipients.remove(&old.recipient);
+                }
+            }
+            gone += 1;
+        }
+        gone
+    }
+
+    /// The hits still waiting to be flipped, taken.
+    fn take_flippable(&mut self) -> Vec<Flippable<T>> {
+        if self.flippable == 0 {
+            return Vec::new();
+        }
+        self.flippable = 0;
+        self.hits.iter_mut().filter_map(|s| s.flippable.take()).collect()
+    }
+}
+
 /// The sweep rule's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SweepRule {
@@ -64,7 +114,7 @@ pub struct Observed<T> {
 pub struct Sweeps<T> {
     rule: SweepRule,
     capacity: usize,
-    clients: HashMap<Client, VecDeque<Seen<T>>>,
+    clients: HashMap<Client, Window<T>>,
     /// Clients in order of their first remembered hit, for eviction.
     order: VecDeque<Client>,
     len: usize,
@@ -94,19 +144,12 @@ impl<T> Sweeps<T> {
             self.order.push_back(client.clone());
         }
         let seen = self.clients.entry(client.clone()).or_default();
-        let before = seen.len();
-        while seen.front().is_some_and(|s| s.at_ms < at_ms - window) {
-            seen.pop_front();
-        }
-        self.len -= before - seen.len();
-        seen.push_back(Seen { recipient, at_ms, flippable });
+        self.len -= seen.expire(at_ms - window);
+        seen.push(Seen { recipient, at_ms, flippable });
         self.len += 1;
-        let mut distinct: Vec<u64> = seen.iter().map(|s| s.recipient).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let observed = if distinct.len() >= self.rule.recipients {
-            let flips = seen.iter_mut().filter_map(|s| s.flippable.take()).collect::<Vec<_>>();
-            Observed { sweep: Some(distinct.len()), flips }
+        let distinct = seen.recipients.len();
+        let observed = if distinct >= self.rule.recipients {
+            Observed { sweep: Some(distinct), flips: seen.take_flippable() }
         } else {
             none
         };
@@ -114,7 +157,7 @@ impl<T> Sweeps<T> {
         while self.len > self.capacity || self.clients.len() > self.capacity {
             let Some(oldest) = self.order.pop_front() else { break };
             if let Some(gone) = self.clients.remove(&oldest) {
-                self.len -= gone.len();
+                self.len -= gone.hits.len();
             }
         }
         observed
@@ -182,5 +225,21 @@ mod tests {
         }
         assert!(s.len() <= 50, "{}", s.len());
         assert!(s.clients.len() <= 50 && s.order.len() <= 10_000);
+    }
+
+    #[test]
+    fn one_client_hammering_one_link_is_one_recipient_and_the_window_slides() {
+        let mut s: Sweeps<()> = Sweeps::new(SweepRule::default(), 1_000_000);
+        let flood = client("203.0.113.7");
+        // 100,000 hits on one recipient's link within the window: never a sweep, and each hit is O(1).
+        for i in 0..100_000i64 {
+            assert_eq!(s.observe(&flood, 1, i / 10, Some(1_000), None).sweep, None);
+        }
+        // Two more recipients make it a sweep of three...
+        s.observe(&flood, 2, 10_000, Some(1_000), None);
+        assert_eq!(s.observe(&flood, 3, 10_001, Some(1_000), None).sweep, Some(3));
+        // ...and once the window has moved past the first recipient's hits, those are forgotten.
+        assert_eq!(s.observe(&flood, 4, 40_000, Some(1_000), None).sweep, Some(3), "1 expired, 2, 3, 4 remain");
+        assert_eq!(s.len(), 3);
     }
 }
