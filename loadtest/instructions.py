@@ -53,12 +53,13 @@ def run_requests(port, paths):
 
 
 def total_instructions(out_prefix):
-    """Sum of the `summary:`/`totals:` lines of the dumps callgrind wrote for this run."""
+    """The `summary:` of the dump taken after the measured requests (`<prefix>.<pid>.1`; the file written at
+    exit is not part of the measurement)."""
     total = 0
-    for path in glob.glob(out_prefix + "*"):
+    for path in glob.glob(out_prefix + ".*.1"):
         with open(path) as f:
             for line in f:
-                if line.startswith("summary:") or line.startswith("totals:"):
+                if line.startswith("summary:"):
                     total += int(line.split()[1])
                     break
     return total
@@ -132,6 +133,7 @@ def main():
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kinds", default="nginx,bare,capture")
+    p.add_argument("--keep", action="store_true", help="keep the callgrind files (callgrind_annotate them)")
     args = p.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not shutil.which(tool):
@@ -151,7 +153,10 @@ def main():
         print(f"{kind:8} {statistics.median(runs):>10,.0f} instructions/request  runs {[round(r) for r in runs]}"
               f"  spread {spread:.2f} %", flush=True)
     print("JSON " + json.dumps(results))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"callgrind files in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

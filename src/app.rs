@@ -57,6 +57,9 @@ pub struct App {
     pub events: Arc<dyn EventSink>,
     /// `/track` requests per client address.
     pub track_limiter: crate::limit::PerAddress,
+    /// Listings of a broadcast's links (each reads the broadcast's whole recipient index) in flight at
+    /// once: a burst of them cannot monopolise Redis and starve redirects.
+    pub listing_slots: tokio::sync::Semaphore,
     pub webhooks: Webhooks,
 }
 
@@ -208,6 +211,7 @@ impl App {
             capture,
             events,
             track_limiter,
+            listing_slots: tokio::sync::Semaphore::new(2),
             webhooks: Webhooks { settings, deliverer, queue },
         };
         Ok((app, Background { pipeline, worker }))

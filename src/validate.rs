@@ -77,8 +77,24 @@ pub fn is_e164(raw: &str) -> bool {
 /// `+` as Burst sends them (`61435790000`) when the phone-number library (libphonenumber's metadata)
 /// finds a valid number for the country code they start with. `None`: not a phone number.
 pub fn normalize_recipient(raw: &str) -> Option<String> {
-    if raw.starts_with('+') {
-        return is_e164(raw).then(|| raw.to_owned());
+    if let Some(digits) = raw.strip_prefix('+') {
+        if !is_e164(raw) {
+            return None;
+        }
+        // One number, one form: `+4407911123456` (the national trunk 0 kept after the country code) is
+        // `+447911123456`. Only numbers that carry their country's national prefix after the country code
+        // go through the (slow) parser; the rest are E.164 already (bulk creates stay fast).
+        if !carries_national_prefix(digits) {
+            return Some(raw.to_owned());
+        }
+        return Some(
+            phonenumber::parse(None, raw)
+                .ok()
+                .filter(phonenumber::is_valid)
+                .map(|n| n.format().mode(phonenumber::Mode::E164).to_string())
+                .filter(|e164| is_e164(e164))
+                .unwrap_or_else(|| raw.to_owned()),
+        );
     }
     if raw.len() < 7 || raw.len() > 15 || !raw.bytes().all(|b| b.is_ascii_digit()) || raw.starts_with('0') {
         return None;
@@ -89,6 +105,18 @@ pub fn normalize_recipient(raw: &str) -> Option<String> {
     }
     let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
     is_e164(&e164).then_some(e164)
+}
+
+/// Whether international digits continue, after their country calling code (codes are prefix-free),
+/// with a national prefix of that country (`44` then `0`): libphonenumber's metadata.
+fn carries_national_prefix(digits: &str) -> bool {
+    let db = &*phonenumber::metadata::DATABASE;
+    (1..=3.min(digits.len())).any(|len| {
+        let Ok(code) = digits[..len].parse::<u16>() else { return false };
+        db.by_code(&code).is_some_and(|regions| {
+            regions.iter().any(|m| m.national_prefix().is_some_and(|p| !p.is_empty() && digits[len..].starts_with(p)))
+        })
+    })
 }
 
 /// Checks an optional free-text attribute (`broadcast_id`, `message_id`, `sender`, `message_ref`):
@@ -176,6 +204,9 @@ mod tests {
         // Ofcom's drama range (07700 900xxx) is reserved, never assigned: not valid.
         assert_eq!(normalize_recipient("447700900123"), None);
         assert_eq!(normalize_recipient("+61435790000").as_deref(), Some("+61435790000"));
+        // The same number written two ways is one recipient.
+        assert_eq!(normalize_recipient("+4407911123456").as_deref(), normalize_recipient("4407911123456").as_deref());
+        assert_eq!(normalize_recipient("+4407911123456").as_deref(), Some("+447911123456"));
         // Not numbers of any country: too short, an unassigned country code, a national trunk prefix,
         // letters.
         for bad in ["12345", "999123456789", "0435790000", "6143579000a", "", "+", "61 435 790 000"] {

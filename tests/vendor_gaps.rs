@@ -470,3 +470,107 @@ async fn a_method_a_route_does_not_take_answers_405_with_allow() {
     assert_eq!(preflight.status(), 204);
     assert_eq!(preflight.headers()["access-control-allow-methods"], "GET, POST, OPTIONS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversions_hold_under_abuse_on_redis() {
+    let env = env(Backend::Redis, |c| c.track_rate = 1_000).await;
+    let (_, made) = env
+        .post(
+            "/api/v1/broadcasts/abuse/links",
+            json!({"target_url": "https://shop.example/", "track_conversions": true,
+                   "recipients": [{"recipient": "+12025550100"}, {"recipient": "+12025550101"}]}),
+        )
+        .await;
+    let (a, b) = (made["links"][0]["code"].as_str().unwrap(), made["links"][1]["code"].as_str().unwrap());
+    // Values that would overflow a 64-bit sum of millionths (9.2·10^12 units) are summed exactly.
+    for i in 0..10 {
+        let (status, out) = env
+            .post("/api/v1/conversions", json!({"code": a, "name": format!("big{i}"), "value": 1_000_000_000_000_i64}))
+            .await;
+        assert_eq!(status, 201, "{out}");
+    }
+    env.post("/api/v1/conversions", json!({"code": a, "name": "small", "value": "0.000001"})).await;
+    let (_, stats) = env.get_json(&format!("/api/v1/links/{a}/stats")).await;
+    assert_eq!(stats["conversions"], 11);
+    assert_eq!(stats["conversion_value"]["USD"], json!(10_000_000_000_000.000001_f64));
+    let (_, broadcast) = env.get_json("/api/v1/broadcasts/abuse/stats").await;
+    assert_eq!(broadcast["conversions"], 11, "{broadcast}");
+    // An idempotency key is the workspace's: the same id on another link is the same conversion.
+    let (status, _) = env.post("/api/v1/conversions", json!({"code": a, "name": "order", "id": "order-77"})).await;
+    assert_eq!(status, 201);
+    let (status, out) = env.post("/api/v1/conversions", json!({"code": b, "name": "order", "id": "order-77"})).await;
+    assert_eq!((status, &out["duplicate"]), (200, &json!(true)), "{out}");
+    let (_, stats) = env.get_json(&format!("/api/v1/links/{b}/stats")).await;
+    assert_eq!(stats["conversions"], 0, "{stats}");
+    // One click converts at most 20 times (distinct names): it cannot inflate a campaign.
+    let (_, click) = click_id_of(&env, b, "198.51.100.3").await;
+    for i in 0..20 {
+        let (status, out) = track(&env, json!({"click_id": click, "name": format!("n{i}")}), "198.51.100.3").await;
+        assert_eq!(status, 202, "{i}: {out}");
+    }
+    let (status, out) = track(&env, json!({"click_id": click, "name": "n20"}), "198.51.100.3").await;
+    assert_eq!((status, out["code"].as_str()), (409, Some("CONVERSION_LIMIT")), "{out}");
+    let stats = env.poll_json(&format!("/api/v1/links/{b}/stats"), WITHIN, |s| s["human_hits"] == 1).await;
+    assert_eq!(stats["conversions"], 20);
+    // A conversion answer does not tell a conversions.write key who the recipient is.
+    let (_, out) = env.post("/api/v1/conversions", json!({"code": b, "name": "peek"})).await;
+    assert!(out["conversion"].get("recipient").is_none(), "{out}");
+}
+
+/// Fails the first `n` emits, then collects.
+struct Flaky {
+    failures: std::sync::atomic::AtomicUsize,
+    events: linkhit::click::emit::Collect,
+}
+
+#[async_trait::async_trait]
+impl linkhit::click::emit::EventSink for Flaky {
+    async fn emit(&self, events: Vec<linkhit::click::emit::Event>) -> Result<(), linkhit::click::emit::EmitError> {
+        use std::sync::atomic::Ordering;
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            return Err(linkhit::click::emit::EmitError("outbox down".into()));
+        }
+        self.events.emit(events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_opt_out_whose_event_failed_is_announced_by_the_retry() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let redis = (backend == Backend::Redis).then(common::RedisServer::start);
+        let sink = std::sync::Arc::new(Flaky {
+            failures: std::sync::atomic::AtomicUsize::new(1),
+            events: linkhit::click::emit::Collect::default(),
+        });
+        let server = common::TestServer::start_with_sink(config(redis.as_ref()), sink.clone()).await;
+        let http = common::client();
+        let (_, key) = common::create_workspace(&http, &server, "stop").await;
+        let stop = json!({"recipient": "+12025550177", "keyword": "STOP"});
+        let post = || send(http.post(server.url("/api/v1/opt-outs")).bearer_auth(&key).json(&stop));
+        let (status, out) = post().await;
+        assert_eq!((status, out["code"].as_str()), (503, Some("OUTBOX_UNAVAILABLE")), "{backend:?}: {out}");
+        let (status, _) = post().await;
+        assert_eq!(status, 200, "{backend:?}: recorded by the first call");
+        let (status, _) = post().await;
+        assert_eq!(status, 200);
+        let events = sink.events.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{backend:?}: announced once, by the retry: {events:?}");
+        drop(redis);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_routes_refuse_unknown_query_parameters() {
+    let env = env(Backend::Embedded, |_| {}).await;
+    put_webhooks(&env, "", json!({"format": "link_hit"})).await;
+    let (status, out) = send(
+        env.http.put(env.url("/api/v1/webhooks?subAccountId=s9")).bearer_auth(&env.key).json(&json!({"format": "8x8"})),
+    )
+    .await;
+    assert_eq!((status, out["code"].as_str()), (400, Some("UNKNOWN_PARAMETER")), "{out}");
+    let (_, current) = env.get_json("/api/v1/webhooks").await;
+    assert_eq!(current["format"], "link_hit", "the typo changed nothing");
+    let (status, out) = env.get_json("/api/v1/webhooks?sub_account_id=+").await;
+    assert_eq!((status, out["code"].as_str()), (400, Some("INVALID_SUB_ACCOUNT_ID")));
+}

@@ -57,6 +57,11 @@ fn parse_value_text(text: &str) -> Result<Decimal, ApiError> {
     let bad = || {
         ApiError::bad_request("INVALID_VALUE", "value must be a number from 0 to 1000000000000 with at most 6 decimals")
     };
+    // Plain decimal text (`49.90`), or what serde_json prints for a number (`1e3`); not `1_000`, `+5`.
+    let plain = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-'));
+    if !plain || text.is_empty() {
+        return Err(bad());
+    }
     let v = Decimal::from_str(text).or_else(|_| Decimal::from_scientific(text)).map_err(|_| bad())?;
     if v.is_sign_negative() || v > Decimal::from(MAX_VALUE) || crate::counting::micro_units(v).is_none() {
         return Err(bad());
@@ -165,9 +170,20 @@ async fn count(
         (Some(_), Some(Class::Bot)) => "bot",
         (Some(_), None) => "unknown",
     };
-    let outcome = if recorded == Recorded::New { "new" } else { "duplicate" };
+    let outcome = match recorded {
+        Recorded::New => "new",
+        Recorded::Duplicate { .. } => "duplicate",
+        Recorded::Refused => "refused",
+    };
     metrics::counter!("linkhit_conversions_total", "source" => source, "outcome" => outcome, "click_class" => class_label)
         .increment(1);
+    if recorded == Recorded::Refused {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONVERSION_LIMIT",
+            "this click has converted the most times a click may (20 distinct names)",
+        ));
+    }
     if recorded == Recorded::New && class == Some(Class::Bot) {
         tracing::info!(code = %link.code, "a conversion came from a hit judged a bot: a classifier error");
     }
@@ -191,8 +207,6 @@ fn view(c: &Conversion) -> Value {
         "event_id": c.event_id,
         "code": c.code,
         "click_id": c.click_id,
-        "broadcast_id": c.broadcast_id,
-        "recipient": c.recipient,
         "name": c.name,
         "value": c.value.and_then(|v| rust_decimal::prelude::ToPrimitive::to_f64(&v)),
         "currency": c.currency,
@@ -255,7 +269,7 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
     let out = count(app, &link, click_id, ask, id, "api").await?;
     match out.recorded {
         Recorded::New => json(StatusCode::CREATED, &json!({ "conversion": view(&out.conversion) })),
-        Recorded::Duplicate { .. } => {
+        Recorded::Duplicate { .. } | Recorded::Refused => {
             json(StatusCode::OK, &json!({ "duplicate": true, "event_id": out.conversion.event_id }))
         }
     }
@@ -345,7 +359,7 @@ async fn track_inner(app: &App, req: Request<Incoming>, peer: Option<IpAddr>) ->
         (false, Recorded::New) => {
             json(StatusCode::ACCEPTED, &json!({ "accepted": true, "event_id": out.conversion.event_id }))
         }
-        (false, Recorded::Duplicate { .. }) => {
+        (false, Recorded::Duplicate { .. } | Recorded::Refused) => {
             json(StatusCode::OK, &json!({ "duplicate": true, "event_id": out.conversion.event_id }))
         }
     }

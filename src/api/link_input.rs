@@ -220,6 +220,18 @@ pub(super) fn whole_number(n: &serde_json::Number) -> Option<String> {
     (f.fract() == 0.0 && f.abs() < 9.0e15).then(|| format!("{}", f as i64))
 }
 
+/// `sub_account_id`: 1-64 visible ASCII characters, the same rule as the webhook routes' parameter.
+pub(super) fn parse_sub_account(raw: &Value) -> Result<Option<String>, ApiError> {
+    let id = parse_attr(raw, "sub_account_id", "INVALID_SUB_ACCOUNT_ID", MAX_SUB_ACCOUNT_LEN)?;
+    if id.as_ref().is_some_and(|id| !id.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(ApiError::bad_request(
+            "INVALID_SUB_ACCOUNT_ID",
+            "sub_account_id must be 1-64 visible ASCII characters (no spaces)",
+        ));
+    }
+    Ok(id)
+}
+
 /// `sent_at`: when the SMS went out; up to a day ahead is accepted (clock skew, scheduled sends).
 pub(super) fn parse_sent_at(raw: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let err = || ApiError::bad_request("INVALID_SENT_AT", "sent_at must be an RFC 3339 timestamp, at most a day ahead");
@@ -258,12 +270,7 @@ impl LinkInput {
             message_ref: parse_attr(&self.message_ref, "message_ref", "INVALID_MESSAGE_REF", MAX_ATTR_LEN)?,
             expires_at: parse_expires(&self.expires_at, now)?,
             sent_at: parse_sent_at(&self.sent_at, now)?,
-            sub_account_id: parse_attr(
-                &self.sub_account_id,
-                "sub_account_id",
-                "INVALID_SUB_ACCOUNT_ID",
-                MAX_SUB_ACCOUNT_LEN,
-            )?,
+            sub_account_id: parse_sub_account(&self.sub_account_id)?,
             track_conversions: parse_flag(&self.track_conversions, "track_conversions")?,
             message: parse_message(&self.message)?,
             subject: parse_attr(&self.subject, "subject", "INVALID_SUBJECT", MAX_ATTR_LEN)?,

@@ -5,8 +5,9 @@
 //!
 //! A new opt-out fires the `opt_out` event (Burst `OPT_OUT` with `source: "SMS_INBOUND"`); a recipient
 //! already opted out answers 200 and fires nothing; after an opt-in the next opt-out fires again. The
-//! event is queued before the answer; if the outbox cannot take it, the opt-out is undone and the call
-//! answers 503, so the platform's retry records and announces it (never recorded and silent).
+//! event is queued before the answer: the opt-out is recorded as pending and settled once the outbox
+//! took its event; if the outbox cannot take it the call answers 503 and the platform's retry announces
+//! it (never recorded and silent).
 
 use chrono::Utc;
 use hyper::body::Incoming;
@@ -77,15 +78,10 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
         keyword,
         message_id: message_id.clone(),
         sender,
+        pending: true,
     };
-    let new = app.store.record_opt_out(&opt_out, &caller.workspace_id).await?;
-    if !new {
-        let current = app.store.get_opt_out(&caller.workspace_id, &recipient).await?;
-        metrics::counter!("linkhit_opt_outs_total", "source" => OPT_OUT_SMS, "outcome" => "already").increment(1);
-        return json(StatusCode::OK, &current.as_ref().map_or_else(|| opt_out_view(&opt_out), opt_out_view));
-    }
     // The message this STOP answers, for the payload's message facts: by message id, else by
-    // (broadcast, recipient).
+    // (broadcast, recipient). Read before anything is recorded.
     let reference = match (&message_id, &broadcast_id) {
         (Some(m), _) => Some(LinkRef::MessageId(m.clone())),
         (None, Some(b)) => Some(LinkRef::Recipient { broadcast_id: b.clone(), recipient: recipient.clone() }),
@@ -95,20 +91,34 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
         Some(r) => app.store.find_links(&caller.workspace_id, &[r]).await?.pop().flatten(),
         None => None,
     };
-    let id = event_id(&caller.workspace_id, &opt_out);
-    let event = Event::InboundOptOut { id, workspace_id: caller.workspace_id.clone(), opt_out: opt_out.clone(), code };
-    if let Err(err) = app.events.emit(vec![event]).await {
-        // Recorded, not announced: put it back so the caller's retry records and announces it again.
-        tracing::error!(error = %err, "an inbound opt-out was recorded but its event could not be queued; undoing");
-        let _ = app.store.delete_opt_out(&caller.workspace_id, &recipient).await;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "OUTBOX_UNAVAILABLE",
-            "the opt-out could not be announced to the webhook; retry",
-        ));
+    // Recorded as pending (its event not queued yet) and settled once the outbox took the event. A
+    // call that fails half-way leaves it pending; the platform's retry finds it pending and announces it
+    // (with the same event id): an opt-out is never recorded and silent.
+    let new = app.store.record_opt_out(&opt_out, &caller.workspace_id).await?;
+    let current =
+        if new { Some(opt_out.clone()) } else { app.store.get_opt_out(&caller.workspace_id, &recipient).await? };
+    let Some(current) = current else {
+        // Opted back in between the two calls: nothing to announce.
+        return json(StatusCode::OK, &opt_out_view(&opt_out));
+    };
+    if current.pending {
+        let id = event_id(&caller.workspace_id, &current);
+        let event =
+            Event::InboundOptOut { id, workspace_id: caller.workspace_id.clone(), opt_out: current.clone(), code };
+        if let Err(err) = app.events.emit(vec![event]).await {
+            tracing::error!(error = %err, "an inbound opt-out is recorded; its event could not be queued yet");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OUTBOX_UNAVAILABLE",
+                "the opt-out is recorded; its webhook event could not be queued: retry the same request",
+            ));
+        }
+        app.store.settle_opt_out(&caller.workspace_id, &current).await?;
     }
-    metrics::counter!("linkhit_opt_outs_total", "source" => OPT_OUT_SMS, "outcome" => "new").increment(1);
-    json(StatusCode::CREATED, &opt_out_view(&opt_out))
+    let outcome = if new { "new" } else { "already" };
+    metrics::counter!("linkhit_opt_outs_total", "source" => OPT_OUT_SMS, "outcome" => outcome).increment(1);
+    let settled = OptOut { pending: false, ..current };
+    json(if new { StatusCode::CREATED } else { StatusCode::OK }, &opt_out_view(&settled))
 }
 
 /// The event id of an inbound opt-out: the same for the same opt-out, distinct after an opt-in.

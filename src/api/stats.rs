@@ -79,8 +79,16 @@ pub async fn broadcast_links(app: &App, req: Request<Incoming>, broadcast_id: &s
     if app.store.broadcast_stats(&caller.workspace_id, broadcast_id).await?.is_none() {
         return Err(ApiError::not_found("BROADCAST_NOT_FOUND", "no links in this broadcast"));
     }
+    let slot = tokio::time::timeout(std::time::Duration::from_secs(5), app.listing_slots.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "BUSY", "too many link listings in progress; retry shortly")
+        })?;
     let (total, page) =
         app.store.broadcast_recipients(&caller.workspace_id, broadcast_id, search.as_deref(), offset, limit).await?;
+    drop(slot);
     let codes: Vec<&str> = page.iter().map(|(_, c)| c.as_str()).collect();
     let links = app.store.get_links(&codes).await?;
     let stats = futures_util::future::try_join_all(codes.iter().map(|c| app.store.link_stats(c))).await?;

@@ -86,22 +86,32 @@ pub async fn put(app: &App, req: Request<Incoming>) -> ApiResult {
 
 /// `?sub_account_id=...`: a sub-account's configuration (absent: the workspace-wide one, the vendors'
 /// `"*"`, which is also what `*` names).
+/// The webhook routes take no other query parameter (`limit` on the lists): a typo such as
+/// `?subAccountId=` must not silently change the workspace-wide configuration.
 fn sub_account(query: &str) -> Result<Option<String>, ApiError> {
+    let mut sub = None;
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        if name == "sub_account_id" {
-            if value == "*" {
-                return Ok(None);
+        match name.as_ref() {
+            "sub_account_id" if value == "*" => sub = None,
+            "sub_account_id" => {
+                if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ApiError::bad_request(
+                        "INVALID_SUB_ACCOUNT_ID",
+                        "sub_account_id must be 1-64 visible ASCII characters (no spaces)",
+                    ));
+                }
+                sub = Some(value.into_owned());
             }
-            if !crate::validate::is_reasonable_text(&value, 64) {
+            "limit" => {}
+            other => {
                 return Err(ApiError::bad_request(
-                    "INVALID_SUB_ACCOUNT_ID",
-                    "sub_account_id must be 1-64 characters without control characters",
+                    "UNKNOWN_PARAMETER",
+                    format!("unknown query parameter `{other}`: this route takes sub_account_id (and limit on lists)"),
                 ));
             }
-            return Ok(Some(value.into_owned()));
         }
     }
-    Ok(None)
+    Ok(sub)
 }
 
 /// `GET /api/v1/webhooks`: the configuration; for a sub-account without one of its own, the

@@ -78,6 +78,7 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
         keyword: None,
         message_id: None,
         sender: None,
+        pending: false,
     }
 }
 

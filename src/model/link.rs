@@ -190,6 +190,9 @@ pub struct OptOut {
     /// The number the STOP was sent to (an inbound opt-out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// An inbound opt-out whose event is not queued yet (settled once it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// Where an opt-out came from.
@@ -225,6 +228,8 @@ pub enum Recorded {
     New,
     /// Counted before; nothing changed. `emitted`: its event was queued back then.
     Duplicate { emitted: bool },
+    /// Not counted: its click id has converted the most times a click may.
+    Refused,
 }
 
 /// A tenant: every link and key belongs to exactly one workspace.

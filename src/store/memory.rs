@@ -57,6 +57,10 @@ struct ClickState {
     /// Conversions counted, by what makes them count once: whether their event was queued, and until
     /// when the mark holds (the TTL Redis gives it; expired marks are pruned as the map grows).
     conversions: HashMap<String, (bool, std::time::Instant)>,
+    /// Size of `conversions` at which expired marks are pruned next (doubles when little expires).
+    prune_at: usize,
+    /// Conversions counted per (code, click id), for the per-click cap.
+    per_click: HashMap<(String, String), u32>,
 }
 
 /// Click ids remembered per link with their verdict (for the conversions-on-bot-hits metric); a link
@@ -432,6 +436,15 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn settle_opt_out(&self, workspace_id: &str, opt_out: &OptOut) -> Result<(), StoreError> {
+        if let Some((list, _)) = self.click_state().opt_outs.get_mut(workspace_id)
+            && let Some(o) = list.iter_mut().rev().find(|o| o.recipient == opt_out.recipient && o.at == opt_out.at)
+        {
+            o.pending = false;
+        }
+        Ok(())
+    }
+
     async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError> {
         Ok(self
             .click_state()
@@ -463,8 +476,20 @@ impl Store for MemoryStore {
         {
             return Ok((Recorded::Duplicate { emitted }, class));
         }
-        if state.conversions.len() >= 100_000 {
+        if state.conversions.len() >= state.prune_at.max(100_000) {
             state.conversions.retain(|_, (_, until)| *until > now);
+            state.prune_at = state.conversions.len() * 2;
+        }
+        if let Some(click) = &conversion.click_id {
+            let key = (conversion.code.clone(), click.clone());
+            let n = state.per_click.get(&key).copied().unwrap_or(0);
+            if n >= crate::store::MAX_CONVERSIONS_PER_CLICK {
+                return Ok((Recorded::Refused, class));
+            }
+            if state.per_click.len() >= 1_000_000 {
+                state.per_click.clear();
+            }
+            state.per_click.insert(key, n + 1);
         }
         state.conversions.insert(conversion.dedup.clone(), (false, now + ttl));
         let value = conversion.value.unwrap_or_default();

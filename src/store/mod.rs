@@ -145,6 +145,9 @@ pub trait Store: Send + Sync + 'static {
     /// `broadcast_id`, the recipient counts in that broadcast's `opt_outs` either way.
     async fn record_opt_out(&self, opt_out: &OptOut, workspace_id: &str) -> Result<bool, StoreError>;
 
+    /// Marks an inbound opt-out's event as queued (`pending: false`), if the opt-out is still there.
+    async fn settle_opt_out(&self, workspace_id: &str, opt_out: &OptOut) -> Result<(), StoreError>;
+
     /// The recipient's current opt-out, if any.
     async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError>;
 
@@ -194,6 +197,9 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Conversions one click id may count (distinct names): one click cannot inflate a campaign.
+pub const MAX_CONVERSIONS_PER_CLICK: u32 = 20;
 
 /// Opens the store the configuration asks for.
 pub fn open(config: &crate::config::Config) -> Result<SharedStore, StoreError> {

@@ -72,7 +72,15 @@ impl Outbox {
     /// Turns one event into a job, or `None` when the workspace does not want it.
     async fn job(&self, event: &Event) -> Result<Option<Job>, String> {
         let subject = Subject::of(event);
-        let link = subject.code.and_then(|code| self.cached_link(code));
+        // The link decides the configuration (its sub-account) and the payload's facts: an event is never
+        // rendered without it — a failed read fails the emit, and the batch is emitted again later.
+        let link = match subject.code {
+            None => None,
+            Some(code) => match self.cached_link(code) {
+                Some(link) => Some(link),
+                None => patiently(|| self.store.get_link(code)).await.map_err(|e| e.to_string())?.map(Arc::new),
+            },
+        };
         let sub_account = link.as_ref().and_then(|l| l.sub_account_id.clone());
         let settings = patiently(|| self.settings.get_for(subject.workspace_id, sub_account.as_deref()))
             .await

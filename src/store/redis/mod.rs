@@ -394,6 +394,10 @@ impl Store for RedisStore {
         conversions::record_opt_out(self, opt_out, workspace_id).await
     }
 
+    async fn settle_opt_out(&self, workspace_id: &str, opt_out: &OptOut) -> Result<(), StoreError> {
+        conversions::settle_opt_out(self, workspace_id, opt_out).await
+    }
+
     async fn get_opt_out(&self, workspace_id: &str, recipient: &str) -> Result<Option<OptOut>, StoreError> {
         conversions::get_opt_out(self, workspace_id, recipient).await
     }

@@ -29,12 +29,21 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
     })
 }
 
-/// The `cv:<CURRENCY>` fields of a counters hash (millionths) as decimals.
+/// The conversion values of a counters hash as decimals: `cv:<CURRENCY>` millionths below 10^15 plus
+/// `cvh:<CURRENCY>` multiples of 10^15 (see `conversions`).
 fn values(fields: &HashMap<String, i64>) -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
-    fields
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("cv:")?.to_owned(), crate::counting::from_micro_units(*v))))
-        .collect()
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in fields {
+        let (currency, micro) = if let Some(c) = k.strip_prefix("cvh:") {
+            (c, i128::from(*v) * i128::from(super::conversions::VALUE_SPLIT))
+        } else if let Some(c) = k.strip_prefix("cv:") {
+            (c, i128::from(*v))
+        } else {
+            continue;
+        };
+        *out.entry(currency.to_owned()).or_insert(0i128) += micro;
+    }
+    out.into_iter().map(|(c, micro)| (c, rust_decimal::Decimal::from_i128_with_scale(micro, 6).normalize())).collect()
 }
 
 pub(super) async fn broadcast_stats(
