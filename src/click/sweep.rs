@@ -14,8 +14,9 @@ use std::time::Duration;
 /// Who hit: a broadcast of a workspace, a client address, a user agent (hashed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Client {
-    pub workspace_id: String,
-    pub broadcast_id: String,
+    /// Shared with the cached link (interned): building a client allocates nothing.
+    pub workspace_id: std::sync::Arc<str>,
+    pub broadcast_id: std::sync::Arc<str>,
     pub ip: std::net::IpAddr,
     pub user_agent: u64,
 }
@@ -42,13 +43,18 @@ struct Seen<T> {
 #[derive(Debug)]
 struct Window<T> {
     hits: VecDeque<Seen<T>>,
-    recipients: HashMap<u64, u32>,
+    recipients: HashMap<u64, u32, foldhash::fast::RandomState>,
     flippable: usize,
 }
 
+/// Hits remembered per client: far more than a sweep needs (`SweepRule::recipients`), and a flood from
+/// one client keeps a small window instead of filling the tracker (whose eviction then stalled the
+/// worker for ~100 ms dropping hundreds of thousands of entries at once).
+const MAX_PER_CLIENT: usize = 1024;
+
 impl<T> Default for Window<T> {
     fn default() -> Self {
-        Self { hits: VecDeque::new(), recipients: HashMap::new(), flippable: 0 }
+        Self { hits: VecDeque::new(), recipients: HashMap::default(), flippable: 0 }
     }
 }
 
@@ -59,10 +65,10 @@ impl<T> Window<T> {
         self.hits.push_back(seen);
     }
 
-    /// Forgets the hits older than `since_ms`; returns how many.
+    /// Forgets the hits older than `since_ms`, and the oldest beyond `MAX_PER_CLIENT`; returns how many.
     fn expire(&mut self, since_ms: i64) -> usize {
         let mut gone = 0;
-        while self.hits.front().is_some_and(|s| s.at_ms < since_ms) {
+        while self.hits.front().is_some_and(|s| s.at_ms < since_ms) || self.hits.len() >= MAX_PER_CLIENT {
             let Some(old) = self.hits.pop_front() else { break };
             self.flippable -= usize::from(old.flippable.is_some());
             if let Some(n) = self.recipients.get_mut(&old.recipient) {
@@ -114,7 +120,7 @@ pub struct Observed<T> {
 pub struct Sweeps<T> {
     rule: SweepRule,
     capacity: usize,
-    clients: HashMap<Client, Window<T>>,
+    clients: HashMap<Client, Window<T>, foldhash::fast::RandomState>,
     /// Clients in order of their first remembered hit, for eviction.
     order: VecDeque<Client>,
     len: usize,
@@ -122,7 +128,7 @@ pub struct Sweeps<T> {
 
 impl<T> Sweeps<T> {
     pub fn new(rule: SweepRule, capacity: usize) -> Self {
-        Self { rule, capacity: capacity.max(1), clients: HashMap::new(), order: VecDeque::new(), len: 0 }
+        Self { rule, capacity: capacity.max(1), clients: HashMap::default(), order: VecDeque::new(), len: 0 }
     }
 
     /// Records a hit of `client` on `recipient`'s link `since_send_ms` after its send; `flippable` if it

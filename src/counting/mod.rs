@@ -82,6 +82,9 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
     }
 }
 
+/// A map with a fast hash, for the per-batch bookkeeping (keys are codes: no flooding risk).
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Per-click tallies for a batch, given what the store answered per link and per broadcast.
 ///
 /// - `human_after[code]`: the link's human hits after the whole batch; `all_after[code]`: its hits of
@@ -96,16 +99,16 @@ pub fn tallies(
     first_in_broadcast: &[bool],
     opted_out: &[bool],
 ) -> Vec<ClickTally> {
-    let mut human_in_batch: HashMap<&str, u64> = HashMap::new();
-    let mut all_in_batch: HashMap<&str, u64> = HashMap::new();
+    let mut human_in_batch: Fast<&str, u64> = Fast::default();
+    let mut all_in_batch: Fast<&str, u64> = Fast::default();
     for c in clicks {
         if c.is_human() {
             *human_in_batch.entry(c.code.as_str()).or_default() += 1;
         }
         *all_in_batch.entry(c.code.as_str()).or_default() += 1;
     }
-    let mut seen: HashMap<&str, u64> = HashMap::new();
-    let mut seen_all: HashMap<&str, u64> = HashMap::new();
+    let mut seen: Fast<&str, u64> = Fast::default();
+    let mut seen_all: Fast<&str, u64> = Fast::default();
     clicks
         .iter()
         .enumerate()

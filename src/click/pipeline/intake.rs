@@ -33,10 +33,9 @@ pub(super) struct Intake {
 
 /// A stable hash of a text (recipients and user agents in the sweep tracker).
 fn hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    // Process-local identities (user agents, recipients) for the sweep tracker: a fast hash suffices.
+    foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7400).hash_one(text)
 }
 
 impl Intake {
@@ -78,8 +77,8 @@ impl Intake {
         };
         if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
             let who = Client {
-                workspace_id: link.workspace_id.to_string(),
-                broadcast_id: broadcast.to_string(),
+                workspace_id: Arc::clone(&link.workspace_id),
+                broadcast_id: Arc::clone(broadcast),
                 ip,
                 user_agent: hash(user_agent.unwrap_or("")),
             };
