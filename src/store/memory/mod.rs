@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 mod correct;
 
 use super::{Invalidation, Store, StoreError};
-use correct::correct;
 use crate::counting;
 use crate::model::{
     ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats,
     OptOut, RecentClick, WebhookSettings, Workspace,
 };
 use crate::model::{Class, Conversion, LinkKind, Recorded};
+use correct::correct;
 
 pub struct MemoryStore {
     /// Random per process: nothing outlives the process anyway.
@@ -558,4 +558,3 @@ impl Store for MemoryStore {
         None
     }
 }
-
