@@ -46,7 +46,10 @@ fn text(v: &Value, field: &str) -> Result<Option<String>, String> {
     let text = match v {
         Value::Null => return Ok(None),
         Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        Value::Number(n) => match super::link_input::whole_number(n) {
+            Some(text) => text,
+            None => return Err(format!("{field} must be a string or an integer")),
+        },
         _ => return Err(format!("{field} must be a string")),
     };
     if crate::validate::is_reasonable_text(&text, 256) {
@@ -74,12 +77,19 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
         let bad = |code: &'static str, what: &str| ApiError::bad_request(code, format!("reports[{i}]: {what}"));
         let message_id = text(&r.message_id, "message_id").map_err(|e| bad("INVALID_MESSAGE_ID", &e))?;
         let broadcast_id = text(&r.broadcast_id, "broadcast_id").map_err(|e| bad("INVALID_BROADCAST_ID", &e))?;
-        let link = match (message_id, broadcast_id, &r.recipient) {
+        // A recipient, when given, is checked whichever field names the link (stored as E.164, as links are).
+        let recipient = match &r.recipient {
+            Value::Null => None,
+            Value::String(raw) => Some(
+                crate::validate::normalize_recipient(raw)
+                    .ok_or_else(|| bad("INVALID_RECIPIENT", "recipient must be an E.164 phone number"))?,
+            ),
+            _ => return Err(bad("INVALID_RECIPIENT", "recipient must be an E.164 phone number")),
+        };
+        let link = match (message_id, broadcast_id, recipient) {
             (Some(m), _, _) => LinkRef::MessageId(m),
-            (None, Some(b), Value::String(rcpt)) if crate::validate::is_e164(rcpt) => {
-                LinkRef::Recipient { broadcast_id: b, recipient: rcpt.clone() }
-            }
-            (None, Some(_), _) => return Err(bad("INVALID_RECIPIENT", "recipient must be an E.164 phone number")),
+            (None, Some(b), Some(recipient)) => LinkRef::Recipient { broadcast_id: b, recipient },
+            (None, Some(_), None) => return Err(bad("INVALID_RECIPIENT", "recipient must be an E.164 phone number")),
             _ => return Err(bad("INVALID_REPORT", "name the link by message_id, or by broadcast_id and recipient")),
         };
         let status = match &r.status {

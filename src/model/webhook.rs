@@ -200,30 +200,20 @@ pub const CLICK_FIELDS: [&str; 18] = [
 ];
 
 /// Field names allowed in `conversion_fields`: the click fields and the conversion's own.
-pub const CONVERSION_FIELDS: [&str; 22] = [
-    "event_id",
-    "occurred_at",
-    "code",
-    "short_url",
-    "target_url",
-    "broadcast_id",
-    "recipient",
-    "message_id",
-    "sender",
-    "message_ref",
-    "user_agent",
-    "ip",
-    "device",
-    "os",
-    "browser",
-    "hits",
-    "first_click",
-    "workspace_id",
-    "name",
-    "value",
-    "currency",
-    "click_id",
-];
+pub const CONVERSION_FIELDS: [&str; 22] = {
+    let own = ["name", "value", "currency", "click_id"];
+    let mut all = [""; 22];
+    let mut i = 0;
+    while i < CLICK_FIELDS.len() {
+        all[i] = CLICK_FIELDS[i];
+        i += 1;
+    }
+    while i < all.len() {
+        all[i] = own[i - CLICK_FIELDS.len()];
+        i += 1;
+    }
+    all
+};
 
 /// The fields of a conversion in the `fields` format when none were chosen.
 pub const DEFAULT_CONVERSION_FIELDS: [&str; 9] =

@@ -96,6 +96,7 @@ values = [0, 49.9, 1000000000000, 0.000001, "49.90"]
 "body.content_urls[*]" = { dictionary = "target_urls" }
 "body.recipient" = { dictionary = "phone_numbers" }
 "body.recipients[*].recipient" = { dictionary = "phone_numbers" }
+"body.reports[*].recipient" = { dictionary = "phone_numbers" }
 "path.recipient" = { dictionary = "phone_numbers" }
 "body.expires_at" = { dictionary = "future_times" }
 "body.sent_at" = { dictionary = "past_times" }
@@ -132,7 +133,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 [[operations]]
 include-name = ["POST /api/v1/links", "POST /api/v1/broadcasts/{broadcast_id}/links", "POST /api/v1/messages/shorten",
                 "POST /api/v1/opt-outs", "GET /api/v1/opt-outs/{recipient}", "DELETE /api/v1/opt-outs/{recipient}",
-                "POST /api/v1/conversions", "POST /track", "GET /track"]
+                "POST /api/v1/conversions", "POST /track", "GET /track", "POST /api/v1/delivery-reports"]
 phases.coverage.checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]
 TOML
 # Crashes are cached for `st replay` in this run's directory only: a later run must not replay them.
