@@ -8,6 +8,7 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::link_input::parse_attr;
 use super::{ApiResult, authorize, json, parse_json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
@@ -40,25 +41,6 @@ struct Report {
     at: Value,
 }
 
-/// A message id or broadcast id: absent (`Ok(None)`), or 1-256 characters without control characters
-/// (integers accepted as their text); anything else is refused, never treated as absent.
-fn text(v: &Value, field: &str) -> Result<Option<String>, String> {
-    let text = match v {
-        Value::Null => return Ok(None),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => match super::link_input::whole_number(n) {
-            Some(text) => text,
-            None => return Err(format!("{field} must be a string or an integer")),
-        },
-        _ => return Err(format!("{field} must be a string")),
-    };
-    if crate::validate::is_reasonable_text(&text, 256) {
-        Ok(Some(text))
-    } else {
-        Err(format!("{field} must be 1-256 characters without control characters"))
-    }
-}
-
 /// `POST /api/v1/delivery-reports` → 202 `{"accepted": n, "not_found": m}`.
 pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
     let caller = authorize(app, req.headers(), Permission::LinksWrite).await?;
@@ -75,8 +57,11 @@ pub async fn record(app: &App, req: Request<Incoming>) -> ApiResult {
     let mut parsed = Vec::with_capacity(reports.len());
     for (i, r) in reports.iter().enumerate() {
         let bad = |code: &'static str, what: &str| ApiError::bad_request(code, format!("reports[{i}]: {what}"));
-        let message_id = text(&r.message_id, "message_id").map_err(|e| bad("INVALID_MESSAGE_ID", &e))?;
-        let broadcast_id = text(&r.broadcast_id, "broadcast_id").map_err(|e| bad("INVALID_BROADCAST_ID", &e))?;
+        // The same rule as on links: text or an integer, 1-256 characters without control characters.
+        let at_report = |e: ApiError| ApiError { message: format!("reports[{i}]: {}", e.message), ..e };
+        let message_id = parse_attr(&r.message_id, "message_id", "INVALID_MESSAGE_ID", 256).map_err(at_report)?;
+        let broadcast_id =
+            parse_attr(&r.broadcast_id, "broadcast_id", "INVALID_BROADCAST_ID", 256).map_err(at_report)?;
         // A recipient, when given, is checked whichever field names the link (stored as E.164, as links are).
         let recipient = match &r.recipient {
             Value::Null => None,
