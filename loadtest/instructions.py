@@ -6,6 +6,8 @@ same user agent) against:
   nginx      one worker, `map $uri` of every code + `return 302` (the baseline)
   bare       linkhit, one tokio worker thread, LINKHIT_CAPTURE=false
   capture    linkhit, one worker thread, capture on, embedded store (every hit classified and counted)
+  capture-redis  the same over a Redis store (a redis-server this script starts; Redis's own work is not
+             counted, only linkhit's: building and sending the commands, reading the replies)
 
 Instrumentation is switched on after the warm-up (every code requested once) and off after the measured
 requests (and, for `capture`, after the pipeline has counted them), so start-up and link creation are not
@@ -68,6 +70,7 @@ def total_instructions(out_prefix):
 def measure(kind, binary, codes, args, tmp):
     out = os.path.join(tmp, f"callgrind-{kind}-{time.time_ns()}")
     port = lh.free_port()
+    redis = None
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
     if kind == "nginx":
         conf = os.path.join(tmp, "nginx.conf")
@@ -91,6 +94,12 @@ http {{
                    LINKHIT_JOURNAL_DIR=os.path.join(tmp, f"journal-{time.time_ns()}"),
                    LINKHIT_CAPTURE="false" if kind == "bare" else "true")
         env.pop("LINKHIT_REDIS_URL", None)
+        if kind == "capture-redis":
+            rport = lh.free_port()
+            redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
+            lh.wait_port(rport)
+            env["LINKHIT_REDIS_URL"] = f"redis://127.0.0.1:{rport}/"
         proc = subprocess.Popen(vg + [binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lh.wait_port(port, timeout=120)
@@ -108,12 +117,12 @@ http {{
         rng = random.Random(1)
         paths = [f"/{rng.choice(codes)}" for _ in range(args.requests)]
         run_requests(port, [f"/{c}" for c in codes])  # warm-up: every code once
-        if kind == "capture":
+        if kind.startswith("capture"):
             time.sleep(1.0)  # the warm-up's hits counted before measuring
         callgrind(proc.pid, "--instr=on")
         callgrind(proc.pid, "--zero")
         run_requests(port, paths)
-        if kind == "capture":
+        if kind.startswith("capture"):
             time.sleep(1.0)  # the pipeline counts the measured hits (every 10 ms tick, then a batch)
         callgrind(proc.pid, "--dump")
         callgrind(proc.pid, "--instr=off")
@@ -123,6 +132,9 @@ http {{
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
     return total_instructions(out) / args.requests
 
 

@@ -58,6 +58,19 @@ def wrk(port, codes_file, seconds, connections):
     return json.loads(line[5:])
 
 
+# The servers a run can compare; `REDIS_URL` is replaced by the run's own Redis.
+VARIANTS = {
+    "bare": {"LINKHIT_CAPTURE": "false"},
+    "embedded": {},
+    "redis": {"LINKHIT_REDIS_URL": "REDIS_URL"},
+    # The redirect alone over the Redis store (cache refreshes, no capture).
+    "redis-bare": {"LINKHIT_CAPTURE": "false", "LINKHIT_REDIS_URL": "REDIS_URL"},
+    # The click pipeline on the redirect worker instead of its own thread (LINKHIT_CLICK_THREAD=false).
+    "embedded-shared": {"LINKHIT_CLICK_THREAD": "false"},
+    "redis-shared": {"LINKHIT_CLICK_THREAD": "false", "LINKHIT_REDIS_URL": "REDIS_URL"},
+}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "linkhit"))
@@ -65,6 +78,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--servers", default="bare,embedded,redis",
+                   help="comma-separated, from: " + ", ".join(VARIANTS) + " (the first is the baseline)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
@@ -74,11 +89,10 @@ def main():
                                   "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
         procs.append(redis)
         lh.wait_port(rport)
-        servers = {
-            "bare": {"LINKHIT_CAPTURE": "false"},
-            "embedded": {},
-            "redis": {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"},
-        }
+        redis_url = f"redis://127.0.0.1:{rport}/"
+        servers = {name: {k: v.replace("REDIS_URL", redis_url) for k, v in VARIANTS[name].items()}
+                   for name in args.servers.split(",")}
+        base = next(iter(servers))
         ports = {}
         for name, extra in servers.items():
             proc, port = start_linkhit(args.binary, extra, tmp, name)
@@ -99,20 +113,20 @@ def main():
                 cpu = cpu_seconds(proc.pid) - before
                 out["cpu_us_per_request"] = cpu * 1e6 / max(out["requests"], 1)
                 results[name].append(out)
-                print(f"round {r + 1} {name:9} {out['requests'] / args.seconds:>10,.0f} req/s  "
+                print(f"round {r + 1} {name:15} {out['requests'] / args.seconds:>10,.0f} req/s  "
                       f"p50 {out['p50_us']:>6} µs  p99 {out['p99_us']:>6} µs  "
                       f"{out['cpu_us_per_request']:.2f} µs CPU/req", flush=True)
         time.sleep(1)
         print("\nmedians:")
-        bare_p99 = statistics.median(r["p99_us"] for r in results["bare"])
-        bare_cpu = statistics.median(r["cpu_us_per_request"] for r in results["bare"])
+        bare_p99 = statistics.median(r["p99_us"] for r in results[base])
+        bare_cpu = statistics.median(r["cpu_us_per_request"] for r in results[base])
         summary = {}
         for name, rounds in results.items():
             rps = statistics.median(r["requests"] / args.seconds for r in rounds)
             p99 = statistics.median(r["p99_us"] for r in rounds)
             cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
             summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2)}
-            print(f"  {name:9} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
+            print(f"  {name:15} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
                   f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)")
         print("JSON " + json.dumps(summary))
     finally:

@@ -156,6 +156,7 @@ impl App {
                 },
                 sweep_capacity: 200_000,
                 hold: config.click_hold,
+                own_thread: config.click_thread,
             };
             let (capture, pipeline) =
                 Pipeline::start(Arc::clone(&store), Arc::new(rules), sink, Some(Arc::new(journal)), pipeline_settings);

@@ -193,6 +193,11 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_CLICK_BATCH", default_value_t = 1_000)]
     pub click_batch: usize,
 
+    /// Run classification and counting on their own OS thread (with its own small runtime) instead of
+    /// the redirect workers: a batch being counted never holds a redirect. `false` shares the workers.
+    #[arg(long, env = "LINKHIT_CLICK_THREAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub click_thread: bool,
+
     /// Seconds between flushes of a partial batch (keeps stats within a second of the click).
     #[arg(long, env = "LINKHIT_CLICK_FLUSH_INTERVAL", default_value = "0.2", value_parser = parse_seconds)]
     pub click_flush_interval: Duration,

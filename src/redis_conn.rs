@@ -92,6 +92,9 @@ pub struct Pool {
     single: Option<ConnectionManager>,
     cluster_client: Option<redis::cluster::ClusterClient>,
     cluster: OnceCell<ClusterConnection>,
+    /// The runtime `open` ran on: the cluster connection's driver tasks are spawned there whichever
+    /// runtime asks first (the click pipeline runs its own), so they live as long as the server.
+    home: tokio::runtime::Handle,
 }
 
 impl Pool {
@@ -122,7 +125,7 @@ impl Pool {
                 (None, Some(client))
             }
         };
-        Ok(Self { target, single, cluster_client, cluster: OnceCell::new() })
+        Ok(Self { target, single, cluster_client, cluster: OnceCell::new(), home: tokio::runtime::Handle::current() })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -135,7 +138,16 @@ impl Pool {
             return Ok(Conn::Single(single.clone()));
         }
         let client = self.cluster_client.as_ref().expect("a cluster pool has a cluster client");
-        let conn = self.cluster.get_or_try_init(|| client.get_async_connection()).await?;
+        let conn = self
+            .cluster
+            .get_or_try_init(|| async {
+                let client = client.clone();
+                match self.home.spawn(async move { client.get_async_connection().await }).await {
+                    Ok(connected) => connected,
+                    Err(err) => Err(redis::RedisError::from(std::io::Error::other(err.to_string()))),
+                }
+            })
+            .await?;
         Ok(Conn::Cluster(conn.clone()))
     }
 

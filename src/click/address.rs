@@ -48,6 +48,28 @@ pub fn anonymize(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An address as text, the same as its `Display`: IPv4 (nearly every hit) without the formatting
+/// machinery (~1,300 instructions a hit under callgrind, ~100 this way).
+pub fn text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +109,20 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(anonymize(raw.parse().unwrap()).to_string(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn text_is_display() {
+        for raw in
+            ["0.0.0.0", "1.2.3.4", "9.10.99.100", "255.255.255.255", "10.0.200.7", "2001:db8::1", "::ffff:1.2.3.4"]
+        {
+            let ip: IpAddr = raw.parse().unwrap();
+            assert_eq!(text(ip), ip.to_string(), "{raw}");
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n, n, n]);
+            assert_eq!(text(ip), ip.to_string());
         }
     }
 }

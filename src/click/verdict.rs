@@ -15,7 +15,7 @@
 //!    a bot (reason `sweep`, signal `sweep:N_recipients`);
 //! 6. otherwise the user agent's verdict stands.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use super::classify::Verdict;
@@ -62,46 +62,86 @@ pub struct Judged {
 /// How far a hit may seem to precede its send before that is held against it (clock skew, rounding).
 const CLOCK_SLACK_MS: i64 = 2_000;
 
+/// Timing reasons for hits up to this many seconds after the send or delivery are made once and shared
+/// (the rule's limits are seconds to tens of seconds); later ones are formatted.
+const SHARED_SECONDS: i64 = 120;
+
+/// A timing reason (`timing:3s_after_send`), shared when it is a common one: judging runs for every hit.
+fn timing_reason(seconds: i64, after: &'static str) -> Arc<str> {
+    static AFTER_SEND: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| made("send"));
+    static AFTER_DELIVERY: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| made("delivery"));
+    fn made(after: &str) -> Vec<Arc<str>> {
+        (0..SHARED_SECONDS).map(|s| Arc::from(format!("timing:{s}s_after_{after}"))).collect()
+    }
+    let shared = if after == "send" { &AFTER_SEND } else { &AFTER_DELIVERY };
+    match usize::try_from(seconds).ok().and_then(|s| shared.get(s)) {
+        Some(reason) => Arc::clone(reason),
+        None => Arc::from(format!("timing:{seconds}s_after_{after}")),
+    }
+}
+
+/// A reason that is always the same text, made once.
+macro_rules! shared_reason {
+    ($text:literal) => {{
+        static REASON: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from($text));
+        Arc::clone(&REASON)
+    }};
+}
+
 /// Judges a hit. Pure.
 pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
-    let mut signals: Vec<String> = Vec::new();
-    if let Some(network) = evidence.network {
-        signals.push(network.signal());
+    let mut signals = String::new();
+    let mut signal = |text: &str| {
+        if !signals.is_empty() {
+            signals.push(',');
+        }
+        signals.push_str(text);
+    };
+    let network = evidence.network.map(Network::signal);
+    if let Some(network) = &network {
+        signal(network);
     }
     let fast = |since: Option<i64>, limit: Duration| since.filter(|&ms| ms < limit.as_millis() as i64);
     let after_delivery = fast(evidence.since_delivery_ms, timing.fast_after_delivery)
-        .map(|ms| format!("timing:{}s_after_delivery", ms.max(0) / 1000));
+        .map(|ms| timing_reason(ms.max(0) / 1000, "delivery"));
     let after_send = evidence.since_send_ms.and_then(|ms| {
         // A couple of seconds' slack: the platform's clock and ours differ, and cached times are rounded
         // to the second.
         if ms < -CLOCK_SLACK_MS {
-            Some("timing:before_send".to_owned())
+            Some(shared_reason!("timing:before_send"))
         } else {
-            fast(Some(ms.max(0)), timing.fast_after_send).map(|ms| format!("timing:{}s_after_send", ms / 1000))
+            fast(Some(ms.max(0)), timing.fast_after_send).map(|ms| timing_reason(ms / 1000, "send"))
         }
     });
-    signals.extend(after_delivery.iter().chain(after_send.iter()).cloned());
-    let sweep = evidence.sweep.map(|n| format!("sweep:{n}_recipients"));
-    signals.extend(sweep.iter().cloned());
-    // The reason names the rule; the signal says how many recipients it saw.
-    let sweep = sweep.map(|_| "sweep".to_owned());
-    let joined = signals.join(",");
-    let verdict = |class: Class, reason: &str| Judged { class, reason: Arc::from(reason), signals: joined.clone() };
-    if ua.class == Class::Bot {
-        return Judged { class: Class::Bot, reason: Arc::clone(&ua.reason), signals: joined };
+    for timing in after_delivery.iter().chain(after_send.iter()) {
+        signal(timing);
     }
-    match evidence.network {
-        Some(Network::OperatorHuman) => return verdict(Class::Human, "network:operator_human"),
-        Some(n @ (Network::OperatorBot(_) | Network::Hosting(_))) => return verdict(Class::Bot, &n.signal()),
-        Some(Network::Relay(_)) | None => {}
+    if let Some(n) = evidence.sweep {
+        // The reason names the rule; the signal says how many recipients it saw.
+        let mut text = String::with_capacity(24);
+        text.push_str("sweep:");
+        text.push_str(itoa::Buffer::new().format(n));
+        text.push_str("_recipients");
+        signal(&text);
+    }
+    let verdict = |class: Class, reason: Arc<str>| Judged { class, reason, signals };
+    if ua.class == Class::Bot {
+        return verdict(Class::Bot, Arc::clone(&ua.reason));
+    }
+    match (evidence.network, network) {
+        (Some(Network::OperatorHuman), _) => return verdict(Class::Human, shared_reason!("network:operator_human")),
+        (Some(Network::OperatorBot(_) | Network::Hosting(_)), Some(text)) => {
+            return verdict(Class::Bot, Arc::from(text));
+        }
+        _ => {}
     }
     if let Some(reason) = after_delivery.or(after_send) {
-        return verdict(Class::Bot, &reason);
+        return verdict(Class::Bot, reason);
     }
-    if let Some(reason) = sweep {
-        return verdict(Class::Bot, &reason);
+    if evidence.sweep.is_some() {
+        return verdict(Class::Bot, shared_reason!("sweep"));
     }
-    Judged { class: Class::Human, reason: Arc::clone(&ua.reason), signals: joined }
+    verdict(Class::Human, Arc::clone(&ua.reason))
 }
 
 #[cfg(test)]

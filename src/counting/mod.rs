@@ -83,7 +83,8 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
 }
 
 /// A map with a fast hash, for the per-batch bookkeeping (keys are codes: no flooding risk).
-type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A map with a fast, randomly seeded hash, for per-batch bookkeeping.
+pub type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Per-click tallies for a batch, given what the store answered per link and per broadcast.
 ///
@@ -92,10 +93,10 @@ type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
 ///   recipient to the broadcast's unique set;
 /// - `opted_out[i]`: whether click `i` recorded a new opt-out.
-pub fn tallies(
+pub fn tallies<S: std::hash::BuildHasher>(
     clicks: &[ClickRecord],
-    human_after: &HashMap<&str, u64>,
-    all_after: &HashMap<&str, u64>,
+    human_after: &HashMap<&str, u64, S>,
+    all_after: &HashMap<&str, u64, S>,
     first_in_broadcast: &[bool],
     opted_out: &[bool],
 ) -> Vec<ClickTally> {

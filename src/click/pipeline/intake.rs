@@ -57,18 +57,17 @@ impl Intake {
             sweep: None,
         };
         let mut judged = judge(&ua, &evidence, &settings.timing);
-        let ip = client
-            .map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) })
-            .map(|ip| ip.to_string());
+        let ip =
+            client.map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) }).map(address::text);
         let mut record = ClickRecord {
-            code: link.code.to_string(),
-            workspace_id: link.workspace_id.to_string(),
+            code: String::from(&*link.code),
+            workspace_id: String::from(&*link.workspace_id),
             broadcast_id: link.broadcast_id.as_deref().map(str::to_owned),
             recipient: link.recipient.as_deref().map(str::to_owned),
             kind: link.kind,
             at: hit.at,
             class: judged.class,
-            reason: judged.reason.to_string(),
+            reason: String::from(&*judged.reason),
             method: if hit.head { "HEAD" } else { "GET" }.to_owned(),
             user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
             ip,
@@ -94,7 +93,7 @@ impl Intake {
                 evidence.sweep = Some(n);
                 judged = judge(&ua, &evidence, &settings.timing);
                 record.class = judged.class;
-                record.reason = judged.reason.to_string();
+                record.reason = String::from(&*judged.reason);
                 record.signals = (!judged.signals.is_empty()).then(|| judged.signals.clone());
                 for flip in observed.flips {
                     self.flip(flip, &record.reason, batch, at_ms);
@@ -241,7 +240,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Hits per (class, reason) since the last publish: one metrics update per reason per drain instead
 /// of a registry lookup per hit.
 #[derive(Default)]
-struct HitTally(std::collections::HashMap<(Class, Arc<str>), u64>);
+struct HitTally(crate::counting::Fast<(Class, Arc<str>), u64>);
 
 impl HitTally {
     fn add(&mut self, class: Class, reason: &Arc<str>) {

@@ -60,6 +60,8 @@ pub struct Settings {
     pub sweep_capacity: usize,
     /// The click hold window (`LINKHIT_CLICK_HOLD`): how long a verdict may still flip.
     pub hold: Duration,
+    /// Run intake and committer on their own OS thread (`LINKHIT_CLICK_THREAD`).
+    pub own_thread: bool,
 }
 
 /// Whether the store takes commits; shared by intake (which journals while it does not) and the
@@ -130,8 +132,58 @@ impl BatchIds {
 pub struct Pipeline {
     stop: CancellationToken,
     deadline: Arc<OnceLock<Instant>>,
-    intake: JoinHandle<()>,
-    committer: JoinHandle<()>,
+    running: Running,
+}
+
+/// Where the two tasks run.
+enum Running {
+    /// On the caller's runtime, next to the redirects.
+    Shared { intake: JoinHandle<()>, committer: JoinHandle<()> },
+    /// On the `linkhit-clicks` thread; `done` fires when both tasks ended.
+    Thread { done: tokio::sync::oneshot::Receiver<()> },
+}
+
+/// Name of the pipeline's own thread (visible in `top -H`, `perf`).
+const THREAD_NAME: &str = "linkhit-clicks";
+
+/// Runs both tasks on a new OS thread with a current-thread runtime; the futures come back if the
+/// thread cannot be started.
+fn start_thread<I, C>(intake: I, committer: C) -> Result<Running, (I, C)>
+where
+    I: std::future::Future<Output = ()> + Send + 'static,
+    C: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name(THREAD_NAME).build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot build the click pipeline's runtime; it shares the redirect workers");
+            return Err((intake, committer));
+        }
+    };
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    // Shared with the thread so that the futures come back if it cannot be started.
+    let work = Arc::new(std::sync::Mutex::new(Some((intake, committer))));
+    let theirs = Arc::clone(&work);
+    let spawned = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
+        let Some((intake, committer)) = theirs.lock().ok().and_then(|mut w| w.take()) else { return };
+        runtime.block_on(async move {
+            let intake = tokio::spawn(intake);
+            let committer = tokio::spawn(committer);
+            let _ = intake.await;
+            let _ = committer.await;
+        });
+        // Abandoned commits on a hung store are not waited for: what they carried is journaled.
+        runtime.shutdown_timeout(Duration::from_millis(200));
+        let _ = done_tx.send(());
+    });
+    match spawned {
+        Ok(_) => Ok(Running::Thread { done }),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot start the click pipeline's thread; it shares the redirect workers");
+            let taken = work.lock().ok().and_then(|mut w| w.take());
+            Err(taken.expect("the thread never ran, so the work is still here"))
+        }
+    }
 }
 
 impl Pipeline {
@@ -150,7 +202,8 @@ impl Pipeline {
         let settings = Arc::new(settings);
         let health = Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0)));
         metrics::gauge!("linkhit_store_healthy").set(1.0);
-        let intake = tokio::spawn(intake::run(intake::Intake {
+        let own_thread = settings.own_thread;
+        let intake = intake::run(intake::Intake {
             rx,
             commit_tx,
             classifier: Classifier::new(rules, settings.classifier_memo),
@@ -161,21 +214,26 @@ impl Pipeline {
             stop: stop.clone(),
             sweeps: Sweeps::new(settings.sweep, settings.sweep_capacity),
             corrections: Vec::new(),
-        }));
-        let committer = tokio::spawn(
-            committer::Committer {
-                store,
-                sink,
-                journal,
-                settings,
-                health,
-                stop: stop.clone(),
-                deadline: Arc::clone(&deadline),
-                in_doubt: Vec::new(),
-            }
-            .run(commit_rx),
-        );
-        (Capture::new(Some(tx)), Self { stop, deadline, intake, committer })
+        });
+        let committer = committer::Committer {
+            store,
+            sink,
+            journal,
+            settings,
+            health,
+            stop: stop.clone(),
+            deadline: Arc::clone(&deadline),
+            in_doubt: Vec::new(),
+        }
+        .run(commit_rx);
+        let shared =
+            |(intake, committer)| Running::Shared { intake: tokio::spawn(intake), committer: tokio::spawn(committer) };
+        let running = if own_thread {
+            start_thread(intake, committer).unwrap_or_else(shared)
+        } else {
+            shared((intake, committer))
+        };
+        (Capture::new(Some(tx)), Self { stop, deadline, running })
     }
 
     /// Flushes everything captured — counted if the store takes it before `deadline`, journaled
@@ -183,8 +241,15 @@ impl Pipeline {
     pub async fn shutdown(self, deadline: Instant) {
         let _ = self.deadline.set(deadline);
         self.stop.cancel();
-        let _ = self.intake.await;
-        let _ = self.committer.await;
+        match self.running {
+            Running::Shared { intake, committer } => {
+                let _ = intake.await;
+                let _ = committer.await;
+            }
+            Running::Thread { done } => {
+                let _ = done.await;
+            }
+        }
     }
 }
 

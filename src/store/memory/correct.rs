@@ -25,7 +25,7 @@ pub(super) fn correct(state: &mut ClickState, click: &ClickRecord) {
     if let Some(broadcast) = &click.broadcast_id
         && click.kind == LinkKind::Redirect
     {
-        let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
+        let b = super::broadcast_agg(&mut state.broadcasts, &click.workspace_id, broadcast);
         b.human_hits = b.human_hits.saturating_sub(1);
         b.bot_hits += 1;
         *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;

@@ -49,12 +49,39 @@ pub struct MemoryStore {
 /// Batches counted and not released yet, remembered for idempotency.
 const MAX_UNRELEASED_BATCHES: usize = 4096;
 
+/// The maps every counted hit touches: a fast hash with a random per-map seed (SipHash cost ~1k
+/// instructions per hit across them; measured in docs/PERFORMANCE.md).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A (workspace, broadcast) key borrowed from a click: finds its broadcast without copying the ids.
+#[derive(Hash)]
+struct Pair<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for Pair<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// The broadcast's aggregate, created on first use; copies the ids only then.
+fn broadcast_agg<'a>(
+    broadcasts: &'a mut hashbrown::HashMap<(String, String), BroadcastAgg, foldhash::fast::RandomState>,
+    workspace_id: &str,
+    broadcast_id: &str,
+) -> &'a mut BroadcastAgg {
+    let key = Pair(workspace_id, broadcast_id);
+    if !broadcasts.contains_key(&key) {
+        broadcasts.insert((workspace_id.to_owned(), broadcast_id.to_owned()), BroadcastAgg::default());
+    }
+    broadcasts.get_mut(&key).expect("inserted above")
+}
+
 #[derive(Default)]
 struct ClickState {
     /// Tallies of counted, unreleased batches by id.
-    applied: HashMap<String, Vec<ClickTally>>,
-    links: HashMap<String, LinkAgg>,
-    broadcasts: HashMap<(String, String), BroadcastAgg>,
+    applied: Map<String, Vec<ClickTally>>,
+    links: Map<String, LinkAgg>,
+    broadcasts: hashbrown::HashMap<(String, String), BroadcastAgg, foldhash::fast::RandomState>,
     /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
     opt_outs: HashMap<String, (Vec<OptOut>, HashSet<String>)>,
     /// Conversions counted, by what makes them count once: whether their event was queued, and until
@@ -84,7 +111,7 @@ struct BroadcastAgg {
     bot_hits: u64,
     /// Human hits per recipient (a correction may take one back; may go below zero when a correction
     /// is counted before the hit it corrects).
-    recipients: HashMap<String, i64>,
+    recipients: Map<String, i64>,
     /// Recipients with at least one human hit (exact unique clicks).
     unique: u64,
     bot_reasons: std::collections::BTreeMap<String, u64>,
@@ -220,7 +247,11 @@ impl Store for MemoryStore {
         let mut opted_out = vec![false; clicks.len()];
         for (i, click) in clicks.iter().enumerate() {
             let human = click.is_human();
-            let agg = state.links.entry(click.code.clone()).or_default();
+            // Look up before inserting: the common case (a known link) then copies no key.
+            if !state.links.contains_key(&click.code) {
+                state.links.insert(click.code.clone(), LinkAgg::default());
+            }
+            let agg = state.links.get_mut(&click.code).expect("inserted above");
             agg.stats.hits += 1;
             if human {
                 agg.stats.human_hits += 1;
@@ -242,7 +273,7 @@ impl Store for MemoryStore {
             if let Some(broadcast) = &click.broadcast_id
                 && click.kind == LinkKind::Redirect
             {
-                let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
+                let b = broadcast_agg(&mut state.broadcasts, &click.workspace_id, broadcast);
                 b.hits += 1;
                 let minute = b.timeline.entry(click.at.timestamp().div_euclid(60) * 60).or_default();
                 if human {
@@ -262,14 +293,19 @@ impl Store for MemoryStore {
                     }
                 } else {
                     b.bot_hits += 1;
-                    *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;
+                    match b.bot_reasons.get_mut(&click.reason) {
+                        Some(n) => *n += 1,
+                        None => {
+                            b.bot_reasons.insert(click.reason.clone(), 1);
+                        }
+                    }
                 }
             }
             if counting::records_opt_out(click)
                 && let Some(recipient) = &click.recipient
             {
                 if let Some(broadcast) = &click.broadcast_id {
-                    let b = state.broadcasts.entry((click.workspace_id.clone(), broadcast.clone())).or_default();
+                    let b = broadcast_agg(&mut state.broadcasts, &click.workspace_id, broadcast);
                     b.opt_outs.insert(recipient.clone());
                 }
                 let (list, seen) = state.opt_outs.entry(click.workspace_id.clone()).or_default();
@@ -282,11 +318,11 @@ impl Store for MemoryStore {
         for correction in &batch.corrections {
             correct(&mut state, &correction.click);
         }
-        let human_after: HashMap<&str, u64> = clicks
+        let human_after: counting::Fast<&str, u64> = clicks
             .iter()
             .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
             .collect();
-        let all_after: HashMap<&str, u64> =
+        let all_after: counting::Fast<&str, u64> =
             clicks.iter().map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.hits))).collect();
         let tallies = counting::tallies(clicks, &human_after, &all_after, &first_in_broadcast, &opted_out);
         if state.applied.len() >= MAX_UNRELEASED_BATCHES {
@@ -428,7 +464,7 @@ impl Store for MemoryStore {
     async fn record_opt_out(&self, opt_out: &OptOut, workspace_id: &str) -> Result<bool, StoreError> {
         let mut state = self.click_state();
         if let Some(broadcast) = &opt_out.broadcast_id {
-            let b = state.broadcasts.entry((workspace_id.to_owned(), broadcast.clone())).or_default();
+            let b = broadcast_agg(&mut state.broadcasts, workspace_id, broadcast);
             b.opt_outs.insert(opt_out.recipient.clone());
         }
         let (list, seen) = state.opt_outs.entry(workspace_id.to_owned()).or_default();
@@ -500,7 +536,7 @@ impl Store for MemoryStore {
         stats.conversions += 1;
         *stats.conversion_value.entry(conversion.currency.clone()).or_default() += value;
         if let Some(broadcast) = &conversion.broadcast_id {
-            let b = state.broadcasts.entry((conversion.workspace_id.clone(), broadcast.clone())).or_default();
+            let b = broadcast_agg(&mut state.broadcasts, &conversion.workspace_id, broadcast);
             b.conversions += 1;
             *b.conversion_value.entry(conversion.currency.clone()).or_default() += value;
             b.timeline.entry(conversion.at.timestamp().div_euclid(60) * 60).or_default().2 += 1;
