@@ -3,6 +3,7 @@
 
     python3 loadtest/tail.py                      # 100,000 links, 3 rounds x 5 s, -c64
     python3 loadtest/tail.py --rounds 5 --seconds 5 --links 100000
+    python3 loadtest/tail.py --open-loop 0.5      # then the same servers open-loop at half bare's req/s
 
 linkhit is pinned to CPU 1 (one tokio worker thread), wrk and Redis to CPU 0; 100 % bot traffic (a preview
 user agent: every hit is classified and counted, no webhooks). Three servers over the same codes:
@@ -10,8 +11,11 @@ user agent: every hit is classified and counted, no webhooks). Three servers ove
   embedded  capture on, embedded store
   redis     capture on, Redis store
 Rounds alternate bare/embedded/redis so the machine's drift hits all three alike; medians are printed
-with the per-round figures, plus linkhit CPU per request. Needs target/release/linkhit (cargo build
---release), wrk, redis-server, taskset.
+with the per-round figures, plus linkhit CPU per request. With --open-loop F, each server is then driven
+open-loop (oha -q, --latency-correction: latency counted from when a request was due, so a stall is
+not hidden by the generator waiting for it) at F x the baseline's median closed-loop req/s, same
+rounds, and its p50/p99/p99.9 printed. Needs target/release/linkhit (cargo build --release), wrk,
+redis-server, taskset, and oha (cargo install oha) for --open-loop.
 """
 import argparse
 import json
@@ -58,6 +62,28 @@ def wrk(port, codes_file, seconds, connections):
     return json.loads(line[5:])
 
 
+def oha(port, codes_file, seconds, connections, rate, urls_file):
+    """Open-loop: `rate` requests/s whatever the latency, latencies corrected for coordinated omission."""
+    if not os.path.exists(urls_file):
+        with open(codes_file) as f, open(urls_file, "w") as out:
+            for line in f:
+                if line.strip():
+                    out.write(f"http://127.0.0.1:{port}/{line.strip()}\n")
+    out = subprocess.run(["taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
+                          "-z", f"{seconds}s", "-c", str(connections), "-q", str(rate), "--latency-correction",
+                          "-H", f"User-Agent: {BOT_UA}", "--urls-from-file", urls_file],
+                         capture_output=True, text=True, check=True).stdout
+    j = json.loads(out)
+    pct = j["latencyPercentiles"]
+    codes = j.get("statusCodeDistribution", {})
+    return {"requests": sum(codes.values()), "status": codes, "rps": j["summary"]["requestsPerSec"],
+            "p50_us": round(pct["p50"] * 1e6), "p99_us": round(pct["p99"] * 1e6),
+            "p999_us": round(pct["p99.9"] * 1e6)}
+
+
+BOT_UA = "facebookexternalhit/1.1 Facebot Twitterbot/1.0"  # wrk.lua's preview user agent
+
+
 # The servers a run can compare; `REDIS_URL` is replaced by the run's own Redis.
 VARIANTS = {
     "bare": {"LINKHIT_CAPTURE": "false"},
@@ -68,6 +94,9 @@ VARIANTS = {
     # The click pipeline on the redirect worker instead of its own thread (LINKHIT_CLICK_THREAD=false).
     "embedded-shared": {"LINKHIT_CLICK_THREAD": "false"},
     "redis-shared": {"LINKHIT_CLICK_THREAD": "false", "LINKHIT_REDIS_URL": "REDIS_URL"},
+    # The commit size before session 5 (a commit is the click thread's longest stretch without a yield).
+    "embedded-b1000": {"LINKHIT_CLICK_BATCH": "1000"},
+    "redis-b1000": {"LINKHIT_CLICK_BATCH": "1000", "LINKHIT_REDIS_URL": "REDIS_URL"},
 }
 
 
@@ -80,6 +109,9 @@ def main():
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--servers", default="bare,embedded,redis",
                    help="comma-separated, from: " + ", ".join(VARIANTS) + " (the first is the baseline)")
+    p.add_argument("--open-loop", type=float, default=0.0, metavar="F",
+                   help="also run open-loop (oha) at F x the baseline's closed-loop req/s (e.g. 0.5)")
+    p.add_argument("--rate", type=int, default=0, help="open-loop at this req/s instead (implies --open-loop)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
@@ -128,6 +160,30 @@ def main():
             summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2)}
             print(f"  {name:15} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
                   f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)")
+        if args.open_loop > 0 or args.rate > 0:
+            rate = args.rate or round(args.open_loop * summary[base]["req_per_s"])
+            print(f"\nopen loop at {rate:,} req/s" + ("" if args.rate else f" ({args.open_loop} x {base}'s closed-loop median)"))
+            open_results = {name: [] for name in servers}
+            for r in range(args.rounds):
+                for name in servers:
+                    proc, port = ports[name]
+                    before = cpu_seconds(proc.pid)
+                    out = oha(port, os.path.join(tmp, f"codes-{name}.txt"), args.seconds, args.connections, rate,
+                              os.path.join(tmp, f"urls-{name}.txt"))
+                    out["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(out["requests"], 1)
+                    open_results[name].append(out)
+                    print(f"round {r + 1} {name:15} {out['rps']:>10,.0f} req/s  p50 {out['p50_us']:>6} µs  "
+                          f"p99 {out['p99_us']:>6} µs  p99.9 {out['p999_us']:>6} µs  {out['status']}", flush=True)
+            open_base = statistics.median(r["p99_us"] for r in open_results[base])
+            print("medians:")
+            for name, rounds in open_results.items():
+                p99 = statistics.median(r["p99_us"] for r in rounds)
+                p999 = statistics.median(r["p999_us"] for r in rounds)
+                cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
+                summary[name]["open_loop"] = {"rate": rate, "p50_us": statistics.median(r["p50_us"] for r in rounds),
+                                              "p99_us": p99, "p999_us": p999, "cpu_us_per_request": round(cpu, 2)}
+                print(f"  {name:15} p99 {p99:>6} µs (x{p99 / open_base:.2f} {base})  p99.9 {p999:>6} µs  "
+                      f"{cpu:.2f} µs CPU/req")
         print("JSON " + json.dumps(summary))
     finally:
         for proc in procs:

@@ -190,7 +190,7 @@ pub struct Config {
     pub capture_buffer: usize,
 
     /// Hits counted per store round trip.
-    #[arg(long, env = "LINKHIT_CLICK_BATCH", default_value_t = 1_000)]
+    #[arg(long, env = "LINKHIT_CLICK_BATCH", default_value_t = 250)]
     pub click_batch: usize,
 
     /// Run classification and counting on their own OS thread (with its own small runtime) instead of

@@ -56,10 +56,11 @@ impl ClickRecord {
     }
 
     /// The JSON a store keeps in the link's recent-clicks list: only what the link does not already
-    /// say (about half the bytes of the whole record).
+    /// say (about half the bytes of the whole record), the time as epoch milliseconds (`"at":1764410400123`,
+    /// 13 bytes instead of 26 and no calendar arithmetic per hit).
     pub fn recent_json(&self) -> Vec<u8> {
         let recent = RecentClickRef {
-            at: self.at,
+            at: self.at.timestamp_millis(),
             class: self.class,
             reason: &self.reason,
             method: &self.method,
@@ -89,6 +90,7 @@ impl ClickRecord {
 /// compact form [`ClickRecord::recent_json`] writes and a whole [`ClickRecord`] (earlier versions).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RecentClick {
+    #[serde(deserialize_with = "millis_or_text")]
     pub at: DateTime<Utc>,
     pub class: Class,
     pub reason: String,
@@ -103,9 +105,26 @@ pub struct RecentClick {
     pub click_id: Option<String>,
 }
 
+/// `at` as the compact form writes it (epoch milliseconds) or as RFC 3339 text (whole records of
+/// earlier versions, and compact ones before the milliseconds form).
+fn millis_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum At {
+        Millis(i64),
+        Text(DateTime<Utc>),
+    }
+    match At::deserialize(d)? {
+        At::Text(at) => Ok(at),
+        At::Millis(ms) => {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| serde::de::Error::custom("time out of range"))
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RecentClickRef<'a> {
-    at: DateTime<Utc>,
+    at: i64,
     class: Class,
     reason: &'a str,
     method: &'a str,
@@ -182,12 +201,22 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&c.recent_json()).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"at": "2026-11-29T10:00:00.123Z", "class": "bot", "reason": "preview:whatsapp",
+            serde_json::json!({"at": 1795946400123_i64, "class": "bot", "reason": "preview:whatsapp",
                                "method": "GET", "user_agent": "WhatsApp/2.23", "ip": "203.0.113.0"}),
             "the link's own fields are not repeated in its list"
         );
         let back: RecentClick = serde_json::from_slice(&c.recent_json()).unwrap();
         assert_eq!(back, c.to_recent());
+    }
+
+    #[test]
+    fn compact_records_with_text_times_still_read() {
+        let c = click();
+        let earlier = br#"{"at":"2026-11-29T10:00:00.123Z","class":"bot","reason":"preview:whatsapp","method":"GET","user_agent":"WhatsApp/2.23","ip":"203.0.113.0"}"#;
+        let back: RecentClick = serde_json::from_slice(earlier).unwrap();
+        assert_eq!(back, c.to_recent());
+        let out_of_range = br#"{"at":9223372036854775807,"class":"bot","reason":"r","method":"GET"}"#;
+        assert!(serde_json::from_slice::<RecentClick>(out_of_range).is_err());
     }
 
     #[test]

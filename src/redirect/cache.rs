@@ -408,10 +408,19 @@ impl LinkCache {
 }
 
 #[cfg(test)]
+impl CachedLink {
+    /// A cached link (code `abc`, workspace `ws`) for other modules' unit tests.
+    pub fn for_tests() -> Arc<CachedLink> {
+        let cache = LinkCache::new(16, Duration::from_secs(60), 16, Duration::from_secs(1));
+        cache.insert_link(&tests::link("abc"), 0)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn link(code: &str) -> Link {
+    pub(super) fn link(code: &str) -> Link {
         Link {
             code: code.into(),
             workspace_id: "ws".into(),

@@ -32,17 +32,20 @@ pub struct Hit {
 }
 
 impl Hit {
+    /// One pass over the headers (a handful on a phone's request): cheaper than a lookup per name,
+    /// each of which hashes the name.
     pub fn from_request(link: Arc<CachedLink>, head: bool, headers: &HeaderMap, peer: Option<IpAddr>) -> Self {
-        Self {
-            link,
-            at: Utc::now(),
-            head,
-            prefetch: is_prefetch(headers),
-            user_agent: headers.get(hyper::header::USER_AGENT).cloned(),
-            peer,
-            forwarded_for: headers.get("x-forwarded-for").cloned(),
-            click_id: None,
+        let (mut user_agent, mut forwarded_for, mut prefetch) = (None, None, false);
+        for (name, value) in headers {
+            if name == hyper::header::USER_AGENT {
+                user_agent.get_or_insert_with(|| value.clone());
+            } else if name.as_str() == "x-forwarded-for" {
+                forwarded_for.get_or_insert_with(|| value.clone());
+            } else if !prefetch && PREFETCH_HEADERS.contains(&name.as_str()) {
+                prefetch = says_prefetch(value);
+            }
         }
+        Self { link, at: Utc::now(), head, prefetch, user_agent, peer, forwarded_for, click_id: None }
     }
 }
 
@@ -76,12 +79,14 @@ impl Capture {
 /// `Purpose: prefetch`, `Sec-Purpose: prefetch…`, `X-Purpose: preview`, `X-Moz: prefetch`: the browser
 /// is fetching speculatively, no human has tapped yet.
 pub fn is_prefetch(headers: &HeaderMap) -> bool {
-    ["sec-purpose", "purpose", "x-purpose", "x-moz"].iter().any(|name| {
-        headers.get(*name).is_some_and(|v| {
-            let v = v.as_bytes();
-            contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
-        })
-    })
+    PREFETCH_HEADERS.iter().any(|name| headers.get_all(*name).iter().any(says_prefetch))
+}
+
+const PREFETCH_HEADERS: [&str; 4] = ["sec-purpose", "purpose", "x-purpose", "x-moz"];
+
+fn says_prefetch(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
@@ -101,13 +106,34 @@ mod tests {
             (&[("x-purpose", "preview")][..], true),
             (&[("accept", "text/html")][..], false),
             (&[][..], false),
+            (&[("purpose", "none"), ("purpose", "prefetch")][..], true),
         ];
         for (headers, want) in cases {
             let mut map = HeaderMap::new();
             for (k, v) in headers {
-                map.insert(*k, v.parse().unwrap());
+                map.append(*k, v.parse().unwrap());
             }
             assert_eq!(is_prefetch(&map), want, "{headers:?}");
+            let link = CachedLink::for_tests();
+            assert_eq!(Hit::from_request(link, false, &map, None).prefetch, want, "one pass: {headers:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod one_pass {
+    use super::*;
+
+    #[test]
+    fn user_agent_and_forwarded_for_are_the_first_of_each() {
+        let mut map = HeaderMap::new();
+        map.append("user-agent", HeaderValue::from_static("WhatsApp/2.23"));
+        map.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7, 10.0.0.1"));
+        map.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        map.append("accept", HeaderValue::from_static("*/*"));
+        let hit = Hit::from_request(CachedLink::for_tests(), true, &map, None);
+        assert_eq!(hit.user_agent.as_ref().map(HeaderValue::as_bytes), Some(&b"WhatsApp/2.23"[..]));
+        assert_eq!(hit.forwarded_for.as_ref().map(HeaderValue::as_bytes), Some(&b"198.51.100.7, 10.0.0.1"[..]));
+        assert!(!hit.prefetch && hit.head);
     }
 }

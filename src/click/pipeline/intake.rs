@@ -167,6 +167,12 @@ pub(super) async fn run(mut me: Intake) {
                     since_yield += 1;
                     if since_yield == DRAIN_CHUNK {
                         since_yield = 0;
+                        if settings.own_thread {
+                            // On its own thread: give the CPU back to a redirect worker waiting for it
+                            // (a no-op syscall when none is), so the scheduler never lets this thread
+                            // run a whole slice of milliseconds ahead of the redirects.
+                            std::thread::yield_now();
+                        }
                         tokio::task::yield_now().await;
                     }
                     if batch.len() >= settings.batch_size {

@@ -18,8 +18,8 @@ mod correct;
 use super::{Invalidation, Store, StoreError};
 use crate::counting;
 use crate::model::{
-    ApiKeyRecord, Batch, BroadcastStats, ClickRecord, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats,
-    OptOut, RecentClick, WebhookSettings, Workspace,
+    ApiKeyRecord, Batch, BroadcastStats, ClickTally, Delivery, DeliveryLog, Link, LinkRef, LinkStats, OptOut,
+    RecentClick, WebhookSettings, Workspace,
 };
 use crate::model::{Class, Conversion, LinkKind, Recorded};
 use correct::correct;
@@ -100,7 +100,8 @@ const CLICK_IDS_PER_LINK: usize = 1000;
 #[derive(Default)]
 struct LinkAgg {
     stats: LinkStats,
-    recent: VecDeque<ClickRecord>,
+    /// Only what the link does not already say (no copy of its code, workspace, broadcast, recipient).
+    recent: VecDeque<RecentClick>,
     click_ids: HashMap<String, Class>,
 }
 
@@ -262,7 +263,7 @@ impl Store for MemoryStore {
                 agg.stats.bot_hits += 1;
             }
             if recent > 0 {
-                agg.recent.push_front(click.clone());
+                agg.recent.push_front(click.to_recent());
                 agg.recent.truncate(recent);
             }
             if let Some(id) = &click.click_id
@@ -448,7 +449,7 @@ impl Store for MemoryStore {
             .click_state()
             .links
             .get(code)
-            .map(|a| a.recent.iter().take(limit).map(ClickRecord::to_recent).collect())
+            .map(|a| a.recent.iter().take(limit).cloned().collect())
             .unwrap_or_default())
     }
 

@@ -233,8 +233,8 @@ impl Call<'_> {
     }
 }
 
-fn arg(v: impl ToString) -> Vec<u8> {
-    v.to_string().into_bytes()
+fn arg<I: itoa::Integer>(v: I) -> Vec<u8> {
+    itoa::Buffer::new().format(v).as_bytes().to_vec()
 }
 
 /// The script calls of a batch: one on a single node, one per slot on a cluster.

@@ -47,7 +47,7 @@ impl Keys {
         format!("{}:link:{{{code}}}", self.prefix)
     }
     pub fn counters(&self, code: &str) -> String {
-        format!("{}:cnt:{{{code}}}", self.prefix)
+        [&self.prefix, ":cnt:{", code, "}"].concat()
     }
     pub fn broadcast(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bc:{{{workspace_id}:{broadcast_id}}}", self.prefix)
@@ -82,7 +82,7 @@ impl Keys {
         format!("{}:bcs:{{{workspace_id}}}", self.prefix)
     }
     pub fn recent_clicks(&self, code: &str) -> String {
-        format!("{}:clicks:{{{code}}}", self.prefix)
+        [&self.prefix, ":clicks:{", code, "}"].concat()
     }
     /// A workspace's webhook settings, or one sub-account's (`P:whcfg:{WS}:sub:SUB`).
     pub fn webhook_settings(&self, workspace_id: &str, sub_account_id: Option<&str>) -> String {
@@ -103,7 +103,7 @@ impl Keys {
     }
     /// Click id → verdict of a link's tracked hits.
     pub fn click_ids(&self, code: &str) -> String {
-        format!("{}:cid:{{{code}}}", self.prefix)
+        [&self.prefix, ":cid:{", code, "}"].concat()
     }
     /// The mark of a conversion counted in the slot of hash tag `tag`.
     pub fn conversion(&self, tag: &str, dedup: &str) -> String {
