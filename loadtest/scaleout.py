@@ -251,6 +251,10 @@ def run_config(masters, nred, a, tmp, binary, rport):
         def answered():
             return sum(metric(p, 'linkhit_redirects_total{status="302"}') for p in lports)
 
+        def dropped():
+            return {stage: sum(metric(p, f'linkhit_hits_dropped_total{{stage="{stage}"}}') for p in lports)
+                    for stage in ("capture", "journal", "in_doubt_expired")}
+
         def receiver_stats():
             return json.load(urllib.request.urlopen(f"http://127.0.0.1:{rport}/stats", timeout=10))
 
@@ -271,6 +275,13 @@ def run_config(masters, nred, a, tmp, binary, rport):
                 runs = [wrk(port, codes, a.seconds, c, 100) for port, c in zip(lports, split)]
             else:  # a fixed number of clicks: they arrive far faster than they are delivered
                 runs = [wrk(port, codes, 600, c, 0, max_requests=a.webhook_hits // nred) for port, c in zip(lports, split)]
+                # wrk's main thread sleeps out -d even after its threads stopped: interrupt it (it then
+                # reports as usual) once every redirector answered its share.
+                while answered() - a0 < nred * (a.webhook_hits // nred) and all(p.poll() is None for p in runs):
+                    assert time.monotonic() - t0 < 300, f"{name}: the webhook phase's clicks were not answered"
+                    time.sleep(0.02)
+                for p in runs:
+                    p.send_signal(signal.SIGINT)
             results = [wrk_result(p) for p in runs]
             children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the wrks' CPU: the only children reaped
             wrk_secs = max(r["duration_us"] for r in results) / 1e6
@@ -278,7 +289,8 @@ def run_config(masters, nred, a, tmp, binary, rport):
                 s, n = stats(), answered() - a0
                 if s["hits"] - s0["hits"] == n:
                     break
-                assert time.monotonic() - t0 < a.seconds + 120, f"{name} {phase}: {s['hits'] - s0['hits']} of {n} counted"
+                assert time.monotonic() - t0 < a.seconds + 120, (
+                    f"{name} {phase}: {s['hits'] - s0['hits']} of {n} counted; dropped: {dropped()}")
                 time.sleep(0.05)
             t_end, hits, humans = time.monotonic(), int(n), s["human_hits"] - s0["human_hits"]
             row = {"config": name, "phase": phase, "masters": masters, "redirectors": nred, "hits": hits,
@@ -342,6 +354,7 @@ def main():
     p.add_argument("--configs", default="1x1,3x1,1x2,3x2", help="comma-separated MASTERSxREDIRECTORS")
     p.add_argument("--connections", type=int, default=64, help="in all, split between the redirectors")
     p.add_argument("--webhook-hits", type=int, default=20_000, help="human hits of the webhook phase, in all")
+    p.add_argument("--keep", action="store_true", help="keep the run's directory (linkhit and Redis logs)")
     p.add_argument("--receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.receiver:
@@ -373,7 +386,10 @@ def main():
                                     "cores": os.cpu_count(), "rows": rows, "arithmetic": lines}))
     finally:
         stop(list(PROCS))
-        shutil.rmtree(tmp, ignore_errors=True)
+        if a.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ user agent: every hit is classified and counted, no webhooks). Three servers ove
   embedded  capture on, embedded store
   redis     capture on, Redis store
 Rounds alternate bare/embedded/redis so the machine's drift hits all three alike; medians are printed
-with the per-round figures, plus linkhit CPU per request. With --open-loop F, each server is then driven
+with the per-round figures, plus linkhit's and Redis's CPU per request and the hits dropped (must be 0). With --open-loop F, each server is then driven
 open-loop (oha -q, --latency-correction: latency counted from when a request was due, so a stall is
 not hidden by the generator waiting for it) at F x the baseline's median closed-loop req/s, same
 rounds, and its p50/p99/p99.9 printed. Needs target/release/linkhit (cargo build --release), wrk,
@@ -60,6 +60,14 @@ def wrk(port, codes_file, seconds, connections):
                          env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     return json.loads(line[5:])
+
+
+def hits_dropped(port):
+    """Hits the server dropped so far, at any stage (linkhit_hits_dropped_total): 0 means every answered
+    redirect was kept for counting."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("linkhit_hits_dropped_total"))
 
 
 def oha(port, codes_file, seconds, connections, rate, urls_file):
@@ -140,15 +148,19 @@ def main():
         for r in range(args.rounds):
             for name in servers:
                 proc, port = ports[name]
-                before = cpu_seconds(proc.pid)
+                before, redis_before = cpu_seconds(proc.pid), cpu_seconds(redis.pid)
                 out = wrk(port, os.path.join(tmp, f"codes-{name}.txt"), args.seconds, args.connections)
+                if "LINKHIT_REDIS_URL" in servers[name]:  # counting lags the redirects by one tick: let it finish
+                    time.sleep(0.3)
                 cpu = cpu_seconds(proc.pid) - before
                 out["cpu_us_per_request"] = cpu * 1e6 / max(out["requests"], 1)
+                out["redis_us_per_request"] = (cpu_seconds(redis.pid) - redis_before) * 1e6 / max(out["requests"], 1)
                 results[name].append(out)
                 print(f"round {r + 1} {name:15} {out['requests'] / args.seconds:>10,.0f} req/s  "
                       f"p50 {out['p50_us']:>6} µs  p99 {out['p99_us']:>6} µs  "
                       f"{out['cpu_us_per_request']:.2f} µs CPU/req", flush=True)
         time.sleep(1)
+        dropped = {name: hits_dropped(port) for name, (_, port) in ports.items()}
         print("\nmedians:")
         bare_p99 = statistics.median(r["p99_us"] for r in results[base])
         bare_cpu = statistics.median(r["cpu_us_per_request"] for r in results[base])
@@ -157,9 +169,12 @@ def main():
             rps = statistics.median(r["requests"] / args.seconds for r in rounds)
             p99 = statistics.median(r["p99_us"] for r in rounds)
             cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
-            summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2)}
+            rcpu = statistics.median(r["redis_us_per_request"] for r in rounds)
+            summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2),
+                             "redis_us_per_request": round(rcpu, 2), "hits_dropped": dropped[name]}
             print(f"  {name:15} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
-                  f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)")
+                  f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)  Redis {rcpu:.2f} µs/req  "
+                  f"hits dropped {dropped[name]:,.0f}")
         if args.open_loop > 0 or args.rate > 0:
             rate = args.rate or round(args.open_loop * summary[base]["req_per_s"])
             print(f"\nopen loop at {rate:,} req/s" + ("" if args.rate else f" ({args.open_loop} x {base}'s closed-loop median)"))
@@ -182,8 +197,9 @@ def main():
                 cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
                 summary[name]["open_loop"] = {"rate": rate, "p50_us": statistics.median(r["p50_us"] for r in rounds),
                                               "p99_us": p99, "p999_us": p999, "cpu_us_per_request": round(cpu, 2)}
+                summary[name]["open_loop"]["hits_dropped"] = hits_dropped(ports[name][1]) - dropped[name]
                 print(f"  {name:15} p99 {p99:>6} µs (x{p99 / open_base:.2f} {base})  p99.9 {p999:>6} µs  "
-                      f"{cpu:.2f} µs CPU/req")
+                      f"{cpu:.2f} µs CPU/req  hits dropped {summary[name]['open_loop']['hits_dropped']:,.0f}")
         print("JSON " + json.dumps(summary))
     finally:
         for proc in procs:

@@ -173,3 +173,59 @@ async fn a_master_stopped_mid_batch_counts_each_hit_once() {
     traffic.assert_counted_exactly(&http, &base, &key, Duration::from_secs(30)).await;
     server.stop().await.unwrap();
 }
+
+/// Counting runs the script by its SHA on a cluster too (never `EVAL` with the script's text per slot
+/// call), and a master that lost its scripts (`SCRIPT FLUSH`: as after a restart or failover) gets it
+/// loaded again: every hit still counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_without_the_script_still_counts_each_hit_once() {
+    let cluster = Cluster::start();
+    let mut config = common::config(None);
+    config.redis_url = Some(cluster.url());
+    config.click_flush_interval = Duration::from_millis(50);
+    let server = TestServer::start(config).await;
+    let http = client();
+    let (_, key) = common::create_workspace(&http, &server, "noscript").await;
+    let recipients: Vec<Value> = (0..60).map(|i| json!({"recipient": format!("+1202555{i:04}")})).collect();
+    let (status, body) = send(http.post(server.url("/api/v1/broadcasts/s1/links")).bearer_auth(&key).json(
+        &common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://e.com/s", "recipients": recipients})),
+    ))
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let codes: Vec<String> =
+        body["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_owned()).collect();
+    let counted = |want: u64| {
+        let (http, server, key) = (&http, &server, &key);
+        async move {
+            common::eventually(Duration::from_secs(5), || async move {
+                let (_, s) = send(http.get(server.url("/api/v1/broadcasts/s1/stats")).bearer_auth(key)).await;
+                s["hits"] == want
+            })
+            .await
+        }
+    };
+    for code in &codes[..30] {
+        tap(&http, &server, code, IMESSAGE_PREVIEW).await;
+    }
+    assert!(counted(30).await, "the first 30 hits counted");
+    for node in &cluster.nodes[..2] {
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut node.conn()).unwrap();
+    }
+    for code in &codes {
+        tap(&http, &server, code, IMESSAGE_PREVIEW).await;
+    }
+    assert!(counted(90).await, "all 90 hits counted");
+    // Settled: nothing counted twice after the retry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, stats) = send(http.get(server.url("/api/v1/broadcasts/s1/stats")).bearer_auth(&key)).await;
+    assert_eq!((stats["hits"].clone(), stats["bot_hits"].clone()), (json!(90), json!(90)));
+    let (_, link) = send(http.get(server.url(&format!("/api/v1/links/{}/stats", codes[0]))).bearer_auth(&key)).await;
+    assert_eq!(link["hits"], 2);
+    let mut evals = 0;
+    for node in &cluster.nodes {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut node.conn()).unwrap();
+        evals += info.lines().filter(|l| l.starts_with("cmdstat_eval:")).count();
+    }
+    assert_eq!(evals, 0, "the script text was sent with EVAL");
+    server.stop().await.unwrap();
+}

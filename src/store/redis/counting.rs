@@ -28,7 +28,7 @@ use redis::cluster_routing::Slot;
 use super::RedisStore;
 use crate::counting;
 use crate::model::{Batch, Class, ClickRecord, ClickTally};
-use crate::redis_conn::hash_tag;
+use crate::redis_conn::{has_error_code, hash_tag};
 use crate::store::StoreError;
 
 /// Deadline of one counting call. Long enough for a big batch on a busy Redis; the pipeline does not
@@ -435,11 +435,12 @@ pub(super) async fn record_batch(
     let guard_ms = store.guard_ttl.as_millis().max(1) as u64;
     let mut tagged = Vec::with_capacity(calls.len());
     for call in &calls {
-        // On a single node the script is loaded at the head of the pipeline and run with `EVALSHA`
-        // (no hashing of the script text per call); a cluster pipeline is split per slot, so there each
-        // call carries its script.
-        let mut cmd = if cluster { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
-        cmd.arg(if cluster { APPLY_SCRIPT } else { APPLY_SHA.as_str() })
+        // Run by its SHA: the 6 KB of script text are neither sent nor hashed per call (on a cluster a
+        // batch is a call per slot, often one per hit). On a single node the script is loaded at the
+        // head of the pipeline; a cluster master without it (new, restarted, failed over) answers
+        // NOSCRIPT, and the batch is sent again after loading it on every master (below).
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(APPLY_SHA.as_str())
             .arg(call.keys.len() + 1)
             .arg(store.keys.guard(&call.tag, &batch.id))
             .arg(&call.keys)
@@ -461,7 +462,22 @@ pub(super) async fn record_batch(
         load.arg("LOAD").arg(APPLY_SCRIPT);
         prelude.push(load);
     }
-    let replies = match store.spread(COMMIT_TIMEOUT, tagged, &prelude).await {
+    let spread = async {
+        if !cluster {
+            return store.pool.spread(tagged, &prelude).await;
+        }
+        match store.pool.spread(tagged.clone(), &prelude).await {
+            Err(err) if has_error_code(&err, "NOSCRIPT") => {
+                // The slots that ran it are guarded: sending the batch again applies only the rest.
+                let mut conn = store.pool.get().await?;
+                let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut conn).await?;
+                metrics::counter!("linkhit_redis_script_loads_total").increment(1);
+                store.pool.spread(tagged, &prelude).await
+            }
+            other => other,
+        }
+    };
+    let replies = match store.bounded(COMMIT_TIMEOUT, spread).await {
         Ok(replies) => replies,
         Err(err) => {
             if !cluster {
