@@ -40,6 +40,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Batches the store had counted before (a retry or replay counted nothing twice).",
     ),
+    (
+        "linkhit_redis_script_loads_total",
+        Kind::Counter,
+        "Counting script loaded on every cluster master after one answered NOSCRIPT (the batch was resent).",
+    ),
     ("linkhit_click_batch_size", Kind::Histogram, "Hits per counted batch."),
     ("linkhit_capture_queue_depth", Kind::Gauge, "Hits captured and not yet classified."),
     (

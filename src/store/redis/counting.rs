@@ -43,6 +43,9 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 ///   list capped, the verdicts of tracked hits (click ids; the first 1,000 of a link kept, for 30 days);
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
+/// - `b` counters-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
+///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
+///   third of the arguments and no reads; answers 0.
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
 ///   p (field n)×p q (reason n)×q — a broadcast: counters, human hits per recipient and the exact
 ///   unique-recipient set (a recipient joins it when its count reaches 1), the per-minute timeline, bot
@@ -111,6 +114,22 @@ while i <= n do
     end
     if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
     i = at + 1 + 2 * m
+  elseif op == 'b' then
+    local recent = KEYS[tonumber(ARGV[i + 2])]
+    redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 3])
+    local cap = tonumber(ARGV[i + 4])
+    local k = tonumber(ARGV[i + 5])
+    local len = 0
+    local s = i + 6
+    local e = i + 5 + k
+    while s <= e do
+      local t = math.min(s + 99, e)
+      len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
+      s = t + 1
+    end
+    if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
+    out[#out + 1] = 0
+    i = i + 6 + k
   elseif op == 'B' then
     local hash = KEYS[tonumber(ARGV[i + 1])]
     local uniques = KEYS[tonumber(ARGV[i + 2])]
@@ -229,7 +248,7 @@ impl Call<'_> {
     fn key(&mut self, key: String) -> Vec<u8> {
         self.keys.push(key);
         // KEYS[1] is the guard, so the first operation key is KEYS[2].
-        (self.keys.len() + 1).to_string().into_bytes()
+        arg(self.keys.len() + 1)
     }
 }
 
@@ -259,11 +278,19 @@ fn calls<'a>(
     type Placed<'a> = (usize, Vec<Vec<u8>>, Vec<String>, Answer<'a>);
     let mut placed: Vec<Placed<'a>> = Vec::new();
     for (code, members) in &groups.links {
+        let newest = || members.iter().skip(members.len().saturating_sub(recent)).map(|&i| clicks[i].recent_json());
+        if members.iter().all(|&i| !clicks[i].is_human() && clicks[i].click_id.is_none()) {
+            let mut args = vec![b"b".to_vec(), Vec::new(), Vec::new(), arg(members.len()), arg(recent), Vec::new()];
+            args.extend(newest());
+            args[5] = arg(args.len() - 6);
+            let keys = vec![store.keys.counters(code), store.keys.recent_clicks(code)];
+            placed.push((call_for(code), args, keys, Answer::Link(code)));
+            continue;
+        }
         let human: Vec<&ClickRecord> = members.iter().map(|&i| &clicks[i]).filter(|c| c.is_human()).collect();
         let first = human.iter().map(|c| c.at.timestamp_millis()).min().unwrap_or(0);
         let last = human.iter().map(|c| c.at.timestamp_millis()).max().unwrap_or(0);
-        let newest: Vec<Vec<u8>> =
-            members.iter().skip(members.len().saturating_sub(recent)).map(|&i| clicks[i].recent_json()).collect();
+        let newest: Vec<Vec<u8>> = newest().collect();
         let mut args = vec![
             b"L".to_vec(),
             Vec::new(),
