@@ -165,17 +165,21 @@ pub(super) async fn run(mut me: Intake) {
                     // Classifying is a few µs a hit: give the worker back to the redirects every chunk,
                     // so a full channel never holds a redirect worker for more than ~100 µs.
                     since_yield += 1;
-                    if since_yield == DRAIN_CHUNK {
-                        since_yield = 0;
-                        if settings.own_thread && me.rx.len() < me.rx.max_capacity() / YIELD_BELOW {
-                            // On its own thread: give the CPU back to a redirect worker waiting for it
-                            // (a no-op syscall when none is), so the scheduler never lets this thread
-                            // run a whole slice of milliseconds ahead of the redirects. Only while it
-                            // keeps up: behind, it takes its full share so that the channel never
-                            // overflows (a yield lets the worker run a whole slice first).
-                            std::thread::yield_now();
+                    if since_yield >= DRAIN_CHUNK {
+                        // Behind, the stretch between two yields grows with the backlog (32 hits up to
+                        // 4,096 waiting, 512 at 65,536): the thread takes more of the CPU before the
+                        // channel can overflow, in stretches of at most ~1.5 ms — never a burst.
+                        let backlog = me.rx.len();
+                        if since_yield >= DRAIN_CHUNK.max(backlog / 128) {
+                            since_yield = 0;
+                            if settings.own_thread {
+                                // On its own thread: give the CPU back to a redirect worker waiting for
+                                // it (a no-op syscall when none is), so the scheduler never lets this
+                                // thread run a whole slice of milliseconds ahead of the redirects.
+                                std::thread::yield_now();
+                            }
+                            tokio::task::yield_now().await;
                         }
-                        tokio::task::yield_now().await;
                     }
                     if batch.len() >= settings.batch_size {
                         me.hand_off(std::mem::take(&mut batch)).await;
@@ -242,9 +246,6 @@ impl Intake {
 
 /// Hits classified between two yields of the intake task.
 const DRAIN_CHUNK: usize = 32;
-/// The click thread yields the CPU to the redirects only while fewer than 1/`YIELD_BELOW` of the
-/// capture channel's slots are taken (4,096 hits at the default `LINKHIT_CAPTURE_BUFFER`).
-const YIELD_BELOW: usize = 16;
 /// How often intake drains the capture channel.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
