@@ -1,6 +1,6 @@
-//! The redirect's hand-off to the click pipeline, on the hot path: record a hit and return. Never awaits, never blocks, never allocates
-//! beyond the channel's block (the user agent and `X-Forwarded-For` are reference-counted views of
-//! hyper's read buffer).
+//! The redirect's hand-off to the click pipeline, on the hot path: record a hit and return. Never awaits, never blocks; allocates
+//! only copies of the user agent and `X-Forwarded-For` (views of hyper's read buffer would keep it
+//! alive until the click thread is done with the hit).
 //!
 //! What happens when the channel is full: the hit is dropped and counted
 //! (`linkhit_hits_dropped_total{stage="capture"}`). The pipeline task drains the channel continuously
@@ -38,15 +38,23 @@ impl Hit {
         let (mut user_agent, mut forwarded_for, mut prefetch) = (None, None, false);
         for (name, value) in headers {
             if name == hyper::header::USER_AGENT {
-                user_agent.get_or_insert_with(|| value.clone());
+                user_agent.get_or_insert_with(|| detach(value));
             } else if name.as_str() == "x-forwarded-for" {
-                forwarded_for.get_or_insert_with(|| value.clone());
+                forwarded_for.get_or_insert_with(|| detach(value));
             } else if !prefetch && PREFETCH_HEADERS.contains(&name.as_str()) {
                 prefetch = says_prefetch(value);
             }
         }
         Self { link, at: Utc::now(), head, prefetch, user_agent, peer, forwarded_for, click_id: None }
     }
+}
+
+/// A copy of a header value that does not keep hyper's read buffer alive. A clone is a view of that
+/// buffer: held by the hit until the click thread drops it, it made hyper allocate a fresh buffer for
+/// every request (and the redirect worker fault in new pages for them) — measured below in
+/// docs/PERFORMANCE.md (session 5). One small allocation instead.
+fn detach(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 /// The hot path's handle on the pipeline.
