@@ -170,7 +170,7 @@ pub(super) async fn run(mut me: Intake) {
                         // 4,096 waiting, 512 at 65,536): the thread takes more of the CPU before the
                         // channel can overflow, in stretches of at most ~1.5 ms — never a burst.
                         let backlog = me.rx.len();
-                        if since_yield >= DRAIN_CHUNK.max(backlog / 128) {
+                        if since_yield >= stretch(backlog) {
                             since_yield = 0;
                             if settings.own_thread {
                                 // On its own thread: give the CPU back to a redirect worker waiting for
@@ -246,6 +246,12 @@ impl Intake {
 
 /// Hits classified between two yields of the intake task.
 const DRAIN_CHUNK: usize = 32;
+/// Hits classified between two yields with `backlog` hits waiting: `DRAIN_CHUNK` while keeping up,
+/// growing with the backlog behind (512 at the default 65,536-hit channel: ~1.5 ms of work).
+fn stretch(backlog: usize) -> usize {
+    DRAIN_CHUNK.max(backlog / 128)
+}
+
 /// How often intake drains the capture channel.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -263,6 +269,24 @@ impl HitTally {
         for ((class, reason), n) in self.0.drain() {
             metrics::counter!("linkhit_hits_total", "class" => class.as_str(), "reason" => reason.to_string())
                 .increment(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stretch_between_yields_grows_with_the_backlog() {
+        assert_eq!(stretch(0), DRAIN_CHUNK);
+        assert_eq!(stretch(4_096), DRAIN_CHUNK, "keeping up: short stretches");
+        assert_eq!(stretch(16_384), 128);
+        assert_eq!(stretch(65_536), 512, "a full default channel: ~1.5 ms of work, never a burst");
+        let mut last = 0;
+        for backlog in (0..=65_536).step_by(1_024) {
+            assert!(stretch(backlog) >= last, "monotonic at {backlog}");
+            last = stretch(backlog);
         }
     }
 }
