@@ -51,7 +51,7 @@ impl Hit {
 
 /// A copy of a header value that does not keep hyper's read buffer alive. A clone is a view of that
 /// buffer: held by the hit until the click thread drops it, it made hyper allocate a fresh buffer for
-/// every request (and the redirect worker fault in new pages for them) — measured below in
+/// every request (and the redirect worker fault in new pages for them) — measured in
 /// docs/PERFORMANCE.md (session 5). One small allocation instead.
 fn detach(value: &HeaderValue) -> HeaderValue {
     HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
@@ -85,11 +85,7 @@ impl Capture {
 }
 
 /// `Purpose: prefetch`, `Sec-Purpose: prefetch…`, `X-Purpose: preview`, `X-Moz: prefetch`: the browser
-/// is fetching speculatively, no human has tapped yet.
-pub fn is_prefetch(headers: &HeaderMap) -> bool {
-    PREFETCH_HEADERS.iter().any(|name| headers.get_all(*name).iter().any(says_prefetch))
-}
-
+/// is fetching speculatively, no human has tapped yet (checked in `Hit::from_request`'s header pass).
 const PREFETCH_HEADERS: [&str; 4] = ["sec-purpose", "purpose", "x-purpose", "x-moz"];
 
 fn says_prefetch(value: &HeaderValue) -> bool {
@@ -121,16 +117,10 @@ mod tests {
             for (k, v) in headers {
                 map.append(*k, v.parse().unwrap());
             }
-            assert_eq!(is_prefetch(&map), want, "{headers:?}");
             let link = CachedLink::for_tests();
-            assert_eq!(Hit::from_request(link, false, &map, None).prefetch, want, "one pass: {headers:?}");
+            assert_eq!(Hit::from_request(link, false, &map, None).prefetch, want, "{headers:?}");
         }
     }
-}
-
-#[cfg(test)]
-mod one_pass {
-    use super::*;
 
     #[test]
     fn user_agent_and_forwarded_for_are_the_first_of_each() {

@@ -64,6 +64,16 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const APPLY_SCRIPT: &str = r"#!lua
 local stored = redis.call('GET', KEYS[1])
 if stored then return {1, stored} end
+-- Pushes ARGV[s..e] (oldest first) onto a recent-clicks list, 100 per LPUSH, and caps it.
+local function push_recent(recent, s, e, cap)
+  local len = 0
+  while s <= e do
+    local t = math.min(s + 99, e)
+    len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
+    s = t + 1
+  end
+  if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
+end
 local out = {}
 local i = 2
 local n = #ARGV
@@ -95,15 +105,7 @@ while i <= n do
     elseif human > 0 then
       bot_after = tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
     end
-    local len = 0
-    local s = i + 10
-    local e = i + 9 + k
-    while s <= e do
-      local t = math.min(s + 99, e)
-      len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
-      s = t + 1
-    end
-    if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
+    push_recent(recent, i + 10, i + 9 + k, cap)
     local at = i + 10 + k
     local m = tonumber(ARGV[at])
     if m > 0 then
@@ -119,15 +121,7 @@ while i <= n do
     redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 3])
     local cap = tonumber(ARGV[i + 4])
     local k = tonumber(ARGV[i + 5])
-    local len = 0
-    local s = i + 6
-    local e = i + 5 + k
-    while s <= e do
-      local t = math.min(s + 99, e)
-      len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
-      s = t + 1
-    end
-    if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
+    push_recent(recent, i + 6, i + 5 + k, cap)
     out[#out + 1] = 0
     i = i + 6 + k
   elseif op == 'B' then
