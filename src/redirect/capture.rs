@@ -62,11 +62,46 @@ fn detach(value: &HeaderValue) -> HeaderValue {
 pub struct Capture {
     tx: Option<mpsc::Sender<Hit>>,
     dropped: Counter,
+    /// Set when the click pipeline runs on its own thread: the hand-over below.
+    handover: Option<Arc<Handover>>,
 }
+
+/// How a redirect worker and the click thread share a CPU (`LINKHIT_CLICK_THREAD`).
+///
+/// Two busy threads on one CPU take turns by the scheduler's tick (4 ms here) unless one of them steps
+/// off: a redirect worker then waits milliseconds behind the click thread, or the click thread behind
+/// the worker until the hits pile up and it must run for milliseconds to catch up. Both step off
+/// instead. The click thread pauses after each stretch of about 32 hits (`click::pipeline`); a redirect
+/// worker that sees `NUDGE` hits waiting wakes the click thread if it is idle and yields the CPU — the
+/// scheduler then runs the click thread, which has used less than its share, for one stretch
+/// (~100 µs). On a host where the click thread has a core of its own the backlog stays below `NUDGE`
+/// and none of this happens. Measured in docs/PERFORMANCE.md (session 6).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The click thread has been asked to drain (reset by it before it waits again).
+    nudged: std::sync::atomic::AtomicBool,
+    /// Wakes the click thread's intake before its next drain tick.
+    pub wake: tokio::sync::Notify,
+}
+
+impl Handover {
+    /// The click thread is about to wait for its next tick: the next backlog wakes it again.
+    pub fn rearm(&self) {
+        self.nudged.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Hits waiting above which a redirect worker hands the CPU to the click thread.
+pub const NUDGE: usize = 64;
 
 impl Capture {
     pub fn new(tx: Option<mpsc::Sender<Hit>>) -> Self {
-        Self { tx, dropped: metrics::counter!("linkhit_hits_dropped_total", "stage" => "capture") }
+        Self { tx, dropped: metrics::counter!("linkhit_hits_dropped_total", "stage" => "capture"), handover: None }
+    }
+
+    /// A capture whose pipeline runs on its own thread and takes the CPU from the redirects in turns.
+    pub fn with_handover(tx: mpsc::Sender<Hit>, handover: Arc<Handover>) -> Self {
+        Self { handover: Some(handover), ..Self::new(Some(tx)) }
     }
 
     /// A capture that records nothing (`LINKHIT_CAPTURE=false`).
@@ -76,10 +111,18 @@ impl Capture {
 
     #[inline]
     pub fn record(&self, hit: Hit) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(hit).is_err()
-        {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(hit).is_err() {
             self.dropped.increment(1);
+            return;
+        }
+        if let Some(handover) = &self.handover
+            && tx.max_capacity() - tx.capacity() >= NUDGE
+        {
+            if !handover.nudged.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                handover.wake.notify_one();
+            }
+            std::thread::yield_now();
         }
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Committer {
     pub deadline: Arc<OnceLock<Instant>>,
     /// Attempted, unfinished batches the journal could not take.
     pub in_doubt: Vec<Batch>,
+    /// Where finished batches' buffers go back to intake.
+    pub spare: Arc<super::Spare>,
 }
 
 impl Committer {
@@ -128,6 +130,7 @@ impl Committer {
             Ok(Ok(Ok(tallies))) => {
                 if self.finish(&batch, &tallies).await {
                     self.store.release_batch(&batch);
+                    self.spare.give(batch.clicks);
                     return;
                 }
             }

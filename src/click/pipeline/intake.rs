@@ -15,7 +15,7 @@ use crate::click::journal::Journal;
 use crate::click::sweep::{Client, Flippable, Sweeps};
 use crate::click::verdict::{Evidence, judge};
 use crate::model::{Batch, Class, ClickRecord, Correction};
-use crate::redirect::capture::Hit;
+use crate::redirect::capture::{Handover, Hit};
 
 pub(super) struct Intake {
     pub rx: mpsc::Receiver<Hit>,
@@ -29,6 +29,10 @@ pub(super) struct Intake {
     pub sweeps: Sweeps<ClickRecord>,
     /// Flipped hits of earlier batches, sent with the next batch.
     pub corrections: Vec<Correction>,
+    /// On its own thread: the redirects wake it when hits pile up (`capture::Handover`).
+    pub handover: Option<Arc<Handover>>,
+    /// Buffers of finished batches, to fill again.
+    pub spare: Arc<super::Spare>,
 }
 
 /// A stable hash of a text (recipients and user agents in the sweep tracker).
@@ -146,9 +150,11 @@ pub(super) async fn run(mut me: Intake) {
     let mut tick = tokio::time::interval(DRAIN_INTERVAL.min(settings.flush_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    let handover = me.handover.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = nudged(handover.as_deref()) => {}
             () = me.stop.cancelled(), if !stopping => {
                 // No new hits after this; take what is already captured, then finish.
                 me.rx.close();
@@ -173,20 +179,23 @@ pub(super) async fn run(mut me: Intake) {
                         if since_yield >= stretch(backlog) {
                             since_yield = 0;
                             if settings.own_thread {
-                                // On its own thread: give the CPU back to a redirect worker waiting for
-                                // it (a no-op syscall when none is), so the scheduler never lets this
-                                // thread run a whole slice of milliseconds ahead of the redirects.
-                                std::thread::yield_now();
+                                pace(backlog);
                             }
                             tokio::task::yield_now().await;
                         }
                     }
                     if batch.len() >= settings.batch_size {
-                        me.hand_off(std::mem::take(&mut batch)).await;
+                        let next = me.spare.take(settings.batch_size);
+                        me.hand_off(std::mem::replace(&mut batch, next)).await;
                         last_flush = tokio::time::Instant::now();
                     }
                 }
-                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if let Some(handover) = &me.handover {
+                        handover.rearm();
+                    }
+                    break;
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     stopping = true;
                     break;
@@ -198,7 +207,8 @@ pub(super) async fn run(mut me: Intake) {
             break;
         }
         if !batch.is_empty() && last_flush.elapsed() >= settings.flush_interval {
-            me.hand_off(std::mem::take(&mut batch)).await;
+            let next = me.spare.take(settings.batch_size);
+            me.hand_off(std::mem::replace(&mut batch, next)).await;
             last_flush = tokio::time::Instant::now();
         }
     }
@@ -244,6 +254,14 @@ impl Intake {
     }
 }
 
+/// Resolves when the redirects ask the click thread to drain before its next tick.
+async fn nudged(handover: Option<&Handover>) {
+    match handover {
+        Some(handover) => handover.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Hits classified between two yields of the intake task.
 const DRAIN_CHUNK: usize = 32;
 /// Hits classified between two yields with `backlog` hits waiting: `DRAIN_CHUNK` while keeping up,
@@ -251,6 +269,28 @@ const DRAIN_CHUNK: usize = 32;
 fn stretch(backlog: usize) -> usize {
     DRAIN_CHUNK.max(backlog / 128)
 }
+
+/// On its own thread, between two stretches: step off the CPU so that a redirect worker sharing it runs.
+///
+/// A `sched_yield` is not enough: the scheduler gives the CPU back to whichever thread used less than its
+/// share, and that is this one (it needs about a third of a CPU at saturation), so a yield returns at
+/// once and the thread runs on until the 4 ms tick — the redirects' p99 (`perf sched`: click-thread runs
+/// of 1.5 ms at p90, 4 ms at p99, docs/PERFORMANCE.md session 6). A short sleep really leaves the CPU to
+/// the worker, and when it ends the redirects are interrupted for one stretch (~100 µs), never a slice.
+/// Behind (`CATCH_UP` hits waiting), it only yields, so that it cannot fall further behind: a sleep per
+/// 32 hits caps the thread at about half a CPU.
+fn pace(backlog: usize) {
+    if backlog >= CATCH_UP {
+        std::thread::yield_now();
+    } else if backlog > 0 {
+        std::thread::sleep(PAUSE);
+    }
+}
+
+/// Hits waiting above which the click thread stops pausing between stretches.
+const CATCH_UP: usize = 8_192;
+/// The pause between two stretches (the kernel's timer slack adds ~50 µs).
+const PAUSE: Duration = Duration::from_micros(50);
 
 /// How often intake drains the capture channel.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);

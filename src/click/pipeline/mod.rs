@@ -32,7 +32,7 @@ use super::network::Networks;
 use super::sweep::{SweepRule, Sweeps};
 use super::verdict::Timing;
 use crate::model::{Batch, ClickRecord, Correction};
-use crate::redirect::capture::Capture;
+use crate::redirect::capture::{Capture, Handover};
 use crate::store::SharedStore;
 
 /// Tuning of the pipeline; see `Config` for the defaults and their reasons.
@@ -95,6 +95,35 @@ impl Health {
             } else {
                 tracing::warn!("the store is failing or slow; new batches go to the journal until it recovers");
             }
+        }
+    }
+}
+
+/// Emptied batch buffers on their way back from the committer to intake. A batch is a few hundred
+/// records of ~250 bytes: grown afresh for every batch, its buffer was reallocated eight times on the
+/// way (a copy each) and, freed and taken again, came back as fresh pages the kernel had to zero —
+/// `perf` on the click thread at saturation: 37 % page clearing, 15 % copying (docs/PERFORMANCE.md,
+/// session 6). At most `SPARE_BUFFERS` wait here; more are freed.
+#[derive(Debug, Default)]
+pub(crate) struct Spare(std::sync::Mutex<Vec<Vec<ClickRecord>>>);
+
+/// Buffers kept by [`Spare`]: one being filled, one queued, one being counted, and one for slack.
+const SPARE_BUFFERS: usize = 4;
+
+impl Spare {
+    /// An empty buffer for `capacity` records.
+    pub(crate) fn take(&self, capacity: usize) -> Vec<ClickRecord> {
+        let spare = self.0.lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// A finished batch's buffer, emptied.
+    pub(crate) fn give(&self, mut clicks: Vec<ClickRecord>) {
+        clicks.clear();
+        if let Ok(mut spare) = self.0.lock()
+            && spare.len() < SPARE_BUFFERS
+        {
+            spare.push(clicks);
         }
     }
 }
@@ -203,7 +232,11 @@ impl Pipeline {
         let health = Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0)));
         metrics::gauge!("linkhit_store_healthy").set(1.0);
         let own_thread = settings.own_thread;
+        let spare = Arc::new(Spare::default());
+        let handover = own_thread.then(|| Arc::new(Handover::default()));
         let intake = intake::run(intake::Intake {
+            handover: handover.clone(),
+            spare: Arc::clone(&spare),
             rx,
             commit_tx,
             classifier: Classifier::new(rules, settings.classifier_memo),
@@ -224,16 +257,19 @@ impl Pipeline {
             stop: stop.clone(),
             deadline: Arc::clone(&deadline),
             in_doubt: Vec::new(),
+            spare,
         }
         .run(commit_rx);
         let shared =
             |(intake, committer)| Running::Shared { intake: tokio::spawn(intake), committer: tokio::spawn(committer) };
-        let running = if own_thread {
-            start_thread(intake, committer).unwrap_or_else(shared)
-        } else {
-            shared((intake, committer))
+        let (capture, running) = match handover {
+            Some(handover) => match start_thread(intake, committer) {
+                Ok(running) => (Capture::with_handover(tx, handover), running),
+                Err(tasks) => (Capture::new(Some(tx)), shared(tasks)),
+            },
+            None => (Capture::new(Some(tx)), shared((intake, committer))),
         };
-        (Capture::new(Some(tx)), Self { stop, deadline, running })
+        (capture, Self { stop, deadline, running })
     }
 
     /// Flushes everything captured — counted if the store takes it before `deadline`, journaled
