@@ -1,6 +1,7 @@
-//! The redirect's hand-off to the click pipeline, on the hot path: record a hit and return. Never awaits, never blocks; allocates
-//! only copies of the user agent and `X-Forwarded-For` (views of hyper's read buffer would keep it
-//! alive until the click thread is done with the hit).
+//! The redirect's hand-off to the click pipeline, on the hot path: record a hit and return. Never awaits,
+//! never blocks on a lock; allocates only copies of the user agent and `X-Forwarded-For` (views of
+//! hyper's read buffer would keep it alive until the click thread is done with the hit). With the click
+//! thread on and 64 hits waiting, it yields the CPU once (`Handover`): one click stretch, ~100 µs.
 //!
 //! What happens when the channel is full: the hit is dropped and counted
 //! (`linkhit_hits_dropped_total{stage="capture"}`). The pipeline task drains the channel continuously
@@ -163,6 +164,29 @@ mod tests {
             let link = CachedLink::for_tests();
             assert_eq!(Hit::from_request(link, false, &map, None).prefetch, want, "{headers:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_wakes_the_click_thread_once_until_it_rearms() {
+        use std::time::Duration;
+        let (tx, _rx) = mpsc::channel(4 * NUDGE);
+        let handover = Arc::new(Handover::default());
+        let capture = Capture::with_handover(tx, Arc::clone(&handover));
+        let hit = || Hit::from_request(CachedLink::for_tests(), false, &HeaderMap::new(), None);
+        let woken = |h: Arc<Handover>| async move {
+            tokio::time::timeout(Duration::from_millis(50), h.wake.notified()).await.is_ok()
+        };
+        for _ in 0..NUDGE - 1 {
+            capture.record(hit());
+        }
+        assert!(!woken(Arc::clone(&handover)).await, "below NUDGE hits waiting: the click thread is left alone");
+        capture.record(hit());
+        assert!(woken(Arc::clone(&handover)).await, "NUDGE hits waiting wake it");
+        capture.record(hit());
+        assert!(!woken(Arc::clone(&handover)).await, "already asked: no second wake-up per hit");
+        handover.rearm();
+        capture.record(hit());
+        assert!(woken(Arc::clone(&handover)).await, "rearmed before waiting again: the next backlog wakes it");
     }
 
     #[test]

@@ -326,3 +326,24 @@ fn drop_unattempted(batches: &[Pending], why: &str) {
     metrics::counter!("linkhit_hits_dropped_total", "stage" => "journal").increment(hits as u64);
     tracing::error!(hits, reason = %why, "dropping captured hits: the store does not take them and the journal cannot hold them");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_batch_buffers_are_filled_again() {
+        let spare = Spare::default();
+        let first = spare.take(250);
+        assert!(first.capacity() >= 250);
+        let buffer = first.as_ptr();
+        spare.give(first);
+        let again = spare.take(250);
+        assert_eq!(again.as_ptr(), buffer, "the same buffer, not a fresh allocation");
+        assert!(again.is_empty());
+        for _ in 0..2 * SPARE_BUFFERS {
+            spare.give(Vec::with_capacity(250));
+        }
+        assert_eq!(spare.0.lock().map(|s| s.len()).unwrap_or(0), SPARE_BUFFERS, "bounded: extra buffers are freed");
+    }
+}
