@@ -29,8 +29,8 @@ pub struct Groups<'a> {
 /// Groups a batch by link and by broadcast.
 pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
     let mut groups = Groups::default();
-    let mut link_index: HashMap<&str, usize> = HashMap::new();
-    let mut broadcast_index: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut link_index: Fast<&str, usize> = Fast::default();
+    let mut broadcast_index: Fast<(&str, &str), usize> = Fast::default();
     for (i, click) in clicks.iter().enumerate() {
         let g = *link_index.entry(&click.code).or_insert_with(|| {
             groups.links.push((&click.code, Vec::new()));

@@ -59,6 +59,13 @@ impl ClickRecord {
     /// say (about half the bytes of the whole record), the time as epoch milliseconds (`"at":1764410400123`,
     /// 13 bytes instead of 26 and no calendar arithmetic per hit).
     pub fn recent_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        self.write_recent_json(&mut out);
+        out
+    }
+
+    /// [`Self::recent_json`], appended to `out` (a store building one request for a whole batch).
+    pub fn write_recent_json(&self, out: &mut Vec<u8>) {
         let recent = RecentClickRef {
             at: self.at.timestamp_millis(),
             class: self.class,
@@ -69,7 +76,7 @@ impl ClickRecord {
             signals: self.signals.as_deref(),
             click_id: self.click_id.as_deref(),
         };
-        serde_json::to_vec(&recent).expect("a recent click always serializes")
+        serde_json::to_writer(out, &recent).expect("a recent click always serializes");
     }
 
     pub fn to_recent(&self) -> RecentClick {
