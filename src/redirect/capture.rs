@@ -73,7 +73,8 @@ pub struct Capture {
 /// off: a redirect worker then waits milliseconds behind the click thread, or the click thread behind
 /// the worker until the hits pile up and it must run for milliseconds to catch up. Both step off
 /// instead. The click thread pauses after each stretch of about 32 hits (`click::pipeline`); a redirect
-/// worker that sees `NUDGE` hits waiting wakes the click thread if it is idle and yields the CPU — the
+/// worker that sees `NUDGE` hits waiting wakes the click thread if it is idle and yields the CPU (at
+/// every 8th hit waiting) — the
 /// scheduler then runs the click thread, which has used less than its share, for one stretch
 /// (~100 µs). On a host where the click thread has a core of its own the backlog stays below `NUDGE`
 /// and none of this happens. Measured in docs/PERFORMANCE.md (session 6).
@@ -94,6 +95,8 @@ impl Handover {
 
 /// Hits waiting above which a redirect worker hands the CPU to the click thread.
 pub const NUDGE: usize = 64;
+/// Behind, a redirect worker yields when the backlog is a multiple of this (about every 8th request).
+const YIELD_EVERY: usize = 8;
 
 impl Capture {
     pub fn new(tx: Option<mpsc::Sender<Hit>>) -> Self {
@@ -117,13 +120,18 @@ impl Capture {
             self.dropped.increment(1);
             return;
         }
-        if let Some(handover) = &self.handover
-            && tx.max_capacity() - tx.capacity() >= NUDGE
-        {
-            if !handover.nudged.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                handover.wake.notify_one();
+        if let Some(handover) = &self.handover {
+            let backlog = tx.max_capacity() - tx.capacity();
+            if backlog >= NUDGE {
+                if !handover.nudged.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    handover.wake.notify_one();
+                }
+                // Every 8th hit waiting, not every request: where the click thread has a core of its own
+                // and is merely busy, a yield is a wasted system call.
+                if backlog % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                }
             }
-            std::thread::yield_now();
         }
     }
 }
