@@ -81,6 +81,9 @@ fn timing_reason(seconds: i64, after: &'static str) -> Arc<str> {
 }
 
 /// A reason that is always the same text, made once.
+/// Room for a hit's usual signals (`network:hosting:aws,timing:2s_after_send,sweep:12_recipients`).
+const SIGNALS_CAPACITY: usize = 64;
+
 macro_rules! shared_reason {
     ($text:literal) => {{
         static REASON: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from($text));
@@ -90,16 +93,19 @@ macro_rules! shared_reason {
 
 /// Judges a hit. Pure.
 pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
+    // Sized on the first signal: grown piecewise it was reallocated up to four times per hit.
     let mut signals = String::new();
-    let mut signal = |text: &str| {
-        if !signals.is_empty() {
+    let mut signal = |parts: &[&str]| {
+        if signals.is_empty() {
+            signals.reserve(SIGNALS_CAPACITY);
+        } else {
             signals.push(',');
         }
-        signals.push_str(text);
+        parts.iter().for_each(|part| signals.push_str(part));
     };
     let network = evidence.network.map(Network::signal);
     if let Some(network) = &network {
-        signal(network);
+        signal(&[network]);
     }
     let fast = |since: Option<i64>, limit: Duration| since.filter(|&ms| ms < limit.as_millis() as i64);
     let after_delivery = fast(evidence.since_delivery_ms, timing.fast_after_delivery)
@@ -114,15 +120,11 @@ pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
         }
     });
     for timing in after_delivery.iter().chain(after_send.iter()) {
-        signal(timing);
+        signal(&[timing]);
     }
     if let Some(n) = evidence.sweep {
         // The reason names the rule; the signal says how many recipients it saw.
-        let mut text = String::with_capacity(24);
-        text.push_str("sweep:");
-        text.push_str(itoa::Buffer::new().format(n));
-        text.push_str("_recipients");
-        signal(&text);
+        signal(&["sweep:", itoa::Buffer::new().format(n), "_recipients"]);
     }
     let verdict = |class: Class, reason: Arc<str>| Judged { class, reason, signals };
     if ua.class == Class::Bot {

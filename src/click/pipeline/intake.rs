@@ -75,7 +75,7 @@ impl Intake {
             method: if hit.head { "HEAD" } else { "GET" }.to_owned(),
             user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
             ip,
-            signals: (!judged.signals.is_empty()).then(|| judged.signals.clone()),
+            signals: (!judged.signals.is_empty()).then(|| std::mem::take(&mut judged.signals)),
             click_id: hit.click_id.as_deref().map(str::to_owned),
         };
         if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
@@ -98,7 +98,7 @@ impl Intake {
                 judged = judge(&ua, &evidence, &settings.timing);
                 record.class = judged.class;
                 record.reason = String::from(&*judged.reason);
-                record.signals = (!judged.signals.is_empty()).then(|| judged.signals.clone());
+                record.signals = (!judged.signals.is_empty()).then(|| std::mem::take(&mut judged.signals));
                 for flip in observed.flips {
                     self.flip(flip, &record.reason, batch, at_ms);
                 }

@@ -25,6 +25,7 @@ use redis::Value;
 use redis::cluster_routing::Slot;
 
 use super::RedisStore;
+use super::args::Args;
 use crate::counting;
 use crate::model::{Batch, Class, ClickRecord, ClickTally};
 use crate::redis_conn::{has_error_code, hash_tag};
@@ -243,41 +244,6 @@ impl Call<'_> {
     fn key(&mut self, key: String) {
         self.keys.push(key);
         self.args.int(self.keys.len() + 1);
-    }
-}
-
-/// A call's arguments in one buffer: building a batch's request allocates per call, not per argument
-/// (it was ~10 small allocations per hit — callgrind, docs/PERFORMANCE.md session 6).
-#[derive(Default)]
-struct Args {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Args {
-    fn push(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
-        self.ends.push(self.data.len());
-    }
-
-    fn int<I: itoa::Integer>(&mut self, v: I) {
-        self.push(itoa::Buffer::new().format(v).as_bytes());
-    }
-
-    fn recent(&mut self, click: &ClickRecord) {
-        click.write_recent_json(&mut self.data);
-        self.ends.push(self.data.len());
-    }
-
-    fn json<T: serde::Serialize>(&mut self, value: &T) -> Result<(), StoreError> {
-        serde_json::to_writer(&mut self.data, value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.ends.push(self.data.len());
-        Ok(())
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.data[s..e])
     }
 }
 

@@ -12,6 +12,7 @@
 //! Every command is bounded by the configured timeout: a hung Redis turns into `StoreError::Timeout`,
 //! never into a hung request.
 
+mod args;
 mod conversions;
 mod counting;
 mod deliveries;
