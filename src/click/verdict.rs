@@ -80,10 +80,10 @@ fn timing_reason(seconds: i64, after: &'static str) -> Arc<str> {
     }
 }
 
-/// A reason that is always the same text, made once.
 /// Room for a hit's usual signals (`network:hosting:aws,timing:2s_after_send,sweep:12_recipients`).
 const SIGNALS_CAPACITY: usize = 64;
 
+/// A reason that is always the same text, made once.
 macro_rules! shared_reason {
     ($text:literal) => {{
         static REASON: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from($text));

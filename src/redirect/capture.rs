@@ -75,10 +75,12 @@ pub struct Capture {
 /// the worker until the hits pile up and it must run for milliseconds to catch up. Both step off
 /// instead. The click thread pauses after each stretch of about 32 hits (`click::pipeline`); a redirect
 /// worker that sees `NUDGE` hits waiting wakes the click thread if it is idle and yields the CPU (at
-/// every 8th hit waiting) — the
-/// scheduler then runs the click thread, which has used less than its share, for one stretch
-/// (~100 µs). On a host where the click thread has a core of its own the backlog stays below `NUDGE`
-/// and none of this happens. Measured in docs/PERFORMANCE.md (session 6).
+/// every 8th hit waiting) — the scheduler then runs the click thread, which has used less than its
+/// share, for one stretch (~100 µs). On a host where the click thread has a core of its own the backlog
+/// rarely reaches `NUDGE` (only while the click thread is busy with a burst); then the yields are wasted
+/// system calls, which is why a worker yields at every 8th hit waiting, not on every request. The click
+/// thread's pauses apply there too: they cap it at about half its core until it is 8,192 hits behind.
+/// Measured in docs/PERFORMANCE.md (session 6).
 #[derive(Debug, Default)]
 pub struct Handover {
     /// The click thread has been asked to drain (reset by it before it waits again).
@@ -94,7 +96,8 @@ impl Handover {
     }
 }
 
-/// Hits waiting above which a redirect worker hands the CPU to the click thread.
+/// Hits waiting above which a redirect worker hands the CPU to the click thread (or a quarter of a
+/// smaller capture channel).
 pub const NUDGE: usize = 64;
 /// Behind, a redirect worker yields when the backlog is a multiple of this (about every 8th request).
 const YIELD_EVERY: usize = 8;
@@ -123,7 +126,7 @@ impl Capture {
         }
         if let Some(handover) = &self.handover {
             let backlog = tx.max_capacity() - tx.capacity();
-            if backlog >= NUDGE {
+            if backlog >= NUDGE.min(tx.max_capacity() / 4).max(1) {
                 if !handover.nudged.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     handover.wake.notify_one();
                 }

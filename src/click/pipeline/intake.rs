@@ -151,6 +151,10 @@ pub(super) async fn run(mut me: Intake) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let handover = me.handover.clone();
+    // Where this task really runs: on the click thread, or — if that could not start — on a redirect
+    // worker, which must never sleep.
+    let on_own_thread = std::thread::current().name() == Some(super::THREAD_NAME);
+    let catch_up = CATCH_UP.min(me.rx.max_capacity() / 4).max(1);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -178,8 +182,8 @@ pub(super) async fn run(mut me: Intake) {
                         let backlog = me.rx.len();
                         if since_yield >= stretch(backlog) {
                             since_yield = 0;
-                            if settings.own_thread {
-                                pace(backlog);
+                            if on_own_thread {
+                                pace(backlog, if stopping { 0 } else { catch_up });
                             }
                             tokio::task::yield_now().await;
                         }
@@ -193,6 +197,11 @@ pub(super) async fn run(mut me: Intake) {
                 Err(mpsc::error::TryRecvError::Empty) => {
                     if let Some(handover) = &me.handover {
                         handover.rearm();
+                        // A redirect that filled the channel between the last receive and the rearm
+                        // did not wake us: look once more.
+                        if me.rx.len() > 0 {
+                            continue;
+                        }
                     }
                     break;
                 }
@@ -277,10 +286,11 @@ fn stretch(backlog: usize) -> usize {
 /// once and the thread runs on until the 4 ms tick — the redirects' p99 (`perf sched`: click-thread runs
 /// of 1.5 ms at p90, 4 ms at p99, docs/PERFORMANCE.md session 6). A short sleep really leaves the CPU to
 /// the worker, and when it ends the redirects are interrupted for one stretch (~100 µs), never a slice.
-/// Behind (`CATCH_UP` hits waiting), it only yields, so that it cannot fall further behind: a sleep per
-/// 32 hits caps the thread at about half a CPU.
-fn pace(backlog: usize) {
-    if backlog >= CATCH_UP {
+/// Behind (`catch_up` hits waiting: `CATCH_UP`, or a quarter of a smaller capture channel; 0 while
+/// stopping) it only yields, so that it cannot fall further behind: a sleep per 32 hits caps the thread
+/// at about half a CPU.
+fn pace(backlog: usize, catch_up: usize) {
+    if backlog >= catch_up {
         std::thread::yield_now();
     } else if backlog > 0 {
         std::thread::sleep(PAUSE);

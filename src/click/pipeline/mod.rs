@@ -113,8 +113,13 @@ const SPARE_BUFFERS: usize = 4;
 impl Spare {
     /// An empty buffer for `capacity` records.
     pub(crate) fn take(&self, capacity: usize) -> Vec<ClickRecord> {
-        let spare = self.0.lock().ok().and_then(|mut spare| spare.pop());
-        spare.unwrap_or_else(|| Vec::with_capacity(capacity))
+        match self.0.lock().ok().and_then(|mut spare| spare.pop()) {
+            Some(mut buffer) => {
+                buffer.reserve(capacity);
+                buffer
+            }
+            None => Vec::with_capacity(capacity),
+        }
     }
 
     /// A finished batch's buffer, emptied.
@@ -341,6 +346,8 @@ mod tests {
         let again = spare.take(250);
         assert_eq!(again.as_ptr(), buffer, "the same buffer, not a fresh allocation");
         assert!(again.is_empty());
+        spare.give(Vec::with_capacity(1));
+        assert!(spare.take(250).capacity() >= 250, "a small recycled buffer is grown to the batch size");
         for _ in 0..2 * SPARE_BUFFERS {
             spare.give(Vec::with_capacity(250));
         }
