@@ -199,7 +199,7 @@ pub(super) async fn run(mut me: Intake) {
                         handover.rearm();
                         // A redirect that filled the channel between the last receive and the rearm
                         // did not wake us: look once more.
-                        if me.rx.len() > 0 {
+                        if !me.rx.is_empty() {
                             continue;
                         }
                     }
