@@ -195,7 +195,7 @@ pub(super) async fn run(mut me: Intake) {
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if let Some(handover) = &me.handover {
+                    if let Some(handover) = &handover {
                         handover.rearm();
                         // A redirect that filled the channel between the last receive and the rearm
                         // did not wake us: look once more.

@@ -245,6 +245,15 @@ impl Call<'_> {
         self.keys.push(key);
         self.args.int(self.keys.len() + 1);
     }
+
+    /// The five keys a broadcast operation (`B`, `D`) names, its counters hash `hash` first.
+    fn broadcast_keys(&mut self, store: &RedisStore, hash: String, workspace: &str, broadcast: &str) {
+        self.key(hash);
+        self.key(store.keys.broadcast_uniques(workspace, broadcast));
+        self.key(store.keys.timeline(workspace, broadcast));
+        self.key(store.keys.broadcast_recipient_hits(workspace, broadcast));
+        self.key(store.keys.broadcast_bot_reasons(workspace, broadcast));
+    }
 }
 
 /// The call for hash tag `tag`'s slot, opened when it is the first.
@@ -322,11 +331,7 @@ fn calls<'a>(
         let recipients: Vec<&str> =
             members.iter().filter(|&&i| clicks[i].is_human()).filter_map(|&i| clicks[i].recipient.as_deref()).collect();
         call.args.push(b"B");
-        call.key(hash);
-        call.key(store.keys.broadcast_uniques(workspace, broadcast));
-        call.key(store.keys.timeline(workspace, broadcast));
-        call.key(store.keys.broadcast_recipient_hits(workspace, broadcast));
-        call.key(store.keys.broadcast_bot_reasons(workspace, broadcast));
+        call.broadcast_keys(store, hash, workspace, broadcast);
         call.args.int(members.len());
         call.args.int(human);
         call.args.int(members.len() - human);
@@ -424,11 +429,7 @@ fn calls<'a>(
         let n = open(&mut calls, hash_tag(&hash));
         let call = &mut calls[n];
         call.args.push(b"D");
-        call.key(hash);
-        call.key(store.keys.broadcast_uniques(workspace, broadcast));
-        call.key(store.keys.timeline(workspace, broadcast));
-        call.key(store.keys.broadcast_recipient_hits(workspace, broadcast));
-        call.key(store.keys.broadcast_bot_reasons(workspace, broadcast));
+        call.broadcast_keys(store, hash, workspace, broadcast);
         call.args.int(list.len());
         for c in list {
             let minute = counting::minute_of(c);
