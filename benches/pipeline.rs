@@ -48,10 +48,10 @@ fn start_redis() -> (Redis, String) {
 fn batch() -> Vec<ClickRecord> {
     (0..BATCH)
         .map(|i| ClickRecord {
-            code: format!("code{:04}", i % 500),
+            code: format!("code{:04}", i % 500).into(),
             workspace_id: "ws_bench".into(),
-            broadcast_id: Some(format!("b{}", i % 5)),
-            recipient: Some(format!("+1202555{:04}", i % 500)),
+            broadcast_id: Some(format!("b{}", i % 5).into()),
+            recipient: Some(format!("+1202555{:04}", i % 500).into()),
             kind: LinkKind::Redirect,
             at: Utc::now(),
             class: if i % 10 < 7 { Class::Human } else { Class::Bot },

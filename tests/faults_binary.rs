@@ -150,7 +150,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
     // What an earlier run left: 1,500 batches of 4 hits (3 human on link 0, 1 bot on link 1).
     let record = |code: &str, recipient: &str, class: Class| ClickRecord {
         code: code.into(),
-        workspace_id: workspace_id.clone(),
+        workspace_id: workspace_id.as_str().into(),
         broadcast_id: Some("replay".into()),
         recipient: Some(recipient.into()),
         kind: LinkKind::Redirect,

@@ -240,7 +240,7 @@ pub struct Classifier {
     /// Keyed with foldhash (seeded per process): hashing each hit's user agent with SipHash cost more
     /// than the memo lookup itself; the memo is bounded and cleared, so a flood of distinct agents
     /// only costs classification time.
-    memo: HashMap<Box<str>, Verdict, foldhash::fast::RandomState>,
+    memo: HashMap<Arc<str>, Verdict, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
@@ -250,15 +250,24 @@ impl Classifier {
     }
 
     pub fn classify(&mut self, signals: Signals<'_>) -> Verdict {
-        // Request signals decide before the user agent; they are not memoised.
-        if signals.head || signals.prefetch {
-            return self.rules.classify(signals);
-        }
-        let Some(ua) = signals.user_agent else {
-            return self.rules.classify(signals);
+        self.classify_hit(signals).0
+    }
+
+    /// [`Self::classify`], and the user agent as a click keeps it ([`truncated`]): shared with the memo's
+    /// key, so the hits of a known agent copy no text.
+    pub fn classify_hit(&mut self, signals: Signals<'_>) -> (Verdict, Option<Arc<str>>) {
+        let Some(ua) = signals.user_agent.map(truncated) else {
+            return (self.rules.classify(signals), None);
         };
-        if let Some(v) = self.memo.get(ua) {
-            return v.clone();
+        // Request signals decide before the user agent; they are not memoised.
+        let decided_by_request = signals.head || signals.prefetch;
+        if let Some((text, v)) = self.memo.get_key_value(ua) {
+            let verdict = if decided_by_request { self.rules.classify(signals) } else { v.clone() };
+            return (verdict, Some(Arc::clone(text)));
+        }
+        let text: Arc<str> = Arc::from(ua);
+        if decided_by_request {
+            return (self.rules.classify(signals), Some(text));
         }
         let verdict = self.rules.classify_user_agent(ua);
         if self.memo.len() >= self.capacity {
@@ -266,8 +275,8 @@ impl Classifier {
             // refills in a moment, and this keeps the memo a plain map.
             self.memo.clear();
         }
-        self.memo.insert(Box::from(truncate(ua, MAX_USER_AGENT)), verdict.clone());
-        verdict
+        self.memo.insert(Arc::clone(&text), verdict.clone());
+        (verdict, Some(text))
     }
 
     pub fn memo_len(&self) -> usize {

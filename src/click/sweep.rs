@@ -8,6 +8,7 @@
 //! so the pipeline can flip them (within the hold window: their counts corrected, their events
 //! withdrawn). Bounded: at most `capacity` hits are remembered; the oldest clients are forgotten first.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -146,10 +147,13 @@ impl<T> Sweeps<T> {
             return none;
         }
         let window = self.rule.window.as_millis() as i64;
-        if !self.clients.contains_key(client) {
-            self.order.push_back(client.clone());
-        }
-        let seen = self.clients.entry(client.clone()).or_default();
+        let seen = match self.clients.entry(client.clone()) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => {
+                self.order.push_back(client.clone());
+                new.insert(Window::default())
+            }
+        };
         self.len -= seen.expire(at_ms - window);
         seen.push(Seen { recipient, at_ms, flippable });
         self.len += 1;

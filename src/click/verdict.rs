@@ -55,8 +55,8 @@ pub struct Evidence<'a> {
 pub struct Judged {
     pub class: Class,
     pub reason: Arc<str>,
-    /// Every signal seen, comma-separated (`network:hosting:aws,timing:2s_after_send`); empty if none.
-    pub signals: String,
+    /// Every signal seen, comma-separated (`network:hosting:aws,timing:2s_after_send`); `None` if none.
+    pub signals: Option<Arc<str>>,
 }
 
 /// How far a hit may seem to precede its send before that is held against it (clock skew, rounding).
@@ -81,7 +81,33 @@ fn timing_reason(seconds: i64, after: &'static str) -> Arc<str> {
 }
 
 /// Room for a hit's usual signals (`network:hosting:aws,timing:2s_after_send,sweep:12_recipients`).
-const SIGNALS_CAPACITY: usize = 64;
+const SIGNALS_CAPACITY: usize = 128;
+
+thread_local! {
+    /// Where a verdict's signals are written before they become one shared text: one allocation per
+    /// hit with signals, none without (judging runs for every hit).
+    static SCRATCH: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(SIGNALS_CAPACITY));
+}
+
+/// Signals joined with commas, written by `write` into the scratch buffer.
+fn joined(write: impl FnOnce(&mut dyn FnMut(&[&str]))) -> Option<Arc<str>> {
+    SCRATCH.with_borrow_mut(|text| {
+        text.clear();
+        write(&mut |parts: &[&str]| {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            parts.iter().for_each(|part| text.push_str(part));
+        });
+        (!text.is_empty()).then(|| Arc::from(text.as_str()))
+    })
+}
+
+/// The sweep's signal (`sweep:12_recipients`).
+fn sweep_signal(n: usize, signal: &mut dyn FnMut(&[&str])) {
+    // The reason names the rule; the signal says how many recipients it saw.
+    signal(&["sweep:", itoa::Buffer::new().format(n), "_recipients"]);
+}
 
 /// A reason that is always the same text, made once.
 macro_rules! shared_reason {
@@ -93,20 +119,7 @@ macro_rules! shared_reason {
 
 /// Judges a hit. Pure.
 pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
-    // Sized on the first signal: grown piecewise it was reallocated up to four times per hit.
-    let mut signals = String::new();
-    let mut signal = |parts: &[&str]| {
-        if signals.is_empty() {
-            signals.reserve(SIGNALS_CAPACITY);
-        } else {
-            signals.push(',');
-        }
-        parts.iter().for_each(|part| signals.push_str(part));
-    };
     let network = evidence.network.map(Network::signal);
-    if let Some(network) = &network {
-        signal(&[network]);
-    }
     let fast = |since: Option<i64>, limit: Duration| since.filter(|&ms| ms < limit.as_millis() as i64);
     let after_delivery = fast(evidence.since_delivery_ms, timing.fast_after_delivery)
         .map(|ms| timing_reason(ms.max(0) / 1000, "delivery"));
@@ -119,13 +132,17 @@ pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
             fast(Some(ms.max(0)), timing.fast_after_send).map(|ms| timing_reason(ms / 1000, "send"))
         }
     });
-    for timing in after_delivery.iter().chain(after_send.iter()) {
-        signal(&[timing]);
-    }
-    if let Some(n) = evidence.sweep {
-        // The reason names the rule; the signal says how many recipients it saw.
-        signal(&["sweep:", itoa::Buffer::new().format(n), "_recipients"]);
-    }
+    let signals = joined(|signal| {
+        if let Some(network) = &network {
+            signal(&[network]);
+        }
+        for timing in after_delivery.iter().chain(after_send.iter()) {
+            signal(&[timing]);
+        }
+        if let Some(n) = evidence.sweep {
+            sweep_signal(n, signal);
+        }
+    });
     let verdict = |class: Class, reason: Arc<str>| Judged { class, reason, signals };
     if ua.class == Class::Bot {
         return verdict(Class::Bot, Arc::clone(&ua.reason));
@@ -144,6 +161,22 @@ pub fn judge(ua: &Verdict, evidence: &Evidence<'_>, timing: &Timing) -> Judged {
         return verdict(Class::Bot, shared_reason!("sweep"));
     }
     verdict(Class::Human, Arc::clone(&ua.reason))
+}
+
+/// What a sweep of `recipients` found after `judged` (made without it) does to the verdict, without
+/// judging again when that is already known: a bot stays the same bot (the sweep rule comes after every
+/// bot rule) and gains the sweep's signal, which comes last. `None`: a human verdict — judge again.
+pub fn with_sweep(judged: &Judged, recipients: usize) -> Option<Judged> {
+    if judged.class != Class::Bot {
+        return None;
+    }
+    let signals = joined(|signal| {
+        if let Some(earlier) = &judged.signals {
+            signal(&[earlier]);
+        }
+        sweep_signal(recipients, signal);
+    });
+    Some(Judged { class: Class::Bot, reason: Arc::clone(&judged.reason), signals })
 }
 
 #[cfg(test)]
@@ -186,6 +219,37 @@ mod tests {
             &Evidence { network: Some(&hosting), since_send_ms: Some(1_000), ..Default::default() },
             &Timing::default(),
         );
-        assert_eq!(j.signals, "network:hosting:aws,timing:1s_after_send", "every signal is kept");
+        assert_eq!(j.signals.as_deref(), Some("network:hosting:aws,timing:1s_after_send"), "every signal is kept");
+        assert_eq!(judge(&human(), &Evidence::default(), &Timing::default()).signals, None);
+    }
+
+    /// `with_sweep` is `judge` with the sweep added, for every verdict it answers; it answers for bots only.
+    #[test]
+    fn a_sweep_added_to_a_bot_verdict_is_the_verdict_judged_with_it() {
+        let hosting = Network::Hosting(Arc::from("aws"));
+        let bot_ua = Verdict { class: Class::Bot, reason: Arc::from("preview:whatsapp") };
+        let min = 60_000;
+        let cases: Vec<(Verdict, Evidence<'_>)> = vec![
+            (bot_ua.clone(), Evidence { since_send_ms: Some(10 * min), ..Default::default() }),
+            (bot_ua.clone(), Evidence { network: Some(&hosting), since_send_ms: Some(1_000), ..Default::default() }),
+            (bot_ua, Evidence::default()),
+            (human(), Evidence { network: Some(&hosting), ..Default::default() }),
+            (human(), Evidence { since_send_ms: Some(3_000), since_delivery_ms: Some(1_000), ..Default::default() }),
+            (human(), Evidence { since_send_ms: Some(40_000), ..Default::default() }),
+        ];
+        let mut answered = 0;
+        for (ua, evidence) in cases {
+            let before = judge(&ua, &evidence, &Timing::default());
+            let swept = Evidence { sweep: Some(12), ..evidence.clone() };
+            let judged_again = judge(&ua, &swept, &Timing::default());
+            match with_sweep(&before, 12) {
+                Some(added) => {
+                    assert_eq!(added, judged_again, "{evidence:?}");
+                    answered += 1;
+                }
+                None => assert_eq!(before.class, Class::Human, "only a human verdict is judged again"),
+            }
+        }
+        assert_eq!(answered, 5);
     }
 }

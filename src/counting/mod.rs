@@ -40,7 +40,7 @@ pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
         if let Some(b) = &click.broadcast_id
             && click.kind == LinkKind::Redirect
         {
-            let key = (click.workspace_id.as_str(), b.as_str());
+            let key = (&*click.workspace_id, &**b);
             let g = *broadcast_index.entry(key).or_insert_with(|| {
                 groups.broadcasts.push((key, Vec::new()));
                 groups.broadcasts.len() - 1
@@ -50,7 +50,7 @@ pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
         if records_opt_out(click) {
             groups.opt_outs.push(i);
             if let Some(b) = &click.broadcast_id {
-                let key = (click.workspace_id.as_str(), b.as_str());
+                let key = (&*click.workspace_id, &**b);
                 match groups.broadcast_opt_outs.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, list)) => list.push(i),
                     None => groups.broadcast_opt_outs.push((key, vec![i])),
@@ -73,8 +73,8 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
         recipient: recipient.to_owned(),
         at: click.at,
         source: crate::model::OPT_OUT_LINK.to_owned(),
-        code: click.code.clone(),
-        broadcast_id: click.broadcast_id.clone(),
+        code: click.code.to_string(),
+        broadcast_id: click.broadcast_id.as_deref().map(str::to_owned),
         keyword: None,
         message_id: None,
         sender: None,
@@ -82,7 +82,6 @@ pub fn opt_out_of(click: &ClickRecord, recipient: &str) -> OptOut {
     }
 }
 
-/// A map with a fast hash, for the per-batch bookkeeping (keys are codes: no flooding risk).
 /// A map with a fast, randomly seeded hash, for per-batch bookkeeping.
 pub type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -93,6 +92,9 @@ pub type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// - `first_in_broadcast[i]`: for click `i` (human, with broadcast and recipient), whether it added the
 ///   recipient to the broadcast's unique set;
 /// - `opted_out[i]`: whether click `i` recorded a new opt-out.
+///
+/// Only hits of links with a human hit in the batch are tallied (events are made of human hits); the
+/// others get zeros, so a batch of bots costs no hashing here.
 pub fn tallies<S: std::hash::BuildHasher>(
     clicks: &[ClickRecord],
     human_after: &HashMap<&str, u64, S>,
@@ -100,31 +102,40 @@ pub fn tallies<S: std::hash::BuildHasher>(
     first_in_broadcast: &[bool],
     opted_out: &[bool],
 ) -> Vec<ClickTally> {
+    // Events are made of human hits only, so only the links with a human hit in the batch need a tally
+    // (the stores answer only those); a bot hit on another link gets zeros. A batch of bots hashes nothing.
     let mut human_in_batch: Fast<&str, u64> = Fast::default();
+    for c in clicks.iter().filter(|c| c.is_human()) {
+        *human_in_batch.entry(&*c.code).or_default() += 1;
+    }
+    if human_in_batch.is_empty() {
+        return vec![ClickTally::default(); clicks.len()];
+    }
     let mut all_in_batch: Fast<&str, u64> = Fast::default();
     for c in clicks {
-        if c.is_human() {
-            *human_in_batch.entry(c.code.as_str()).or_default() += 1;
+        if human_in_batch.contains_key(&*c.code) {
+            *all_in_batch.entry(&*c.code).or_default() += 1;
         }
-        *all_in_batch.entry(c.code.as_str()).or_default() += 1;
     }
-    let mut seen: Fast<&str, u64> = Fast::default();
-    let mut seen_all: Fast<&str, u64> = Fast::default();
+    let mut seen: Fast<&str, (u64, u64)> = Fast::default();
     clicks
         .iter()
         .enumerate()
         .map(|(i, click)| {
-            let after = human_after.get(click.code.as_str()).copied().unwrap_or(0);
-            let before = after.saturating_sub(human_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
-            let so_far = seen.entry(click.code.as_str()).or_default();
+            let code: &str = &click.code;
+            let Some(&human_in) = human_in_batch.get(code) else {
+                return ClickTally { opted_out: opted_out[i], ..ClickTally::default() };
+            };
+            let after = human_after.get(code).copied().unwrap_or(0);
+            let before = after.saturating_sub(human_in);
+            let (human_so_far, all_so_far) = seen.entry(code).or_default();
             if click.is_human() {
-                *so_far += 1;
+                *human_so_far += 1;
             }
-            let human_hits = before + *so_far;
-            let all = all_after.get(click.code.as_str()).copied().unwrap_or(0);
-            let all_before = all.saturating_sub(all_in_batch.get(click.code.as_str()).copied().unwrap_or(0));
-            let all_so_far = seen_all.entry(click.code.as_str()).or_default();
             *all_so_far += 1;
+            let human_hits = before + *human_so_far;
+            let all = all_after.get(code).copied().unwrap_or(0);
+            let all_before = all.saturating_sub(all_in_batch.get(code).copied().unwrap_or(0));
             let hits = all_before + *all_so_far;
             let first_click = click.is_human()
                 && if click.broadcast_id.is_some() && click.recipient.is_some() {
@@ -262,6 +273,20 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{batch:?}");
         }
+    }
+
+    #[test]
+    fn links_without_a_human_hit_in_the_batch_get_zeros() {
+        let batch = [hit("a", None, None, Class::Bot, T), hit("b", None, None, Class::Bot, T)];
+        let counts: HashMap<&str, u64> = [("a", 9), ("b", 4)].into_iter().collect();
+        let got = tallies(&batch, &counts, &counts, &[false; 2], &[false; 2]);
+        assert_eq!(got, vec![ClickTally::default(); 2], "a batch of bots tallies nothing");
+        let mixed = [hit("a", None, None, Class::Bot, T), hit("b", None, None, Class::Human, T)];
+        let human: HashMap<&str, u64> = [("b", 3)].into_iter().collect();
+        let all: HashMap<&str, u64> = [("b", 5)].into_iter().collect();
+        let got: Vec<(u64, u64)> =
+            tallies(&mixed, &human, &all, &[false; 2], &[false; 2]).iter().map(|t| (t.human_hits, t.hits)).collect();
+        assert_eq!(got, vec![(0, 0), (3, 5)]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Classified hits: the record the pipeline counts, journals and shows, and what counting told.
 
+use std::sync::{Arc, LazyLock};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -22,32 +24,39 @@ impl Class {
     }
 }
 
+/// The method of a hit as a click keeps it: one of two shared texts.
+pub fn method_text(head: bool) -> Arc<str> {
+    static GET: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("GET"));
+    static HEAD: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("HEAD"));
+    Arc::clone(if head { &HEAD } else { &GET })
+}
+
 /// One classified hit: what the store counts, the journal spills and `GET …/clicks` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClickRecord {
-    pub code: String,
-    pub workspace_id: String,
+    pub code: Arc<str>,
+    pub workspace_id: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broadcast_id: Option<String>,
+    pub broadcast_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipient: Option<String>,
+    pub recipient: Option<Arc<str>>,
     #[serde(default)]
     pub kind: LinkKind,
     pub at: DateTime<Utc>,
     pub class: Class,
-    pub reason: String,
-    pub method: String,
+    pub reason: Arc<str>,
+    pub method: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
     /// Anonymised unless the operator keeps full addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
+    pub ip: Option<Arc<str>>,
     /// The evidence behind the verdict besides the user agent (`network:hosting:aws,timing:2s_after_send`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signals: Option<String>,
+    pub signals: Option<Arc<str>>,
     /// The click id the redirect added to the target (`lh_click`), on links tracking conversions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub click_id: Option<String>,
+    pub click_id: Option<Arc<str>>,
 }
 
 impl ClickRecord {
@@ -100,16 +109,16 @@ pub struct RecentClick {
     #[serde(deserialize_with = "millis_or_text")]
     pub at: DateTime<Utc>,
     pub class: Class,
-    pub reason: String,
-    pub method: String,
+    pub reason: Arc<str>,
+    pub method: Arc<str>,
     #[serde(default)]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
     #[serde(default)]
-    pub ip: Option<String>,
+    pub ip: Option<Arc<str>>,
     #[serde(default)]
-    pub signals: Option<String>,
+    pub signals: Option<Arc<str>>,
     #[serde(default)]
-    pub click_id: Option<String>,
+    pub click_id: Option<Arc<str>>,
 }
 
 /// `at` as the compact form writes it (epoch milliseconds) or as RFC 3339 text (whole records of

@@ -38,7 +38,7 @@ pub struct CachedLink {
     /// Interned: the links of a broadcast share one copy (see [`Interner`]).
     pub workspace_id: Arc<str>,
     pub broadcast_id: Option<Arc<str>>,
-    pub recipient: Option<Box<str>>,
+    pub recipient: Option<Arc<str>>,
     /// `Location` header value; `None` for an opt-out link without a target. Interned: the links of a
     /// broadcast share one value (and a thin `Arc` keeps the entry small).
     pub location: Option<Arc<HeaderValue>>,
@@ -392,7 +392,7 @@ impl LinkCache {
             code: Arc::from(link.code.as_str()),
             workspace_id: interner.string(&link.workspace_id),
             broadcast_id: link.broadcast_id.as_deref().map(|b| interner.string(b)),
-            recipient: link.recipient.as_deref().map(Box::from),
+            recipient: link.recipient.as_deref().map(Arc::from),
             location: link.target_url.as_deref().and_then(|u| interner.location(u)),
             kind: link.kind,
             expires: link.expires_at.map_or(0, |at| Compact::from_unix(at.timestamp())),

@@ -30,7 +30,7 @@ pub struct Hit {
     pub peer: Option<IpAddr>,
     pub forwarded_for: Option<HeaderValue>,
     /// The click id added to the target (links tracking conversions).
-    pub click_id: Option<Box<str>>,
+    pub click_id: Option<Arc<str>>,
 }
 
 impl Hit {

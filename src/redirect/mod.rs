@@ -55,7 +55,7 @@ pub async fn handle(
     // Every answered GET/HEAD of a live link is a hit; classification happens off this path.
     if let (Outcome::Redirected | Outcome::OptOutPage, Resolved::Link(link)) = (outcome, &resolved) {
         let mut hit = Hit::from_request(Arc::clone(link), method == Method::HEAD, &request.headers, peer);
-        hit.click_id = click_id.map(String::into_boxed_str);
+        hit.click_id = click_id.map(Arc::from);
         capture.record(hit);
     }
     response

@@ -294,7 +294,7 @@ impl EventSink for Outbox {
             };
             // A held event was queued in its sub-account's partition when the sub-account had a
             // configuration then, else in the workspace's: try both (a miss withdraws nothing).
-            let jobs = by_workspace.entry(c.click.workspace_id.as_str()).or_default();
+            let jobs = by_workspace.entry(&*c.click.workspace_id).or_default();
             jobs.push((c.event_id.clone(), format!("{}/*", kind.as_str())));
             if let Some(sub) = self.cached_link(&c.click.code).and_then(|l| l.sub_account_id.clone()) {
                 jobs.push((c.event_id.clone(), format!("{}/{sub}", kind.as_str())));

@@ -13,7 +13,7 @@ use crate::click::address;
 use crate::click::classify::{Classifier, Signals};
 use crate::click::journal::Journal;
 use crate::click::sweep::{Client, Flippable, Sweeps};
-use crate::click::verdict::{Evidence, judge};
+use crate::click::verdict::{Evidence, judge, with_sweep};
 use crate::model::{Batch, Class, ClickRecord, Correction};
 use crate::redirect::capture::{Handover, Hit};
 
@@ -33,6 +33,8 @@ pub(super) struct Intake {
     pub handover: Option<Arc<Handover>>,
     /// Buffers of finished batches, to fill again.
     pub spare: Arc<super::Spare>,
+    /// The last client address seen and its text (`ip_text`).
+    pub last_ip: Option<(IpAddr, Arc<str>)>,
 }
 
 /// A stable hash of a text (recipients and user agents in the sweep tracker).
@@ -49,7 +51,8 @@ impl Intake {
     fn record(&mut self, hit: Hit, batch: &mut [ClickRecord], tally: &mut HitTally) -> ClickRecord {
         let settings = Arc::clone(&self.settings);
         let user_agent = hit.user_agent.as_ref().and_then(|v| v.to_str().ok());
-        let ua = self.classifier.classify(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
+        let (ua, user_agent_text) =
+            self.classifier.classify_hit(Signals { user_agent, head: hit.head, prefetch: hit.prefetch });
         let forwarded = hit.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
         let client = address::client_ip(hit.peer, forwarded, &settings.trusted_proxies);
         let link = &hit.link;
@@ -60,23 +63,24 @@ impl Intake {
             since_delivery_ms: link.delivered_unix().map(|d| at_ms - d * 1000),
             sweep: None,
         };
-        let mut judged = judge(&ua, &evidence, &settings.timing);
-        let ip =
-            client.map(|ip: IpAddr| if settings.keep_full_ip { ip } else { address::anonymize(ip) }).map(address::text);
+        let judged = judge(&ua, &evidence, &settings.timing);
+        let ip = client.map(|ip| self.ip_text(if settings.keep_full_ip { ip } else { address::anonymize(ip) }));
+        // Every text is shared with the cached link, the classifier's memo or the verdict: a hit copies
+        // no string (docs/PERFORMANCE.md, session 7).
         let mut record = ClickRecord {
-            code: String::from(&*link.code),
-            workspace_id: String::from(&*link.workspace_id),
-            broadcast_id: link.broadcast_id.as_deref().map(str::to_owned),
-            recipient: link.recipient.as_deref().map(str::to_owned),
+            code: Arc::clone(&link.code),
+            workspace_id: Arc::clone(&link.workspace_id),
+            broadcast_id: link.broadcast_id.clone(),
+            recipient: link.recipient.clone(),
             kind: link.kind,
             at: hit.at,
             class: judged.class,
-            reason: String::from(&*judged.reason),
-            method: if hit.head { "HEAD" } else { "GET" }.to_owned(),
-            user_agent: user_agent.map(|ua| crate::click::classify::truncated(ua).to_owned()),
+            reason: Arc::clone(&judged.reason),
+            method: crate::model::method_text(hit.head),
+            user_agent: user_agent_text,
             ip,
-            signals: (!judged.signals.is_empty()).then(|| std::mem::take(&mut judged.signals)),
-            click_id: hit.click_id.as_deref().map(str::to_owned),
+            signals: judged.signals.clone(),
+            click_id: hit.click_id.clone(),
         };
         if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
             let who = Client {
@@ -94,30 +98,44 @@ impl Intake {
             });
             let observed = self.sweeps.observe(&who, recipient, at_ms, evidence.since_send_ms, flippable);
             if let Some(n) = observed.sweep {
-                evidence.sweep = Some(n);
-                judged = judge(&ua, &evidence, &settings.timing);
+                let judged = with_sweep(&judged, n).unwrap_or_else(|| {
+                    evidence.sweep = Some(n);
+                    judge(&ua, &evidence, &settings.timing)
+                });
                 record.class = judged.class;
-                record.reason = String::from(&*judged.reason);
-                record.signals = (!judged.signals.is_empty()).then(|| std::mem::take(&mut judged.signals));
+                record.reason = judged.reason;
+                record.signals = judged.signals;
                 for flip in observed.flips {
                     self.flip(flip, &record.reason, batch, at_ms);
                 }
             }
         }
-        tally.add(judged.class, &judged.reason);
+        tally.add(record.class, &record.reason);
         record
+    }
+
+    /// The text of a client's (anonymised) address, shared with the previous hit's when it is the same
+    /// client: floods come from few addresses.
+    fn ip_text(&mut self, ip: IpAddr) -> Arc<str> {
+        match &self.last_ip {
+            Some((last, text)) if *last == ip => Arc::clone(text),
+            _ => {
+                let text: Arc<str> = Arc::from(address::text(ip));
+                self.last_ip = Some((ip, Arc::clone(&text)));
+                text
+            }
+        }
     }
 
     /// Moves an earlier human hit to the bots: in place if its batch is still being filled, as a
     /// correction of its counted batch (and a withdrawal of its held event) within the hold window.
-    fn flip(&mut self, flip: Flippable<ClickRecord>, reason: &str, batch: &mut [ClickRecord], now_ms: i64) {
+    fn flip(&mut self, flip: Flippable<ClickRecord>, reason: &Arc<str>, batch: &mut [ClickRecord], now_ms: i64) {
         let moved = |mut click: ClickRecord| {
             click.class = Class::Bot;
-            click.reason = reason.to_owned();
-            let signal = reason.to_owned();
+            click.reason = Arc::clone(reason);
             click.signals = Some(match click.signals.take() {
-                Some(s) if !s.is_empty() => format!("{s},{signal}"),
-                _ => signal,
+                Some(s) if !s.is_empty() => Arc::from(format!("{s},{reason}")),
+                _ => Arc::clone(reason),
             });
             click
         };
@@ -306,17 +324,20 @@ const PAUSE: Duration = Duration::from_micros(50);
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Hits per (class, reason) since the last publish: one metrics update per reason per drain instead
-/// of a registry lookup per hit.
+/// of a registry lookup per hit. Keyed by the reason's allocation, not its text (no hashing of the text
+/// per hit): reasons are shared `Arc`s, and two allocations of one text only make two increments of the
+/// same counter.
 #[derive(Default)]
-struct HitTally(crate::counting::Fast<(Class, Arc<str>), u64>);
+struct HitTally(crate::counting::Fast<(Class, usize), (Arc<str>, u64)>);
 
 impl HitTally {
     fn add(&mut self, class: Class, reason: &Arc<str>) {
-        *self.0.entry((class, Arc::clone(reason))).or_default() += 1;
+        let key = (class, Arc::as_ptr(reason).cast::<u8>() as usize);
+        self.0.entry(key).or_insert_with(|| (Arc::clone(reason), 0)).1 += 1;
     }
 
     fn publish(&mut self) {
-        for ((class, reason), n) in self.0.drain() {
+        for ((class, _), (reason, n)) in self.0.drain() {
             metrics::counter!("linkhit_hits_total", "class" => class.as_str(), "reason" => reason.to_string())
                 .increment(n);
         }

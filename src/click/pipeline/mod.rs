@@ -252,6 +252,7 @@ impl Pipeline {
             stop: stop.clone(),
             sweeps: Sweeps::new(settings.sweep, settings.sweep_capacity),
             corrections: Vec::new(),
+            last_ip: None,
         });
         let committer = committer::Committer {
             store,

@@ -28,7 +28,7 @@ pub(super) fn correct(state: &mut ClickState, click: &ClickRecord) {
         let b = super::broadcast_agg(&mut state.broadcasts, &click.workspace_id, broadcast);
         b.human_hits = b.human_hits.saturating_sub(1);
         b.bot_hits += 1;
-        *b.bot_reasons.entry(click.reason.clone()).or_default() += 1;
+        *b.bot_reasons.entry(click.reason.to_string()).or_default() += 1;
         let minute = b.timeline.entry(counting::minute_of(click)).or_default();
         minute.0 = minute.0.saturating_sub(1);
         minute.1 += 1;
@@ -42,20 +42,20 @@ pub(super) fn correct(state: &mut ClickState, click: &ClickRecord) {
     }
     if click.kind == LinkKind::OptOut
         && let Some(recipient) = &click.recipient
-        && let Some((list, seen)) = state.opt_outs.get_mut(&click.workspace_id)
+        && let Some((list, seen)) = state.opt_outs.get_mut(&*click.workspace_id)
     {
         let recorded = counting::opt_out_of(click, recipient);
         if let Some(i) =
-            list.iter().position(|o| o.recipient == *recipient && o.code == recorded.code && o.at == recorded.at)
+            list.iter().position(|o| *o.recipient == **recipient && o.code == recorded.code && o.at == recorded.at)
         {
             list.remove(i);
-            seen.remove(recipient);
+            seen.remove(&**recipient);
         }
     }
     if click.kind == LinkKind::OptOut
         && let (Some(broadcast), Some(recipient)) = (&click.broadcast_id, &click.recipient)
-        && let Some(b) = state.broadcasts.get_mut(&(click.workspace_id.clone(), broadcast.clone()))
+        && let Some(b) = state.broadcasts.get_mut(&super::Pair(&click.workspace_id, broadcast))
     {
-        b.opt_outs.remove(recipient);
+        b.opt_outs.remove(&**recipient);
     }
 }

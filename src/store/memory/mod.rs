@@ -4,7 +4,7 @@
 //! inside its `async` wrapper).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -63,24 +63,26 @@ impl hashbrown::Equivalent<(String, String)> for Pair<'_> {
     }
 }
 
-/// The broadcast's aggregate, created on first use; copies the ids only then.
+impl From<&Pair<'_>> for (String, String) {
+    fn from(key: &Pair<'_>) -> Self {
+        (key.0.to_owned(), key.1.to_owned())
+    }
+}
+
+/// The broadcast's aggregate, created on first use; copies the ids only then. One lookup.
 fn broadcast_agg<'a>(
     broadcasts: &'a mut hashbrown::HashMap<(String, String), BroadcastAgg, foldhash::fast::RandomState>,
     workspace_id: &str,
     broadcast_id: &str,
 ) -> &'a mut BroadcastAgg {
-    let key = Pair(workspace_id, broadcast_id);
-    if !broadcasts.contains_key(&key) {
-        broadcasts.insert((workspace_id.to_owned(), broadcast_id.to_owned()), BroadcastAgg::default());
-    }
-    broadcasts.get_mut(&key).expect("inserted above")
+    broadcasts.entry_ref(&Pair(workspace_id, broadcast_id)).or_default()
 }
 
 #[derive(Default)]
 struct ClickState {
     /// Tallies of counted, unreleased batches by id.
     applied: Map<String, Vec<ClickTally>>,
-    links: Map<String, LinkAgg>,
+    links: Map<Arc<str>, LinkAgg>,
     broadcasts: hashbrown::HashMap<(String, String), BroadcastAgg, foldhash::fast::RandomState>,
     /// Per workspace: opt-outs in arrival order, and the recipients already opted out.
     opt_outs: HashMap<String, (Vec<OptOut>, HashSet<String>)>,
@@ -102,7 +104,7 @@ struct LinkAgg {
     stats: LinkStats,
     /// Only what the link does not already say (no copy of its code, workspace, broadcast, recipient).
     recent: VecDeque<RecentClick>,
-    click_ids: HashMap<String, Class>,
+    click_ids: HashMap<Arc<str>, Class>,
 }
 
 #[derive(Default)]
@@ -112,7 +114,7 @@ struct BroadcastAgg {
     bot_hits: u64,
     /// Human hits per recipient (a correction may take one back; may go below zero when a correction
     /// is counted before the hit it corrects).
-    recipients: Map<String, i64>,
+    recipients: Map<Arc<str>, i64>,
     /// Recipients with at least one human hit (exact unique clicks).
     unique: u64,
     bot_reasons: std::collections::BTreeMap<String, u64>,
@@ -248,11 +250,8 @@ impl Store for MemoryStore {
         let mut opted_out = vec![false; clicks.len()];
         for (i, click) in clicks.iter().enumerate() {
             let human = click.is_human();
-            // Look up before inserting: the common case (a known link) then copies no key.
-            if !state.links.contains_key(&click.code) {
-                state.links.insert(click.code.clone(), LinkAgg::default());
-            }
-            let agg = state.links.get_mut(&click.code).expect("inserted above");
+            // The key is the click's shared code: one lookup, and no copy of the text when it is new.
+            let agg = state.links.entry(Arc::clone(&click.code)).or_default();
             agg.stats.hits += 1;
             if human {
                 agg.stats.human_hits += 1;
@@ -294,10 +293,10 @@ impl Store for MemoryStore {
                     }
                 } else {
                     b.bot_hits += 1;
-                    match b.bot_reasons.get_mut(&click.reason) {
+                    match b.bot_reasons.get_mut(&*click.reason) {
                         Some(n) => *n += 1,
                         None => {
-                            b.bot_reasons.insert(click.reason.clone(), 1);
+                            b.bot_reasons.insert(click.reason.to_string(), 1);
                         }
                     }
                 }
@@ -307,10 +306,10 @@ impl Store for MemoryStore {
             {
                 if let Some(broadcast) = &click.broadcast_id {
                     let b = broadcast_agg(&mut state.broadcasts, &click.workspace_id, broadcast);
-                    b.opt_outs.insert(recipient.clone());
+                    b.opt_outs.insert(recipient.to_string());
                 }
-                let (list, seen) = state.opt_outs.entry(click.workspace_id.clone()).or_default();
-                if seen.insert(recipient.clone()) {
+                let (list, seen) = state.opt_outs.entry(click.workspace_id.to_string()).or_default();
+                if seen.insert(recipient.to_string()) {
                     list.push(counting::opt_out_of(click, recipient));
                     opted_out[i] = true;
                 }
@@ -319,12 +318,13 @@ impl Store for MemoryStore {
         for correction in &batch.corrections {
             correct(&mut state, &correction.click);
         }
-        let human_after: counting::Fast<&str, u64> = clicks
-            .iter()
-            .map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.human_hits)))
-            .collect();
-        let all_after: counting::Fast<&str, u64> =
-            clicks.iter().map(|c| (c.code.as_str(), state.links.get(&c.code).map_or(0, |a| a.stats.hits))).collect();
+        // Only links with a human hit in the batch are tallied (`counting::tallies`).
+        let (mut human_after, mut all_after) = (counting::Fast::default(), counting::Fast::default());
+        for c in clicks.iter().filter(|c| c.is_human()) {
+            let stats = state.links.get(&c.code).map(|a| &a.stats);
+            human_after.insert(&*c.code, stats.map_or(0, |s| s.human_hits));
+            all_after.insert(&*c.code, stats.map_or(0, |s| s.hits));
+        }
         let tallies = counting::tallies(clicks, &human_after, &all_after, &first_in_broadcast, &opted_out);
         if state.applied.len() >= MAX_UNRELEASED_BATCHES {
             // Only batches whose pipeline stopped before releasing them are left here; nothing can
@@ -506,10 +506,9 @@ impl Store for MemoryStore {
         ttl: std::time::Duration,
     ) -> Result<(Recorded, Option<Class>), StoreError> {
         let mut state = self.click_state();
-        let class = conversion
-            .click_id
-            .as_ref()
-            .and_then(|id| state.links.get(&conversion.code).and_then(|a| a.click_ids.get(id).copied()));
+        let class = conversion.click_id.as_ref().and_then(|id| {
+            state.links.get(conversion.code.as_str()).and_then(|a| a.click_ids.get(id.as_str()).copied())
+        });
         let now = std::time::Instant::now();
         if let Some(&(emitted, until)) = state.conversions.get(&conversion.dedup)
             && until > now
@@ -533,7 +532,7 @@ impl Store for MemoryStore {
         }
         state.conversions.insert(conversion.dedup.clone(), (false, now + ttl));
         let value = conversion.value.unwrap_or_default();
-        let stats = &mut state.links.entry(conversion.code.clone()).or_default().stats;
+        let stats = &mut state.links.entry(Arc::from(conversion.code.as_str())).or_default().stats;
         stats.conversions += 1;
         *stats.conversion_value.entry(conversion.currency.clone()).or_default() += value;
         if let Some(broadcast) = &conversion.broadcast_id {

@@ -347,7 +347,7 @@ fn calls<'a>(
         }
         let mut reasons: std::collections::BTreeMap<&str, u64> = Default::default();
         for &i in members.iter().filter(|&&i| !clicks[i].is_human()) {
-            *reasons.entry(clicks[i].reason.as_str()).or_default() += 1;
+            *reasons.entry(&*clicks[i].reason).or_default() += 1;
         }
         call.args.int(reasons.len());
         for (reason, hits) in reasons {
@@ -383,7 +383,7 @@ fn calls<'a>(
     let corrections: Vec<&ClickRecord> = batch.corrections.iter().map(|c| &c.click).collect();
     let mut by_link: Vec<(&str, u64)> = Vec::new();
     for c in &corrections {
-        match by_link.iter_mut().find(|(code, _)| *code == c.code) {
+        match by_link.iter_mut().find(|(code, _)| *code == &*c.code) {
             Some((_, n)) => *n += 1,
             None => by_link.push((&c.code, 1)),
         }
@@ -418,7 +418,7 @@ fn calls<'a>(
     let mut by_broadcast: Vec<((&str, &str), Vec<&ClickRecord>)> = Vec::new();
     // Opt-out links are not engagement: their hits were never in the broadcast's counters.
     for c in corrections.iter().filter(|c| c.broadcast_id.is_some() && c.kind == crate::model::LinkKind::Redirect) {
-        let key = (c.workspace_id.as_str(), c.broadcast_id.as_deref().unwrap_or_default());
+        let key = (&*c.workspace_id, c.broadcast_id.as_deref().unwrap_or_default());
         match by_broadcast.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(c),
             None => by_broadcast.push((key, vec![c])),
