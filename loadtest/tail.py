@@ -11,7 +11,8 @@ user agent: every hit is classified and counted, no webhooks). Three servers ove
   embedded  capture on, embedded store
   redis     capture on, Redis store
 Rounds alternate bare/embedded/redis so the machine's drift hits all three alike; medians are printed
-with the per-round figures, plus linkhit's and Redis's CPU per request and the hits dropped (must be 0). With --open-loop F, each server is then driven
+with the per-round figures, plus linkhit's CPU per request (and its click thread's alone: the click work), Redis's CPU per request
+and the hits dropped (must be 0). With --open-loop F, each server is then driven
 open-loop (oha -q, --latency-correction: latency counted from when a request was due, so a stall is
 not hidden by the generator waiting for it) at F x the baseline's median closed-loop req/s, same
 rounds, and its p50/p99/p99.9 printed. Needs target/release/linkhit (cargo build --release), wrk,
@@ -38,6 +39,22 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def click_thread_seconds(pid):
+    """CPU seconds of the click thread (`linkhit-clicks`: intake and committer), 0 if there is none."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != "linkhit-clicks":
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / HZ
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def start_linkhit(binary, env_extra, tmp, name):
@@ -116,7 +133,8 @@ def main():
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--servers", default="bare,embedded,redis",
-                   help="comma-separated, from: " + ", ".join(VARIANTS) + " (the first is the baseline)")
+                   help="comma-separated, from: " + ", ".join(VARIANTS) + " (the first is the baseline); "
+                        "NAME@BINARY runs that variant with another build")
     p.add_argument("--open-loop", type=float, default=0.0, metavar="F",
                    help="also run open-loop (oha) at F x the baseline's closed-loop req/s (e.g. 0.5)")
     p.add_argument("--rate", type=int, default=0, help="open-loop at this req/s instead (implies --open-loop)")
@@ -130,15 +148,17 @@ def main():
         procs.append(redis)
         lh.wait_port(rport)
         redis_url = f"redis://127.0.0.1:{rport}/"
-        servers = {name: {k: v.replace("REDIS_URL", redis_url) for k, v in VARIANTS[name].items()}
-                   for name in args.servers.split(",")}
+        # `name@path`: that variant with another binary (two builds compared round by round).
+        binaries = {spec: spec.partition("@")[2] or args.binary for spec in args.servers.split(",")}
+        servers = {spec: {k: v.replace("REDIS_URL", redis_url) for k, v in VARIANTS[spec.partition("@")[0]].items()}
+                   for spec in binaries}
         base = next(iter(servers))
         ports = {}
         for name, extra in servers.items():
-            proc, port = start_linkhit(args.binary, extra, tmp, name)
+            proc, port = start_linkhit(binaries[name], extra, tmp, str(len(ports)))
             procs.append(proc)
             ports[name] = (proc, port)
-            codes = os.path.join(tmp, f"codes-{name}.txt")
+            codes = os.path.join(tmp, f"codes-{list(servers).index(name)}.txt")
             subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
                             f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(args.links), "--out",
                             codes], check=True, stdout=subprocess.DEVNULL)
@@ -149,16 +169,20 @@ def main():
             for name in servers:
                 proc, port = ports[name]
                 before, redis_before = cpu_seconds(proc.pid), cpu_seconds(redis.pid)
-                out = wrk(port, os.path.join(tmp, f"codes-{name}.txt"), args.seconds, args.connections)
+                clicks_before = click_thread_seconds(proc.pid)
+                out = wrk(port, os.path.join(tmp, f"codes-{list(servers).index(name)}.txt"), args.seconds, args.connections)
                 if "LINKHIT_REDIS_URL" in servers[name]:  # counting lags the redirects by one tick: let it finish
                     time.sleep(0.3)
                 cpu = cpu_seconds(proc.pid) - before
                 out["cpu_us_per_request"] = cpu * 1e6 / max(out["requests"], 1)
                 out["redis_us_per_request"] = (cpu_seconds(redis.pid) - redis_before) * 1e6 / max(out["requests"], 1)
+                out["click_thread_us_per_request"] = (
+                    (click_thread_seconds(proc.pid) - clicks_before) * 1e6 / max(out["requests"], 1))
                 results[name].append(out)
                 print(f"round {r + 1} {name:15} {out['requests'] / args.seconds:>10,.0f} req/s  "
                       f"p50 {out['p50_us']:>6} µs  p99 {out['p99_us']:>6} µs  "
-                      f"{out['cpu_us_per_request']:.2f} µs CPU/req", flush=True)
+                      f"{out['cpu_us_per_request']:.2f} µs CPU/req (click thread "
+                      f"{out['click_thread_us_per_request']:.2f})", flush=True)
         time.sleep(1)
         dropped = {name: hits_dropped(port) for name, (_, port) in ports.items()}
         print("\nmedians:")
@@ -170,11 +194,13 @@ def main():
             p99 = statistics.median(r["p99_us"] for r in rounds)
             cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
             rcpu = statistics.median(r["redis_us_per_request"] for r in rounds)
+            ccpu = statistics.median(r["click_thread_us_per_request"] for r in rounds)
             summary[name] = {"req_per_s": round(rps), "p99_us": p99, "cpu_us_per_request": round(cpu, 2),
+                             "click_thread_us_per_request": round(ccpu, 2),
                              "redis_us_per_request": round(rcpu, 2), "hits_dropped": dropped[name]}
             print(f"  {name:15} {rps:>10,.0f} req/s  p99 {p99:>6} µs (x{p99 / bare_p99:.2f} bare)  "
-                  f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare)  Redis {rcpu:.2f} µs/req  "
-                  f"hits dropped {dropped[name]:,.0f}")
+                  f"{cpu:.2f} µs CPU/req (+{cpu - bare_cpu:.2f} over bare; click thread {ccpu:.2f})  "
+                  f"Redis {rcpu:.2f} µs/req  hits dropped {dropped[name]:,.0f}")
         if args.open_loop > 0 or args.rate > 0:
             rate = args.rate or round(args.open_loop * summary[base]["req_per_s"])
             print(f"\nopen loop at {rate:,} req/s" + ("" if args.rate else f" ({args.open_loop} x {base}'s closed-loop median)"))
@@ -183,8 +209,8 @@ def main():
                 for name in servers:
                     proc, port = ports[name]
                     before = cpu_seconds(proc.pid)
-                    out = oha(port, os.path.join(tmp, f"codes-{name}.txt"), args.seconds, args.connections, rate,
-                              os.path.join(tmp, f"urls-{name}.txt"))
+                    out = oha(port, os.path.join(tmp, f"codes-{list(servers).index(name)}.txt"), args.seconds, args.connections, rate,
+                              os.path.join(tmp, f"urls-{list(servers).index(name)}.txt"))
                     out["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(out["requests"], 1)
                     open_results[name].append(out)
                     print(f"round {r + 1} {name:15} {out['rps']:>10,.0f} req/s  p50 {out['p50_us']:>6} µs  "

@@ -31,11 +31,14 @@ pub struct Flippable<T> {
     pub item: T,
 }
 
+/// 24 bytes: a flood from one client walks its window (up to `MAX_PER_CLIENT` of these) per hit, so the
+/// rare human hit that may flip is boxed rather than making every entry as large as a click (the window
+/// was ~240 KB and each hit a cache miss, `perf` in docs/PERFORMANCE.md session 7).
 #[derive(Debug)]
 struct Seen<T> {
     recipient: u64,
     at_ms: i64,
-    flippable: Option<Flippable<T>>,
+    flippable: Option<Box<Flippable<T>>>,
 }
 
 /// One client's hits in the window, with what a hit needs in O(1): how many hits each recipient has in
@@ -89,7 +92,7 @@ impl<T> Window<T> {
             return Vec::new();
         }
         self.flippable = 0;
-        self.hits.iter_mut().filter_map(|s| s.flippable.take()).collect()
+        self.hits.iter_mut().filter_map(|s| s.flippable.take().map(|f| *f)).collect()
     }
 }
 
@@ -155,7 +158,7 @@ impl<T> Sweeps<T> {
             }
         };
         self.len -= seen.expire(at_ms - window);
-        seen.push(Seen { recipient, at_ms, flippable });
+        seen.push(Seen { recipient, at_ms, flippable: flippable.map(Box::new) });
         self.len += 1;
         let distinct = seen.recipients.len();
         let observed = if distinct >= self.rule.recipients {
@@ -193,6 +196,11 @@ mod tests {
 
     fn flip(seq: u64, index: usize, at_ms: i64) -> Option<Flippable<&'static str>> {
         Some(Flippable { seq, index, at_ms, item: "hit" })
+    }
+
+    #[test]
+    fn a_remembered_hit_is_small() {
+        assert_eq!(std::mem::size_of::<Seen<crate::model::ClickRecord>>(), 24);
     }
 
     #[test]
