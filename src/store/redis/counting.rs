@@ -27,7 +27,7 @@ use redis::cluster_routing::Slot;
 use super::RedisStore;
 use super::args::Args;
 use crate::counting;
-use crate::model::{Batch, Class, ClickRecord, ClickTally};
+use crate::model::{Batch, Class, ClickRecord, ClickTally, EscapedTexts};
 use crate::redis_conn::{has_error_code, hash_tag};
 use crate::store::StoreError;
 
@@ -262,13 +262,20 @@ fn call_for<'a>(
     by_slot: &mut counting::Fast<Slot, usize>,
     cluster: bool,
     tag: &str,
+    hits: usize,
 ) -> usize {
     let slot = if cluster { Slot::for_key(tag) } else { Slot::for_key("") };
     *by_slot.entry(slot).or_insert_with(|| {
-        calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args: Args::default(), answers: Vec::new() });
+        // A single node's call takes the whole batch; a cluster's, the hits of one slot (often one).
+        let room = if cluster { ARG_BYTES_PER_HIT } else { hits * ARG_BYTES_PER_HIT };
+        let args = Args::with_capacity(room);
+        calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args, answers: Vec::new() });
         calls.len() - 1
     })
 }
+
+/// About what a counted hit adds to its call's arguments (its recent-click JSON and counters).
+const ARG_BYTES_PER_HIT: usize = 256;
 
 /// The script calls of a batch: one on a single node, one per slot on a cluster. Operations are written
 /// straight into their call, in the order below.
@@ -282,7 +289,8 @@ fn calls<'a>(
     let cluster = store.pool.is_cluster();
     let mut calls: Vec<Call<'a>> = Vec::new();
     let mut by_slot = counting::Fast::default();
-    let mut open = |calls: &mut Vec<Call<'a>>, tag: &str| call_for(calls, &mut by_slot, cluster, tag);
+    let mut open = |calls: &mut Vec<Call<'a>>, tag: &str| call_for(calls, &mut by_slot, cluster, tag, clicks.len());
+    let mut texts = EscapedTexts::default();
     for (code, members) in &groups.links {
         let c = open(&mut calls, code);
         let call = &mut calls[c];
@@ -295,7 +303,7 @@ fn calls<'a>(
             call.args.int(recent);
             call.args.int(newest.len());
             for &i in newest {
-                call.args.recent(&clicks[i]);
+                call.args.recent(&clicks[i], &mut texts);
             }
             call.answers.push(Answer::Link(code));
             continue;
@@ -313,7 +321,7 @@ fn calls<'a>(
         call.args.int(recent);
         call.args.int(newest.len());
         for &i in newest {
-            call.args.recent(&clicks[i]);
+            call.args.recent(&clicks[i], &mut texts);
         }
         let tracked = || members.iter().map(|&i| &clicks[i]).filter(|c| c.click_id.is_some());
         call.args.int(tracked().count());
