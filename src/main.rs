@@ -158,7 +158,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
         let verdict = judge(&ua, &evidence, &timing);
         let json = serde_json::json!({
             "user_agent": hit.user_agent, "class": verdict.class, "reason": &*verdict.reason,
-            "signals": verdict.signals.as_deref().map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_default(),
+            "signals": verdict.signals.as_deref().map_or(Vec::new(), |s| s.split(',').filter(|s| !s.is_empty()).collect()),
         });
         if writeln!(out, "{json}").is_err() {
             // The reader went away (`| head`): stop quietly.

@@ -256,19 +256,23 @@ impl Classifier {
     /// [`Self::classify`], and the user agent as a click keeps it ([`truncated`]): shared with the memo's
     /// key, so the hits of a known agent copy no text.
     pub fn classify_hit(&mut self, signals: Signals<'_>) -> (Verdict, Option<Arc<str>>) {
-        let Some(ua) = signals.user_agent.map(truncated) else {
+        let Some(ua) = signals.user_agent else {
             return (self.rules.classify(signals), None);
         };
-        // Request signals decide before the user agent; they are not memoised.
-        let decided_by_request = signals.head || signals.prefetch;
-        if let Some((text, v)) = self.memo.get_key_value(ua) {
-            let verdict = if decided_by_request { self.rules.classify(signals) } else { v.clone() };
-            return (verdict, Some(Arc::clone(text)));
-        }
-        let text: Arc<str> = Arc::from(ua);
-        if decided_by_request {
+        // Request signals decide before the user agent; they are not memoised. Nor are agents longer than
+        // what a click keeps: two of them may share the kept prefix and not the verdict (the rules trim
+        // the whole agent before cutting it).
+        if signals.head || signals.prefetch || ua.len() > MAX_USER_AGENT {
+            let text = match self.memo.get_key_value(truncated(ua)) {
+                Some((text, _)) => Arc::clone(text),
+                None => Arc::from(truncated(ua)),
+            };
             return (self.rules.classify(signals), Some(text));
         }
+        if let Some((text, v)) = self.memo.get_key_value(ua) {
+            return (v.clone(), Some(Arc::clone(text)));
+        }
+        let text: Arc<str> = Arc::from(ua);
         let verdict = self.rules.classify_user_agent(ua);
         if self.memo.len() >= self.capacity {
             // Clearing beats an LRU here: real traffic has a small hot set of user agents that
@@ -391,6 +395,22 @@ mod tests {
             assert_eq!(&*v.reason, "library:curl");
             assert!(c.memo_len() <= 2);
         }
+    }
+
+    /// An agent longer than what a click keeps is judged whole, as `Rules` judges it, never from the memo
+    /// of another agent with the same kept prefix.
+    #[test]
+    fn long_user_agents_are_judged_whole_and_not_memoised() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36 ";
+        let pad = |tail: &str| format!("{chrome}{}{tail}", "x".repeat(MAX_USER_AGENT - chrome.len() - 6));
+        let mut c = Classifier::new(Arc::new(Rules::builtin()), 100);
+        for ua in [pad("abbot extra"), pad("abbot  tail"), pad("ab bot/1.0 more text")] {
+            let (verdict, text) = c.classify_hit(Signals { user_agent: Some(&ua), ..Default::default() });
+            let whole = Rules::builtin().classify(Signals { user_agent: Some(&ua), ..Default::default() });
+            assert_eq!(verdict, whole, "{ua}");
+            assert_eq!(text.as_deref(), Some(truncated(&ua)));
+        }
+        assert_eq!(c.memo_len(), 0, "long agents are not memoised");
     }
 
     #[test]

@@ -214,7 +214,8 @@ pub struct Correction {
     pub event_id: String,
 }
 
-/// What counting one click told us, for the webhook payloads.
+/// What counting one click told us, for the webhook payloads. Known for the hits of links with a human hit
+/// in the batch (events are made of human hits); zeros for the others (`counting::tallies`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClickTally {
     /// The link's human hits including this click (for a bot hit: the human hits so far).

@@ -323,6 +323,9 @@ const PAUSE: Duration = Duration::from_micros(50);
 /// How often intake drains the capture channel.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Reasons a tally holds before it publishes.
+const MAX_TALLIED_REASONS: usize = 256;
+
 /// Hits per (class, reason) since the last publish: one metrics update per reason per drain instead
 /// of a registry lookup per hit. Keyed by the reason's allocation, not its text (no hashing of the text
 /// per hit): reasons are shared `Arc`s, and two allocations of one text only make two increments of the
@@ -332,6 +335,11 @@ struct HitTally(crate::counting::Fast<(Class, usize), (Arc<str>, u64)>);
 
 impl HitTally {
     fn add(&mut self, class: Class, reason: &Arc<str>) {
+        // Some reasons are made per hit (a hosting network's, `head_request`): each is an entry, so a
+        // long drain publishes early rather than growing the map.
+        if self.0.len() >= MAX_TALLIED_REASONS {
+            self.publish();
+        }
         let key = (class, Arc::as_ptr(reason).cast::<u8>() as usize);
         self.0.entry(key).or_insert_with(|| (Arc::clone(reason), 0)).1 += 1;
     }
@@ -347,6 +355,20 @@ impl HitTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hit_tally_is_bounded_and_counts_every_hit() {
+        let mut tally = HitTally::default();
+        let shared: Arc<str> = Arc::from("preview:facebook");
+        for _ in 0..1_000 {
+            tally.add(Class::Bot, &shared);
+            // A reason made per hit (a new allocation each time): bounded by early publishing.
+            tally.add(Class::Bot, &Arc::from("network:hosting:aws"));
+            assert!(tally.0.len() <= MAX_TALLIED_REASONS);
+        }
+        let held: u64 = tally.0.values().map(|(_, n)| n).sum();
+        assert!(held > 0 && held < 2_000, "some hits were published early, the rest are held");
+    }
 
     #[test]
     fn the_stretch_between_yields_grows_with_the_backlog() {
