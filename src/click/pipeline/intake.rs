@@ -306,11 +306,13 @@ fn stretch(backlog: usize) -> usize {
 /// the worker, and when it ends the redirects are interrupted for one stretch (~100 µs), never a slice.
 /// Behind (`catch_up` hits waiting: `CATCH_UP`, or a quarter of a smaller capture channel; 0 while
 /// stopping) it only yields, so that it cannot fall further behind: a sleep per 32 hits caps the thread
-/// at about half a CPU.
+/// at about half a CPU. With one stretch or less left (≤ `DRAIN_CHUNK` waiting) it finishes without a
+/// pause: the sleep and its two task switches cost more than the ~80 µs of work it would defer (click
+/// thread 2.3–2.8 → 1.8–2.4 µs per hit, p99 no worse; docs/PERFORMANCE.md session 7).
 fn pace(backlog: usize, catch_up: usize) {
     if backlog >= catch_up {
         std::thread::yield_now();
-    } else if backlog > 0 {
+    } else if backlog > DRAIN_CHUNK {
         std::thread::sleep(PAUSE);
     }
 }
