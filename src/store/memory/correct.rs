@@ -8,19 +8,17 @@ use crate::model::{Class, ClickRecord, LinkKind};
 /// the Redis script's correction operations.
 pub(super) fn correct(state: &mut ClickState, click: &ClickRecord) {
     if let Some(agg) = state.links.get_mut(&click.code) {
-        agg.human_hits = agg.human_hits.saturating_sub(1);
-        agg.bot_hits += 1;
-        if agg.human_hits == 0
-            && let Some(more) = agg.more.as_deref_mut()
-        {
-            more.unique_clicks = 0;
-            more.first_click_at = None;
-            more.last_click_at = None;
+        agg.stats.human_hits = agg.stats.human_hits.saturating_sub(1);
+        agg.stats.bot_hits += 1;
+        if agg.stats.human_hits == 0 {
+            agg.stats.unique_clicks = 0;
+            agg.stats.first_click_at = None;
+            agg.stats.last_click_at = None;
         }
     }
     if let Some(agg) = state.links.get_mut(&click.code)
         && let Some(id) = &click.click_id
-        && let Some(class) = agg.click_ids.as_mut().and_then(|ids| ids.get_mut(id))
+        && let Some(class) = agg.click_ids.get_mut(id)
     {
         *class = Class::Bot;
     }

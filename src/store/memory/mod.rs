@@ -13,7 +13,6 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-mod aggregate;
 mod correct;
 
 use super::{Invalidation, Store, StoreError};
@@ -23,7 +22,6 @@ use crate::model::{
     RecentClick, WebhookSettings, Workspace,
 };
 use crate::model::{Class, Conversion, LinkKind, Recorded};
-use aggregate::LinkAgg;
 use correct::correct;
 
 pub struct MemoryStore {
@@ -100,6 +98,14 @@ struct ClickState {
 /// Click ids remembered per link with their verdict (for the conversions-on-bot-hits metric); a link
 /// flooded with hits keeps the first ones.
 const CLICK_IDS_PER_LINK: usize = 1000;
+
+#[derive(Default)]
+struct LinkAgg {
+    stats: LinkStats,
+    /// Only what the link does not already say (no copy of its code, workspace, broadcast, recipient).
+    recent: VecDeque<RecentClick>,
+    click_ids: HashMap<Arc<str>, Class>,
+}
 
 #[derive(Default)]
 struct BroadcastAgg {
@@ -246,24 +252,23 @@ impl Store for MemoryStore {
             let human = click.is_human();
             // The key is the click's shared code: one lookup, and no copy of the text when it is new.
             let agg = state.links.entry(Arc::clone(&click.code)).or_default();
-            agg.hits += 1;
+            agg.stats.hits += 1;
             if human {
-                agg.human_hits += 1;
-                let more = agg.more();
-                more.unique_clicks = 1;
-                more.first_click_at = Some(more.first_click_at.map_or(click.at, |t| t.min(click.at)));
-                more.last_click_at = Some(more.last_click_at.map_or(click.at, |t| t.max(click.at)));
+                agg.stats.human_hits += 1;
+                agg.stats.unique_clicks = 1;
+                agg.stats.first_click_at = Some(agg.stats.first_click_at.map_or(click.at, |t| t.min(click.at)));
+                agg.stats.last_click_at = Some(agg.stats.last_click_at.map_or(click.at, |t| t.max(click.at)));
             } else {
-                agg.bot_hits += 1;
+                agg.stats.bot_hits += 1;
             }
             if recent > 0 {
                 agg.recent.push_front(click.to_recent());
                 agg.recent.truncate(recent);
             }
             if let Some(id) = &click.click_id
-                && agg.click_ids.as_ref().is_none_or(|ids| ids.len() < CLICK_IDS_PER_LINK)
+                && agg.click_ids.len() < CLICK_IDS_PER_LINK
             {
-                agg.click_ids.get_or_insert_default().insert(id.clone(), click.class);
+                agg.click_ids.insert(id.clone(), click.class);
             }
             if let Some(broadcast) = &click.broadcast_id
                 && click.kind == LinkKind::Redirect
@@ -316,9 +321,9 @@ impl Store for MemoryStore {
         // Only links with a human hit in the batch are tallied (`counting::tallies`).
         let (mut human_after, mut all_after) = (counting::Fast::default(), counting::Fast::default());
         for c in clicks.iter().filter(|c| c.is_human()) {
-            let agg = state.links.get(&c.code);
-            human_after.insert(&*c.code, agg.map_or(0, |a| a.human_hits));
-            all_after.insert(&*c.code, agg.map_or(0, |a| a.hits));
+            let stats = state.links.get(&c.code).map(|a| &a.stats);
+            human_after.insert(&*c.code, stats.map_or(0, |s| s.human_hits));
+            all_after.insert(&*c.code, stats.map_or(0, |s| s.hits));
         }
         let tallies = counting::tallies(clicks, &human_after, &all_after, &first_in_broadcast, &opted_out);
         if state.applied.len() >= MAX_UNRELEASED_BATCHES {
@@ -384,7 +389,7 @@ impl Store for MemoryStore {
     }
 
     async fn link_stats(&self, code: &str) -> Result<LinkStats, StoreError> {
-        Ok(self.click_state().links.get(code).map(LinkAgg::stats).unwrap_or_default())
+        Ok(self.click_state().links.get(code).map(|a| a.stats.clone()).unwrap_or_default())
     }
 
     async fn broadcast_stats(
@@ -502,10 +507,7 @@ impl Store for MemoryStore {
     ) -> Result<(Recorded, Option<Class>), StoreError> {
         let mut state = self.click_state();
         let class = conversion.click_id.as_ref().and_then(|id| {
-            state
-                .links
-                .get(conversion.code.as_str())
-                .and_then(|a| a.click_ids.as_ref().and_then(|ids| ids.get(id.as_str()).copied()))
+            state.links.get(conversion.code.as_str()).and_then(|a| a.click_ids.get(id.as_str()).copied())
         });
         let now = std::time::Instant::now();
         if let Some(&(emitted, until)) = state.conversions.get(&conversion.dedup)
@@ -530,7 +532,7 @@ impl Store for MemoryStore {
         }
         state.conversions.insert(conversion.dedup.clone(), (false, now + ttl));
         let value = conversion.value.unwrap_or_default();
-        let stats = state.links.entry(Arc::from(conversion.code.as_str())).or_default().more();
+        let stats = &mut state.links.entry(Arc::from(conversion.code.as_str())).or_default().stats;
         stats.conversions += 1;
         *stats.conversion_value.entry(conversion.currency.clone()).or_default() += value;
         if let Some(broadcast) = &conversion.broadcast_id {
