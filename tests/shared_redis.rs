@@ -60,12 +60,13 @@ async fn readyz_follows_redis_and_cached_links_outlive_it() {
     // Redis hangs (SIGSTOP): cached links still redirect, misses fail fast with 503, readyz says 503.
     let redis = env.redis.as_ref().unwrap();
     let unknown = redis.unknown_valid_code();
+    let forged = redis.code_with_wrong_check();
     redis.pause();
     let started = Instant::now();
     assert_eq!(env.hit(&code).await, (302, Some("https://example.com/up".into())));
     assert_eq!(env.hit(&unknown).await.0, 503);
     assert!(started.elapsed() < Duration::from_secs(5), "a miss must not hang: {:?}", started.elapsed());
-    assert_eq!(env.hit("zzzzzzzz").await.0, 404, "a code with wrong check characters never reaches Redis");
+    assert_eq!(env.hit(&forged).await.0, 404, "a code with wrong check characters never reaches Redis");
     assert_eq!(ready().await, 503);
     let (status, body) = env.post("/api/v1/links", json!({"target_url": "https://example.com"})).await;
     assert_eq!(common::error_code(status, &body, 503), "STORE_UNAVAILABLE");

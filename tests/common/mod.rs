@@ -89,6 +89,16 @@ impl RedisServer {
         policy.set_key(key);
         policy.generate()
     }
+
+    /// A code of the right shape whose check characters are wrong (a valid code with its last character
+    /// changed): the redirector refuses it without asking the store. A fixed string would be valid under
+    /// one random key in 4,096.
+    pub fn code_with_wrong_check(&self) -> String {
+        let mut code = self.unknown_valid_code();
+        let last = code.pop().unwrap();
+        code.push(if last == 'a' { 'b' } else { 'a' });
+        code
+    }
 }
 
 impl Drop for RedisServer {
