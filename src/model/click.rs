@@ -71,18 +71,14 @@ impl ClickRecord {
     /// 13 bytes instead of 26 and no calendar arithmetic per hit).
     pub fn recent_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
-        self.write_recent_json(&mut out);
+        self.write_recent_json_with(&mut out, &mut EscapedTexts::default());
         out
     }
 
-    /// [`Self::recent_json`], appended to `out` (a store building one request for a whole batch).
-    pub fn write_recent_json(&self, out: &mut Vec<u8>) {
-        self.write_recent_json_with(out, &mut EscapedTexts::default());
-    }
-
-    /// [`Self::write_recent_json`] with the batch's shared texts (reason, method, user agent) escaped once
-    /// per batch in `texts` rather than once per hit: escaping them was most of a Redis commit's
-    /// per-hit work (callgrind, docs/PERFORMANCE.md session 7). The same bytes either way.
+    /// [`Self::recent_json`], appended to `out` (a store building one request for a whole batch), with
+    /// the batch's shared texts (reason, method, user agent) escaped once per batch in `texts` rather than
+    /// once per hit: escaping them was most of a Redis commit's per-hit work (callgrind,
+    /// docs/PERFORMANCE.md session 7). The same bytes either way.
     pub fn write_recent_json_with(&self, out: &mut Vec<u8>, texts: &mut EscapedTexts) {
         texts.learn(&self.reason);
         texts.learn(&self.method);
@@ -174,13 +170,15 @@ struct RecentClickRef<'a> {
 #[derive(Default)]
 pub struct EscapedTexts(HashMap<usize, (Arc<str>, Box<RawValue>), foldhash::fast::RandomState>);
 
-impl EscapedTexts {
-    fn key(text: &Arc<str>) -> usize {
-        Arc::as_ptr(text).cast::<u8>() as usize
-    }
+/// A shared text's identity: its allocation's address (the maps keyed by it hold the `Arc`, so the
+/// address is not reused while they live). Finding it hashes no text.
+pub fn text_address(text: &Arc<str>) -> usize {
+    Arc::as_ptr(text).cast::<u8>() as usize
+}
 
+impl EscapedTexts {
     fn learn(&mut self, text: &Arc<str>) {
-        self.0.entry(Self::key(text)).or_insert_with(|| {
+        self.0.entry(text_address(text)).or_insert_with(|| {
             let json = serde_json::value::to_raw_value(&**text).expect("a string always serializes");
             (Arc::clone(text), json)
         });
@@ -188,7 +186,7 @@ impl EscapedTexts {
 
     /// A text [`Self::learn`] was shown.
     fn get(&self, text: &Arc<str>) -> &RawValue {
-        &self.0[&Self::key(text)].1
+        &self.0[&text_address(text)].1
     }
 }
 

@@ -342,7 +342,7 @@ impl HitTally {
         if self.0.len() >= MAX_TALLIED_REASONS {
             self.publish();
         }
-        let key = (class, Arc::as_ptr(reason).cast::<u8>() as usize);
+        let key = (class, crate::model::text_address(reason));
         self.0.entry(key).or_insert_with(|| (Arc::clone(reason), 0)).1 += 1;
     }
 
