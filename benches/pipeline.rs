@@ -61,6 +61,7 @@ fn batch() -> Vec<ClickRecord> {
             ip: Some("203.0.113.0".into()),
             signals: None,
             click_id: None,
+            folded: false,
         })
         .collect()
 }

@@ -140,6 +140,7 @@ impl App {
                 flush_interval: config.click_flush_interval,
                 commit_queue: config.commit_queue,
                 recent_clicks: config.recent_clicks,
+                recent_fold: config.recent_fold,
                 keep_full_ip: config.keep_full_ip,
                 trusted_proxies: config.trusted_proxies.clone(),
                 classifier_memo: 100_000,

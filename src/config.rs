@@ -210,6 +210,12 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_RECENT_CLICKS", default_value_t = 100)]
     pub recent_clicks: usize,
 
+    /// Seconds within which a bot's repeat on the same link (same user agent and client address as the
+    /// link's last listed bot hit) is counted but not listed again in its recent clicks. 0: every hit is
+    /// listed.
+    #[arg(long, env = "LINKHIT_RECENT_FOLD", default_value = "60", value_parser = parse_seconds)]
+    pub recent_fold: Duration,
+
     /// Seconds a hit's verdict may still change while evidence arrives (a sweep seen later): click and
     /// opt-out events wait this long in the outbox, withdrawn if the verdict flips, and counts are
     /// corrected (a hit is never counted in both classes). 0: no hold, verdicts are final at once.

@@ -147,6 +147,7 @@ fn record(code: &str, workspace: &str, class: Class) -> ClickRecord {
         ip: None,
         signals: None,
         click_id: None,
+        folded: false,
     }
 }
 

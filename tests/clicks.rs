@@ -15,6 +15,7 @@ on_both_stores!(
     unique_clicks_count_recipients_not_taps,
     recent_clicks_newest_first_with_anonymised_ip,
     recent_clicks_keep_the_newest_up_to_the_cap,
+    a_bots_repeats_are_counted_but_listed_once,
     full_ip_and_trusted_proxy,
     opt_out_by_human_not_by_bot,
     stats_routes_auth_and_isolation,
@@ -159,6 +160,80 @@ async fn recent_clicks_keep_the_newest_up_to_the_cap(backend: Backend) {
     }
     let s = stats_within_a_second(&env, &code, |s| s["hits"] == 6).await;
     assert_eq!((s["human_hits"].as_u64(), s["bot_hits"].as_u64()), (Some(1), Some(5)));
+}
+
+/// `LINKHIT_RECENT_FOLD`: a bot repeating itself on a link (same user agent, same address) within the
+/// window is counted every time but listed once; another agent or address, and every human hit, is
+/// listed. With the window at 0 every hit is listed.
+async fn a_bots_repeats_are_counted_but_listed_once(backend: Backend) {
+    for fold in [Duration::from_secs(60), Duration::ZERO] {
+        let redis = (backend == Backend::Redis).then(common::RedisServer::start);
+        let mut config = common::config(redis.as_ref());
+        config.recent_fold = fold;
+        config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        let env = Env::with_config(config, redis).await;
+        let code =
+            env.create_link(json!({"target_url": "https://example.com/f"})).await["code"].as_str().unwrap().to_owned();
+        let from = |agent: &'static str, address: &'static str| {
+            let req = env.http.get(env.url(&format!("/{code}"))).header("user-agent", agent);
+            async move { req.header("x-forwarded-for", address).send().await.unwrap().status().as_u16() }
+        };
+        let taps = [
+            (WHATSAPP, "198.51.100.7"),
+            (WHATSAPP, "198.51.100.7"),
+            (WHATSAPP, "198.51.100.7"),
+            (WHATSAPP, "203.0.113.9"),
+            (WHATSAPP, "203.0.113.9"),
+            ("curl/8.5.0", "203.0.113.9"),
+            (IPHONE, "198.51.100.20"),
+            (IPHONE, "198.51.100.20"),
+            ("curl/8.5.0", "203.0.113.9"),
+            (WHATSAPP, "203.0.113.9"),
+        ];
+        for (agent, address) in taps {
+            assert_eq!(from(agent, address).await, 302);
+        }
+        let s = stats_within_a_second(&env, &code, |s| s["hits"] == 10).await;
+        assert_eq!((s["human_hits"].as_u64(), s["bot_hits"].as_u64()), (Some(2), Some(8)), "every hit is counted");
+        let (status, body) = env.get_json(&format!("/api/v1/links/{code}/clicks")).await;
+        assert_eq!(status, 200, "{body}");
+        let listed: Vec<(&str, &str)> = body["clicks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["reason"].as_str().unwrap(), c["ip"].as_str().unwrap()))
+            .rev()
+            .collect();
+        let (whatsapp, curl, iphone) = ("preview:whatsapp", "library:curl", "browser:Safari");
+        let want: Vec<(&str, &str)> = if fold.is_zero() {
+            vec![
+                (whatsapp, "198.51.100.0"),
+                (whatsapp, "198.51.100.0"),
+                (whatsapp, "198.51.100.0"),
+                (whatsapp, "203.0.113.0"),
+                (whatsapp, "203.0.113.0"),
+                (curl, "203.0.113.0"),
+                (iphone, "198.51.100.0"),
+                (iphone, "198.51.100.0"),
+                (curl, "203.0.113.0"),
+                (whatsapp, "203.0.113.0"),
+            ]
+        } else {
+            vec![
+                (whatsapp, "198.51.100.0"),
+                (whatsapp, "203.0.113.0"),
+                (curl, "203.0.113.0"),
+                (iphone, "198.51.100.0"),
+                (iphone, "198.51.100.0"),
+                (whatsapp, "203.0.113.0"),
+            ]
+        };
+        assert_eq!(listed, want, "window {fold:?}: {body}");
+        if let Some(redis) = &env.redis {
+            let kept: usize = redis::cmd("LLEN").arg(format!("lh:clicks:{{{code}}}")).query(&mut redis.conn()).unwrap();
+            assert_eq!(kept, want.len(), "a folded repeat is not stored either");
+        }
+    }
 }
 
 async fn full_ip_and_trusted_proxy(backend: Backend) {

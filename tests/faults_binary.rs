@@ -162,6 +162,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
         ip: None,
         signals: None,
         click_id: None,
+        folded: false,
     };
     let batches: Vec<Batch> = (0..1500)
         .map(|n| Batch {

@@ -317,6 +317,7 @@ mod tests {
             ip: Some("203.0.113.0".into()),
             signals: None,
             click_id: None,
+            folded: false,
         }
     }
 

@@ -206,6 +206,7 @@ mod tests {
             ip: None,
             signals: None,
             click_id: None,
+            folded: false,
         }
     }
 

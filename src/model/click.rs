@@ -59,6 +59,10 @@ pub struct ClickRecord {
     /// The click id the redirect added to the target (`lh_click`), on links tracking conversions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub click_id: Option<Arc<str>>,
+    /// A bot's repeat on the link within `LINKHIT_RECENT_FOLD` of its listed hit: counted like any hit,
+    /// not listed in the link's recent clicks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub folded: bool,
 }
 
 impl ClickRecord {
@@ -245,6 +249,7 @@ mod tests {
             ip: Some("203.0.113.0".into()),
             signals: None,
             click_id: None,
+            folded: false,
         }
     }
 

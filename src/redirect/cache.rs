@@ -16,16 +16,15 @@
 //! while the background refresh runs is deliberate: the recipient never waits for the store.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use hyper::header::HeaderValue;
 
+use super::bounded::{Bounded, Keyed};
 use crate::model::{Link, LinkKind, LinkState};
 
 /// What the redirector needs of a link, prepared once when the link enters the cache so that a hit
@@ -57,6 +56,9 @@ pub struct CachedLink {
     fresh_until_ds: u32,
     epoch: u32,
     refreshing: AtomicBool,
+    /// The link's last bot hit listed in its recent clicks, for the click pipeline alone: its time
+    /// ([`Compact`] seconds, high half) and its bot's fingerprint (user agent and address, low half).
+    bot_listed: AtomicU64,
 }
 
 /// A compact wall-clock time: seconds since 2020-01-01T00:00:00Z in a `u32` (until 2156); 0 is "none".
@@ -98,6 +100,21 @@ impl CachedLink {
         Compact::to_unix(self.delivered)
     }
 
+    /// Whether a bot hit at `now_unix` (seconds) by the bot `fingerprint` repeats the link's last
+    /// listed bot hit within `window` seconds: if so it is counted but not listed again; if not it
+    /// becomes the listed one. Only the click pipeline's one intake calls this; a cache refresh (a new
+    /// entry) starts over, which lists a repeat early, never hides a new bot.
+    pub fn bot_repeats(&self, fingerprint: u32, now_unix: i64, window: u32) -> bool {
+        let now = Compact::from_unix(now_unix);
+        let last = self.bot_listed.load(Ordering::Relaxed);
+        let (at, seen) = ((last >> 32) as u32, last as u32);
+        if last != 0 && seen == fingerprint && now.wrapping_sub(at) < window {
+            return true;
+        }
+        self.bot_listed.store(u64::from(now) << 32 | u64::from(fingerprint), Ordering::Relaxed);
+        false
+    }
+
     /// Claims the right to run the one background refresh of this entry.
     pub fn begin_refresh(&self) -> bool {
         !self.refreshing.swap(true, Ordering::AcqRel)
@@ -115,18 +132,6 @@ pub enum Lookup {
     Missing,
     /// Not in the cache: ask the store.
     Unknown,
-}
-
-/// A key of a [`Bounded`] map: looked up by code.
-trait Keyed: Borrow<str> + Hash + Eq {
-    /// The code, shared with the eviction queue.
-    fn code(&self) -> Arc<str>;
-}
-
-impl Keyed for Arc<str> {
-    fn code(&self) -> Arc<str> {
-        Arc::clone(self)
-    }
 }
 
 /// A cached link as its own map key, hashed and compared by code: one pointer per bucket instead of a
@@ -159,76 +164,6 @@ impl Eq for LinkKey {}
 impl Keyed for LinkKey {
     fn code(&self) -> Arc<str> {
         Arc::clone(&self.0.code)
-    }
-}
-
-/// A `DashMap` with a size bound and FIFO eviction.
-struct Bounded<K, V> {
-    /// foldhash rather than the default SipHash: a lookup hashes a short code on every request, and
-    /// keys only enter after passing code validation (check characters), so flooding one bucket is
-    /// not in an attacker's hands (`cargo bench --bench resolve`, docs/PERFORMANCE.md).
-    map: DashMap<K, V, foldhash::fast::RandomState>,
-    /// Insertion order of keys, for eviction. May hold keys already removed (they are skipped).
-    order: Mutex<VecDeque<Arc<str>>>,
-    len: AtomicUsize,
-    capacity: usize,
-}
-
-impl<K: Keyed, V> Bounded<K, V> {
-    fn new(capacity: usize) -> Self {
-        Self {
-            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            order: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            capacity: capacity.max(1),
-        }
-    }
-
-    fn insert(&self, key: K, value: V) {
-        let code = key.code();
-        let is_new = match self.map.entry(key) {
-            Entry::Occupied(slot) => {
-                // The key itself may carry data (a `LinkKey`): replace both.
-                slot.replace_entry(value);
-                false
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(value);
-                true
-            }
-        };
-        // The shard guard is released here: the order lock is never taken while holding a shard
-        // lock, so the two cannot deadlock.
-        if !is_new {
-            return;
-        }
-        let len = self.len.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut order = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        order.push_back(code);
-        let mut len = len;
-        while len > self.capacity {
-            let Some(oldest) = order.pop_front() else {
-                break;
-            };
-            if self.map.remove(&*oldest).is_some() {
-                len = self.len.fetch_sub(1, Ordering::AcqRel) - 1;
-            }
-        }
-        // Keys removed by `remove` linger in the queue; compact when they pile up (rare: only
-        // invalidations remove keys outside eviction).
-        if order.len() > self.capacity * 2 + 1024 {
-            order.retain(|k| self.map.contains_key(&**k));
-        }
-    }
-
-    fn remove(&self, key: &str) {
-        if self.map.remove(key).is_some() {
-            self.len.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
     }
 }
 
@@ -322,8 +257,7 @@ impl LinkCache {
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.missing.map.clear();
-        self.missing.len.store(0, Ordering::Release);
+        self.missing.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -403,6 +337,7 @@ impl LinkCache {
             fresh_until_ds,
             epoch,
             refreshing: AtomicBool::new(false),
+            bot_listed: AtomicU64::new(0),
         }
     }
 }
@@ -442,10 +377,25 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_link_fits_the_112_byte_allocation_class() {
-        // With the `Arc` header (16 bytes) an entry must stay within 112 bytes: the next allocator
-        // size class is 128, and a million links would cost 16 MB more for every step up.
-        assert!(std::mem::size_of::<CachedLink>() <= 96, "{}", std::mem::size_of::<CachedLink>());
+    fn a_cached_link_fits_the_128_byte_allocation_class() {
+        // With the `Arc` header (16 bytes) an entry must stay within 128 bytes: the next allocator
+        // size class is 160, and a million links would cost 32 MB more. (It was 112 until the bot
+        // fold state's 8 bytes: docs/PERFORMANCE.md, session 8.)
+        assert!(std::mem::size_of::<CachedLink>() <= 112, "{}", std::mem::size_of::<CachedLink>());
+    }
+
+    #[test]
+    fn a_bot_repeat_within_the_window_folds_and_anything_else_is_listed() {
+        let l = CachedLink::for_tests();
+        const T: i64 = 1_764_000_000;
+        assert!(!l.bot_repeats(7, T, 60), "the first bot hit is listed");
+        assert!(l.bot_repeats(7, T + 59, 60), "the same bot 59 s later folds");
+        assert!(!l.bot_repeats(8, T + 59, 60), "another bot is listed");
+        assert!(!l.bot_repeats(7, T + 60, 60), "the first bot again is listed: the last listed was the other");
+        assert!(l.bot_repeats(7, T + 119, 60));
+        assert!(!l.bot_repeats(7, T + 120, 60), "60 s after its listed hit it is listed again");
+        assert!(!l.bot_repeats(7, T, 60), "a clock stepping back lists");
+        assert!(!l.bot_repeats(7, T, 0) && !l.bot_repeats(7, T, 0), "window 0 lists every hit");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! A click's journey starts here: [`resolve`] (cache, then store) → [`respond`] (302 / 404 / 410 / opt-out
 //! page). Later stages (capture → classify → count → emit → deliver) run after the response, off this path.
 
+mod bounded;
 pub mod cache;
 pub mod capture;
 pub mod metrics;

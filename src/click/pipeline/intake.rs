@@ -44,6 +44,12 @@ fn hash(text: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7400).hash_one(text)
 }
 
+/// Which bot a hit is, for folding its repeats (`CachedLink::bot_repeats`): its user agent and address.
+fn fingerprint(user_agent: Option<&str>, client: Option<IpAddr>) -> u32 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7401).hash_one((user_agent, client)) as u32
+}
+
 impl Intake {
     /// Turns a captured hit into a classified, owned record: the user agent, then the client's network,
     /// the timing and the sweep rule (`verdict::judge`). `index` is the hit's place in the batch being
@@ -81,6 +87,7 @@ impl Intake {
             ip,
             signals: judged.signals.clone(),
             click_id: hit.click_id.clone(),
+            folded: false,
         };
         if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
             let who = Client {
@@ -109,6 +116,10 @@ impl Intake {
                     self.flip(flip, &record.reason, batch, at_ms);
                 }
             }
+        }
+        if record.class == Class::Bot && !settings.recent_fold.is_zero() {
+            let window = u32::try_from(settings.recent_fold.as_secs()).unwrap_or(u32::MAX);
+            record.folded = link.bot_repeats(fingerprint(user_agent, client), hit.at.timestamp(), window);
         }
         tally.add(record.class, &record.reason);
         record

@@ -46,6 +46,8 @@ pub struct Settings {
     pub commit_queue: usize,
     /// Recent clicks kept per link.
     pub recent_clicks: usize,
+    /// A bot's repeats on a link within this long of its listed hit are not listed (`LINKHIT_RECENT_FOLD`).
+    pub recent_fold: Duration,
     pub keep_full_ip: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub classifier_memo: usize,

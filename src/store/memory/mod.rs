@@ -261,7 +261,7 @@ impl Store for MemoryStore {
             } else {
                 agg.stats.bot_hits += 1;
             }
-            if recent > 0 {
+            if recent > 0 && !click.folded {
                 agg.recent.push_front(click.to_recent());
                 agg.recent.truncate(recent);
             }

@@ -46,6 +46,8 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `b` counters-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
+/// - `c` counters-key bots — bot hits of a link none of which is listed (repeats `LINKHIT_RECENT_FOLD`
+///   folds: on a flood, most): the counter alone; answers 0.
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
 ///   p (field n)×p q (reason n)×q — a broadcast: counters, human hits per recipient and the exact
 ///   unique-recipient set (a recipient joins it when its count reaches 1), the per-minute timeline, bot
@@ -61,158 +63,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// Returns `{0, reply}` after applying, `{1, reply}` when the guard shows the batch was applied before;
 /// `reply` is the JSON array of the operations' answers.
-const APPLY_SCRIPT: &str = r"#!lua
-local stored = redis.call('GET', KEYS[1])
-if stored then return {1, stored} end
--- Pushes ARGV[s..e] (oldest first) onto a recent-clicks list, 100 per LPUSH, and caps it.
-local function push_recent(recent, s, e, cap)
-  local len = 0
-  while s <= e do
-    local t = math.min(s + 99, e)
-    len = redis.call('LPUSH', recent, unpack(ARGV, s, t))
-    s = t + 1
-  end
-  if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
-end
-local out = {}
-local i = 2
-local n = #ARGV
-while i <= n do
-  local op = ARGV[i]
-  if op == 'L' then
-    local counters = KEYS[tonumber(ARGV[i + 1])]
-    local recent = KEYS[tonumber(ARGV[i + 2])]
-    local cids = KEYS[tonumber(ARGV[i + 3])]
-    local human = tonumber(ARGV[i + 4])
-    local bots = tonumber(ARGV[i + 5])
-    local cap = tonumber(ARGV[i + 8])
-    local k = tonumber(ARGV[i + 9])
-    local after = 0
-    local bot_after = 0
-    if human > 0 then
-      after = redis.call('HINCRBY', counters, 'human_hits', human)
-      local first = redis.call('HGET', counters, 'first_click_at')
-      if (not first) or tonumber(first) > tonumber(ARGV[i + 6]) then
-        redis.call('HSET', counters, 'first_click_at', ARGV[i + 6])
-      end
-      local last = redis.call('HGET', counters, 'last_click_at')
-      if (not last) or tonumber(last) < tonumber(ARGV[i + 7]) then
-        redis.call('HSET', counters, 'last_click_at', ARGV[i + 7])
-      end
-    end
-    if bots > 0 then
-      bot_after = redis.call('HINCRBY', counters, 'bot_hits', bots)
-    elseif human > 0 then
-      bot_after = tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
-    end
-    push_recent(recent, i + 10, i + 9 + k, cap)
-    local at = i + 10 + k
-    local m = tonumber(ARGV[at])
-    if m > 0 then
-      if redis.call('HLEN', cids) < 1000 then
-        for j = at + 1, at + 2 * m, 2 do redis.call('HSETNX', cids, ARGV[j], ARGV[j + 1]) end
-      end
-      redis.call('PEXPIRE', cids, 2592000000)
-    end
-    if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
-    i = at + 1 + 2 * m
-  elseif op == 'b' then
-    local recent = KEYS[tonumber(ARGV[i + 2])]
-    redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 3])
-    local cap = tonumber(ARGV[i + 4])
-    local k = tonumber(ARGV[i + 5])
-    push_recent(recent, i + 6, i + 5 + k, cap)
-    out[#out + 1] = 0
-    i = i + 6 + k
-  elseif op == 'B' then
-    local hash = KEYS[tonumber(ARGV[i + 1])]
-    local uniques = KEYS[tonumber(ARGV[i + 2])]
-    local timeline = KEYS[tonumber(ARGV[i + 3])]
-    local counts = KEYS[tonumber(ARGV[i + 4])]
-    local reasons = KEYS[tonumber(ARGV[i + 5])]
-    redis.call('HINCRBY', hash, 'hits', ARGV[i + 6])
-    if tonumber(ARGV[i + 7]) > 0 then redis.call('HINCRBY', hash, 'human_hits', ARGV[i + 7]) end
-    if tonumber(ARGV[i + 8]) > 0 then redis.call('HINCRBY', hash, 'bot_hits', ARGV[i + 8]) end
-    local r = tonumber(ARGV[i + 9])
-    local added = {}
-    local new = 0
-    for j = i + 10, i + 9 + r do
-      local a = 0
-      if redis.call('HINCRBY', counts, ARGV[j], 1) >= 1 then a = redis.call('SADD', uniques, ARGV[j]) end
-      added[#added + 1] = a
-      new = new + a
-    end
-    if new > 0 then redis.call('HINCRBY', hash, 'unique_clicks', new) end
-    local at = i + 10 + r
-    local p = tonumber(ARGV[at])
-    for j = at + 1, at + 2 * p, 2 do
-      redis.call('HINCRBY', timeline, ARGV[j], ARGV[j + 1])
-    end
-    at = at + 1 + 2 * p
-    local q = tonumber(ARGV[at])
-    for j = at + 1, at + 2 * q, 2 do
-      redis.call('HINCRBY', reasons, ARGV[j], ARGV[j + 1])
-    end
-    if r == 0 then out[#out + 1] = 0 else out[#out + 1] = added end
-    i = at + 1 + 2 * q
-  elseif op == 'C' then
-    local counters = KEYS[tonumber(ARGV[i + 1])]
-    local n = tonumber(ARGV[i + 2])
-    if redis.call('HINCRBY', counters, 'human_hits', -n) <= 0 then
-      redis.call('HDEL', counters, 'first_click_at', 'last_click_at')
-    end
-    redis.call('HINCRBY', counters, 'bot_hits', n)
-    out[#out + 1] = 0
-    i = i + 3
-  elseif op == 'D' then
-    local hash = KEYS[tonumber(ARGV[i + 1])]
-    local uniques = KEYS[tonumber(ARGV[i + 2])]
-    local timeline = KEYS[tonumber(ARGV[i + 3])]
-    local counts = KEYS[tonumber(ARGV[i + 4])]
-    local reasons = KEYS[tonumber(ARGV[i + 5])]
-    local k = tonumber(ARGV[i + 6])
-    for j = i + 7, i + 6 + 4 * k, 4 do
-      redis.call('HINCRBY', hash, 'human_hits', -1)
-      redis.call('HINCRBY', hash, 'bot_hits', 1)
-      redis.call('HINCRBY', timeline, ARGV[j + 1], -1)
-      redis.call('HINCRBY', timeline, ARGV[j + 2], 1)
-      redis.call('HINCRBY', reasons, ARGV[j + 3], 1)
-      if ARGV[j] ~= '' and redis.call('HINCRBY', counts, ARGV[j], -1) == 0
-        and redis.call('SREM', uniques, ARGV[j]) == 1 then
-        redis.call('HINCRBY', hash, 'unique_clicks', -1)
-      end
-    end
-    out[#out + 1] = 0
-    i = i + 7 + 4 * k
-  elseif op == 'Y' then
-    local key = KEYS[tonumber(ARGV[i + 1])]
-    if redis.call('HGET', key, ARGV[i + 2]) == ARGV[i + 3] then redis.call('HDEL', key, ARGV[i + 2]) end
-    out[#out + 1] = 0
-    i = i + 4
-  elseif op == 'P' then
-    redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    out[#out + 1] = 0
-    i = i + 3
-  elseif op == 'Z' then
-    redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    out[#out + 1] = 0
-    i = i + 3
-  elseif op == 'K' then
-    local key = KEYS[tonumber(ARGV[i + 1])]
-    if redis.call('HEXISTS', key, ARGV[i + 2]) == 1 then redis.call('HSET', key, ARGV[i + 2], 'bot') end
-    out[#out + 1] = 0
-    i = i + 3
-  elseif op == 'O' then
-    out[#out + 1] = redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
-    i = i + 4
-  else
-    return redis.error_reply('linkhit: unknown counting operation ' .. tostring(op))
-  end
-end
-local reply = cjson.encode(out)
-redis.call('SET', KEYS[1], reply, 'PX', ARGV[1])
-return {0, reply}
-";
+const APPLY_SCRIPT: &str = include_str!("counting.lua");
 
 static APPLY_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(APPLY_SCRIPT).get_hash().to_owned());
 
@@ -294,16 +145,27 @@ fn calls<'a>(
     for (code, members) in &groups.links {
         let c = open(&mut calls, code);
         let call = &mut calls[c];
-        let newest = &members[members.len().saturating_sub(recent)..];
+        // The newest `recent` hits not folded (`LINKHIT_RECENT_FOLD`), oldest first.
+        let listed = || members.iter().map(|&i| &clicks[i]).filter(|c| !c.folded);
+        let (n, k) = (listed().count(), listed().count().min(recent));
+        let newest = || listed().skip(n - k);
         if members.iter().all(|&i| !clicks[i].is_human() && clicks[i].click_id.is_none()) {
+            if k == 0 {
+                // Bot repeats alone (`LINKHIT_RECENT_FOLD`): counted, nothing listed.
+                call.args.push(b"c");
+                call.key(store.keys.counters(code));
+                call.args.int(members.len());
+                call.answers.push(Answer::Link(code));
+                continue;
+            }
             call.args.push(b"b");
             call.key(store.keys.counters(code));
             call.key(store.keys.recent_clicks(code));
             call.args.int(members.len());
             call.args.int(recent);
-            call.args.int(newest.len());
-            for &i in newest {
-                call.args.recent(&clicks[i], &mut texts);
+            call.args.int(k);
+            for c in newest() {
+                call.args.recent(c, &mut texts);
             }
             call.answers.push(Answer::Link(code));
             continue;
@@ -319,9 +181,9 @@ fn calls<'a>(
         call.args.int(human().map(|c| c.at.timestamp_millis()).min().unwrap_or(0));
         call.args.int(human().map(|c| c.at.timestamp_millis()).max().unwrap_or(0));
         call.args.int(recent);
-        call.args.int(newest.len());
-        for &i in newest {
-            call.args.recent(&clicks[i], &mut texts);
+        call.args.int(k);
+        for c in newest() {
+            call.args.recent(c, &mut texts);
         }
         let tracked = || members.iter().map(|&i| &clicks[i]).filter(|c| c.click_id.is_some());
         call.args.int(tracked().count());
