@@ -163,9 +163,23 @@ impl Pool {
 
     /// Runs `cmds`, each tagged with its key's hash tag, and returns their replies in order: as one
     /// pipeline on a single node, as one pipeline per hash tag (run concurrently) on a cluster.
-    /// `prelude` commands (e.g. `SCRIPT LOAD`) head the single-node pipeline; their replies are dropped.
+    /// `prelude` commands (e.g. `UNLINK`s) head the single-node pipeline; their replies are dropped.
     pub async fn spread(&self, tagged: Vec<(String, Cmd)>, prelude: &[Cmd]) -> RedisResult<Vec<Value>> {
+        self.spread_script(tagged, prelude, None).await
+    }
+
+    /// [`Self::spread`] of commands that run `script` by its SHA (`EVALSHA`): when a node answers
+    /// `NOSCRIPT` (new, restarted, failed over, `SCRIPT FLUSH`), the script is loaded on every node and
+    /// the same pipelines are sent once more. Safe only for commands that are idempotent when re-sent
+    /// (the counting script's guards): a pipeline may have partly run before the error.
+    pub async fn spread_script(
+        &self,
+        tagged: Vec<(String, Cmd)>,
+        prelude: &[Cmd],
+        script: Option<&str>,
+    ) -> RedisResult<Vec<Value>> {
         let mut conn = self.get().await?;
+        let reload = |err: &redis::RedisError| script.filter(|_| has_error_code(err, "NOSCRIPT"));
         if !self.is_cluster() {
             let mut pipe = redis::pipe();
             for cmd in prelude {
@@ -174,7 +188,13 @@ impl Pool {
             for (_, cmd) in tagged {
                 pipe.add_command(cmd);
             }
-            return pipe.query_async(&mut conn).await;
+            return match pipe.query_async(&mut conn).await {
+                Err(err) if reload(&err).is_some() => {
+                    load_script(&mut conn, script.unwrap_or_default()).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            };
         }
         let mut groups: Vec<(Vec<usize>, redis::Pipeline)> = Vec::new();
         let mut by_tag: HashMap<&str, usize> = HashMap::new();
@@ -186,11 +206,20 @@ impl Pool {
             groups[g].0.push(i);
             groups[g].1.add_command(cmd.clone());
         }
-        let replies = futures_util::future::try_join_all(groups.iter().map(|(_, pipe)| {
-            let mut conn = conn.clone();
-            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
-        }))
-        .await?;
+        let run = || {
+            futures_util::future::try_join_all(groups.iter().map(|(_, pipe)| {
+                let mut conn = conn.clone();
+                async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+            }))
+        };
+        let replies = match run().await {
+            Err(err) if reload(&err).is_some() => {
+                // On a cluster connection `SCRIPT LOAD` goes to every master.
+                load_script(&mut conn.clone(), script.unwrap_or_default()).await?;
+                run().await?
+            }
+            other => other?,
+        };
         let mut out = vec![Value::Nil; tagged.len()];
         for ((indices, _), values) in groups.iter().zip(replies) {
             for (&i, v) in indices.iter().zip(values) {
@@ -199,6 +228,13 @@ impl Pool {
         }
         Ok(out)
     }
+}
+
+/// Loads a script (`SCRIPT LOAD`) after a node answered `NOSCRIPT`.
+async fn load_script(conn: &mut Conn, script: &str) -> RedisResult<()> {
+    let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(conn).await?;
+    metrics::counter!("linkhit_redis_script_loads_total").increment(1);
+    Ok(())
 }
 
 /// Whether Redis answered with the error `code` (`NOGROUP`, `BUSYGROUP`, …), for a single command or

@@ -45,6 +45,40 @@ async fn a_redis_stalled_past_the_commit_timeout_counts_each_hit_once() {
     );
 }
 
+/// Redis loses its scripts (`SCRIPT FLUSH`, as after a restart without persistence or a failover): the
+/// counting script runs by its SHA and is loaded only when Redis answers `NOSCRIPT`, then the batch is
+/// sent again — every hit counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_scripts_counts_each_hit_once() {
+    let redis = RedisServer::start();
+    let mut cfg = config(Some(&redis));
+    cfg.click_flush_interval = Duration::from_millis(50);
+    cfg.click_batch = 20;
+    let env = Env::with_config(cfg, None).await;
+    let base = env.url("");
+    let mut traffic = Traffic::create(&env.http, &base, &env.key, "noscript", 60).await;
+    traffic.run(&env.http, &base).await;
+    traffic.assert_counted_exactly(&env.http, &base, &env.key, Duration::from_secs(10)).await;
+    for _ in 0..3 {
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut redis.conn()).unwrap();
+        traffic.run(&env.http, &base).await;
+        traffic.assert_counted_exactly(&env.http, &base, &env.key, Duration::from_secs(10)).await;
+    }
+    let text = metrics(&env).await;
+    assert!(metric(&text, "linkhit_redis_script_loads_total") >= 1.0, "the script was loaded again");
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    let loads = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_script|load:calls="))
+        .map_or(0, |n| n.split(',').next().unwrap().parse::<u64>().unwrap());
+    let evals = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |n| n.split(',').next().unwrap().parse::<u64>().unwrap());
+    assert!(loads <= 3 + 1, "the script is loaded when missing, not per batch: {loads} loads, {evals} calls");
+    assert!(evals > loads, "{loads} loads, {evals} calls");
+}
+
 /// Redis refuses writes (`maxmemory` reached with `noeviction`) for a while: nothing is counted half,
 /// nothing twice; once memory is available again, every journaled hit is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

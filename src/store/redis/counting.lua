@@ -53,6 +53,11 @@ while i <= n do
     end
     if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
     i = at + 1 + 2 * m
+  elseif op == 'R' then
+    local first = tonumber(ARGV[i + 1])
+    for j = first, first + tonumber(ARGV[i + 2]) - 1 do redis.call('HINCRBY', KEYS[j], 'bot_hits', '1') end
+    out[#out + 1] = 0
+    i = i + 3
   elseif op == 'c' then
     redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 2])
     out[#out + 1] = 0

@@ -28,7 +28,7 @@ use super::RedisStore;
 use super::args::Args;
 use crate::counting;
 use crate::model::{Batch, Class, ClickRecord, ClickTally, EscapedTexts};
-use crate::redis_conn::{has_error_code, hash_tag};
+use crate::redis_conn::hash_tag;
 use crate::store::StoreError;
 
 /// Deadline of one counting call. Long enough for a big batch on a busy Redis; the pipeline does not
@@ -46,6 +46,8 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `b` counters-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
+/// - `R` first m — KEYS[first..first+m-1] are counters keys of links with one unlisted bot hit each (on
+///   a flood, most links of a batch): one argument per hit, the counter alone; answers 0.
 /// - `c` counters-key bots — bot hits of a link none of which is listed (repeats `LINKHIT_RECENT_FOLD`
 ///   folds: on a flood, most): the counter alone; answers 0.
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
@@ -87,6 +89,8 @@ struct Call<'a> {
     keys: Vec<String>,
     args: Args,
     answers: Vec<Answer<'a>>,
+    /// Counters keys of links with one bot hit, unlisted: the call's `R` operation.
+    run: Vec<String>,
 }
 
 impl Call<'_> {
@@ -120,7 +124,7 @@ fn call_for<'a>(
         // A single node's call takes the whole batch; a cluster's, the hits of one slot (often one).
         let room = if cluster { ARG_BYTES_PER_HIT } else { hits * ARG_BYTES_PER_HIT };
         let args = Args::with_capacity(room);
-        calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args, answers: Vec::new() });
+        calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args, answers: Vec::new(), run: Vec::new() });
         calls.len() - 1
     })
 }
@@ -150,8 +154,13 @@ fn calls<'a>(
         let (n, k) = (listed().count(), listed().count().min(recent));
         let newest = || listed().skip(n - k);
         if members.iter().all(|&i| !clicks[i].is_human() && clicks[i].click_id.is_none()) {
+            if k == 0 && members.len() == 1 {
+                // One bot repeat (`LINKHIT_RECENT_FOLD`), a flood's usual hit: one of the call's run.
+                call.run.push(store.keys.counters(code));
+                continue;
+            }
             if k == 0 {
-                // Bot repeats alone (`LINKHIT_RECENT_FOLD`): counted, nothing listed.
+                // Bot repeats alone: counted, nothing listed.
                 call.args.push(b"c");
                 call.key(store.keys.counters(code));
                 call.args.int(members.len());
@@ -321,6 +330,15 @@ fn calls<'a>(
         call.args.json(&counting::opt_out_of(c, recipient))?;
         call.answers.push(Answer::Nothing);
     }
+    for call in &mut calls {
+        if !call.run.is_empty() {
+            call.args.push(b"R");
+            call.args.int(call.keys.len() + 2);
+            call.args.int(call.run.len());
+            call.keys.append(&mut call.run);
+            call.answers.push(Answer::Nothing);
+        }
+    }
     Ok(calls)
 }
 
@@ -337,10 +355,10 @@ pub(super) async fn record_batch(
     let guard_ms = store.guard_ttl.as_millis().max(1) as u64;
     let mut tagged = Vec::with_capacity(calls.len());
     for call in &calls {
-        // Run by its SHA: the 6 KB of script text are neither sent nor hashed per call (on a cluster a
-        // batch is a call per slot, often one per hit). On a single node the script is loaded at the
-        // head of the pipeline; a cluster master without it (new, restarted, failed over) answers
-        // NOSCRIPT, and the batch is sent again after loading it on every master (below).
+        // Run by its SHA: the 7 KB of script text are neither sent nor hashed per call (on a cluster a
+        // batch is a call per slot, often one per hit). A node without it (new, restarted, failed over)
+        // answers NOSCRIPT; the script is then loaded and the batch sent again (`spread_script`): the
+        // calls that ran answer from their guards.
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(APPLY_SHA.as_str())
             .arg(call.keys.len() + 1)
@@ -356,31 +374,12 @@ pub(super) async fn record_batch(
     let mut released = store.take_released();
     if cluster {
         store.unlink_in_background(std::mem::take(&mut released));
-    } else {
-        if !released.is_empty() {
-            let mut unlink = redis::cmd("UNLINK");
-            unlink.arg(&released);
-            prelude.push(unlink);
-        }
-        let mut load = redis::cmd("SCRIPT");
-        load.arg("LOAD").arg(APPLY_SCRIPT);
-        prelude.push(load);
+    } else if !released.is_empty() {
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(&released);
+        prelude.push(unlink);
     }
-    let spread = async {
-        if !cluster {
-            return store.pool.spread(tagged, &prelude).await;
-        }
-        match store.pool.spread(tagged.clone(), &prelude).await {
-            Err(err) if has_error_code(&err, "NOSCRIPT") => {
-                // The slots that ran it are guarded: sending the batch again applies only the rest.
-                let mut conn = store.pool.get().await?;
-                let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut conn).await?;
-                metrics::counter!("linkhit_redis_script_loads_total").increment(1);
-                store.pool.spread(tagged, &prelude).await
-            }
-            other => other,
-        }
-    };
+    let spread = store.pool.spread_script(tagged, &prelude, Some(APPLY_SCRIPT));
     let replies = match store.bounded(COMMIT_TIMEOUT, spread).await {
         Ok(replies) => replies,
         Err(err) => {
