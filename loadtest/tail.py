@@ -122,6 +122,11 @@ VARIANTS = {
     # The commit size before session 5 (a commit is the click thread's longest stretch without a yield).
     "embedded-b1000": {"LINKHIT_CLICK_BATCH": "1000"},
     "redis-b1000": {"LINKHIT_CLICK_BATCH": "1000", "LINKHIT_REDIS_URL": "REDIS_URL"},
+    # Smaller commits: shorter Redis runs on the load generator's CPU.
+    "redis-b100": {"LINKHIT_CLICK_BATCH": "100", "LINKHIT_REDIS_URL": "REDIS_URL"},
+    # Every hit listed in recent clicks, as before LINKHIT_RECENT_FOLD (the flood's bot repeats unfolded).
+    "embedded-nofold": {"LINKHIT_RECENT_FOLD": "0"},
+    "redis-nofold": {"LINKHIT_RECENT_FOLD": "0", "LINKHIT_REDIS_URL": "REDIS_URL"},
 }
 
 

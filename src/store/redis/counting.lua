@@ -1,4 +1,6 @@
 #!lua
+-- Counts are passed to redis.call as the argument strings they came in: a Lua number would be
+-- formatted back with printf per call.
 local stored = redis.call('GET', KEYS[1])
 if stored then return {1, stored} end
 -- Pushes ARGV[s..e] (oldest first) onto a recent-clicks list, 100 per LPUSH, and caps it.
@@ -27,7 +29,7 @@ while i <= n do
     local after = 0
     local bot_after = 0
     if human > 0 then
-      after = redis.call('HINCRBY', counters, 'human_hits', human)
+      after = redis.call('HINCRBY', counters, 'human_hits', ARGV[i + 4])
       local first = redis.call('HGET', counters, 'first_click_at')
       if (not first) or tonumber(first) > tonumber(ARGV[i + 6]) then
         redis.call('HSET', counters, 'first_click_at', ARGV[i + 6])
@@ -38,7 +40,7 @@ while i <= n do
       end
     end
     if bots > 0 then
-      bot_after = redis.call('HINCRBY', counters, 'bot_hits', bots)
+      bot_after = redis.call('HINCRBY', counters, 'bot_hits', ARGV[i + 5])
     elseif human > 0 then
       bot_after = tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
     end
@@ -49,7 +51,7 @@ while i <= n do
       if redis.call('HLEN', cids) < 1000 then
         for j = at + 1, at + 2 * m, 2 do redis.call('HSETNX', cids, ARGV[j], ARGV[j + 1]) end
       end
-      redis.call('PEXPIRE', cids, 2592000000)
+      redis.call('PEXPIRE', cids, '2592000000')
     end
     if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
     i = at + 1 + 2 * m
