@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Redis's CPU per counted hit, and where it goes (issue #17, budget 2).
+
+    python3 loadtest/redis_cost.py                         # target/release/linkhit, 100,000 links
+    python3 loadtest/redis_cost.py --binary /tmp/other --warm 8 LINKHIT_RECENT_FOLD=0
+
+Starts a private redis-server on CPU 0 and linkhit (pinned to CPU 1, as in tail.py) over it, creates the
+links, warms the cache with `--warm` seconds of the same 100 %-bot traffic (every code requested, so the
+measured window has no cache fills), resets Redis's statistics, runs wrk for `--seconds`, and prints
+Redis's CPU (user+system from /proc) per request and `INFO commandstats` per request: EVALSHA is the
+counting script with the commands it runs (HINCRBY, LPUSH, ...) counted inside it as well. Extra
+arguments NAME=VALUE are passed to linkhit's environment. Needs wrk, redis-server, taskset.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lh  # noqa: E402
+import tail  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "linkhit"))
+    p.add_argument("--links", type=int, default=100_000)
+    p.add_argument("--warm", type=int, default=8, help="seconds of traffic before measuring")
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("env", nargs="*", help="NAME=VALUE for linkhit")
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="linkhit-rcost-")
+    rport = lh.free_port()
+    redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    procs = [redis]
+    try:
+        lh.wait_port(rport)
+        env = {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/", **dict(a.split("=", 1) for a in args.env)}
+        proc, port = tail.start_linkhit(args.binary, env, tmp, "0")
+        procs.append(proc)
+        codes = os.path.join(tmp, "codes.txt")
+        subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                        f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
+                        "--out", codes], check=True, stdout=subprocess.DEVNULL)
+        tail.wrk(port, codes, args.warm, 64)
+        time.sleep(1)
+        cli = ["redis-cli", "-p", str(rport)]
+        subprocess.run(cli + ["CONFIG", "RESETSTAT"], check=True, stdout=subprocess.DEVNULL)
+        before = tail.cpu_seconds(redis.pid)
+        out = tail.wrk(port, codes, args.seconds, 64)
+        time.sleep(0.5)  # counting lags the redirects by a tick
+        n = max(out["requests"], 1)
+        cpu = tail.cpu_seconds(redis.pid) - before
+        print(f"{n / args.seconds:,.0f} req/s  Redis CPU {cpu * 1e6 / n:.2f} µs per request (every request a counted hit)")
+        stats = subprocess.run(cli + ["INFO", "commandstats"], capture_output=True, text=True, check=True).stdout
+        rows = []
+        for line in stats.splitlines():
+            if line.startswith("cmdstat_"):
+                name, rest = line.split(":", 1)
+                kv = dict(x.split("=") for x in rest.split(","))
+                rows.append((int(kv["usec"]), name[len("cmdstat_"):], int(kv["calls"])))
+        for usec, name, calls in sorted(rows, reverse=True):
+            print(f"  {name:20} {calls:>9,} calls  {usec / n:.3f} µs per request  {usec / max(calls, 1):.2f} µs per call")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    main()
