@@ -67,16 +67,14 @@ async fn a_redis_that_lost_its_scripts_counts_each_hit_once() {
     let text = metrics(&env).await;
     assert!(metric(&text, "linkhit_redis_script_loads_total") >= 1.0, "the script was loaded again");
     let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
-    let loads = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_script|load:calls="))
-        .map_or(0, |n| n.split(',').next().unwrap().parse::<u64>().unwrap());
-    let evals = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .map_or(0, |n| n.split(',').next().unwrap().parse::<u64>().unwrap());
-    assert!(loads <= 3 + 1, "the script is loaded when missing, not per batch: {loads} loads, {evals} calls");
-    assert!(evals > loads, "{loads} loads, {evals} calls");
+    let calls = |name: &str| -> u64 {
+        let line = info.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")));
+        line.unwrap_or_else(|| panic!("no {name} in {info}")).split(',').next().unwrap().parse().unwrap()
+    };
+    let (loads, evals) = (calls("script|load"), calls("evalsha"));
+    // Loaded per batch (as before) would be one load per call; here: after each flush, and at most once
+    // more for a slow commit replayed from the journal while its first attempt ran.
+    assert!(loads >= 3 && loads * 3 <= evals, "loaded when missing, not per batch: {loads} loads, {evals} calls");
 }
 
 /// Redis refuses writes (`maxmemory` reached with `noeviction`) for a while: nothing is counted half,

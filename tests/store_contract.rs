@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use linkhit::code::CodePolicy;
-use linkhit::model::{Link, LinkKind};
+use linkhit::model::{Batch, Class, ClickRecord, Link, LinkKind};
 use linkhit::store::memory::MemoryStore;
 use linkhit::store::redis::RedisStore;
 use linkhit::store::{Invalidation, SharedStore, insert_unique};
@@ -117,4 +117,63 @@ async fn redis_invalidations_reach_subscribers() {
         Some(Invalidation::Code("FFFFFFFF".into()))
     );
     shutdown.cancel();
+}
+
+/// A hit of a batch (no broadcast: the link counters and recent clicks alone).
+fn hit(code: &str, class: Class, folded: bool) -> ClickRecord {
+    ClickRecord {
+        code: code.into(),
+        workspace_id: "ws_test".into(),
+        broadcast_id: None,
+        recipient: None,
+        kind: LinkKind::Redirect,
+        at: Utc::now(),
+        class,
+        reason: if class == Class::Human { "browser:Safari".into() } else { "preview:whatsapp".into() },
+        method: "GET".into(),
+        user_agent: None,
+        ip: None,
+        signals: None,
+        click_id: None,
+        folded,
+    }
+}
+
+/// Folded bot repeats are counted and not listed, in every shape a batch can hold them (one link with one
+/// repeat, several, mixed with a listed bot or a human); and a batch's operations depend on the batch
+/// alone: counted under one `LINKHIT_RECENT_CLICKS` and replayed under another (an in-doubt batch
+/// replayed after a restart with other settings, or by another instance), it answers from its guard
+/// exactly as the first time and changes nothing.
+async fn folded_repeats_count_once_whatever_the_settings(store: SharedStore) {
+    use Class::{Bot, Human};
+    let clicks = vec![
+        hit("fold1", Bot, true),
+        hit("fold2", Bot, true),
+        hit("fold2", Bot, true),
+        hit("mixed", Bot, false),
+        hit("mixed", Bot, true),
+        hit("human", Human, false),
+        hit("human", Bot, true),
+        hit("listed", Bot, false),
+    ];
+    let batch = Batch { id: "fold-batch-1".into(), clicks, corrections: Vec::new() };
+    let first = store.record_batch(&batch, 2).await.unwrap();
+    for recent in [0, 2, 100] {
+        assert_eq!(store.record_batch(&batch, recent).await.unwrap(), first, "replayed with {recent} recent");
+    }
+    for (code, human, bot, listed) in
+        [("fold1", 0, 1, 0), ("fold2", 0, 2, 0), ("mixed", 0, 2, 1), ("human", 1, 1, 1), ("listed", 0, 1, 1)]
+    {
+        let s = store.link_stats(code).await.unwrap();
+        assert_eq!((s.hits, s.human_hits, s.bot_hits), (human + bot, human, bot), "{code}");
+        assert_eq!(store.recent_clicks(code, 100).await.unwrap().len(), listed, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn folded_repeats_on_both_stores() {
+    folded_repeats_count_once_whatever_the_settings(Arc::new(MemoryStore::default())).await;
+    let redis = common::RedisServer::start();
+    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "f", Duration::from_secs(1)).unwrap());
+    folded_repeats_count_once_whatever_the_settings(store).await;
 }

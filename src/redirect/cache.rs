@@ -44,7 +44,7 @@ pub struct CachedLink {
     pub kind: LinkKind,
     /// When the link expires, its SMS was sent, and (if reported) delivered, each as a [`Compact`]
     /// time (0: never / unknown). Three `u32`s where `Option<i64>`s would take 48 bytes: the entry stays
-    /// in the 112-byte allocation class (docs/PERFORMANCE.md).
+    /// in the 128-byte allocation class (docs/PERFORMANCE.md).
     expires: u32,
     sent: u32,
     delivered: u32,
@@ -102,8 +102,9 @@ impl CachedLink {
 
     /// Whether a bot hit at `now_unix` (seconds) by the bot `fingerprint` repeats the link's last
     /// listed bot hit within `window` seconds: if so it is counted but not listed again; if not it
-    /// becomes the listed one. Only the click pipeline's one intake calls this; a cache refresh (a new
-    /// entry) starts over, which lists a repeat early, never hides a new bot.
+    /// becomes the listed one. Only the click pipeline's one intake calls this. A refresh of a cached
+    /// link carries the state over (`LinkCache::insert_link`); an entry evicted or invalidated starts
+    /// over, which lists a repeat early, never hides a new bot.
     pub fn bot_repeats(&self, fingerprint: u32, now_unix: i64, window: u32) -> bool {
         let now = Compact::from_unix(now_unix);
         let last = self.bot_listed.load(Ordering::Relaxed);
@@ -227,6 +228,10 @@ impl LinkCache {
         let ttl_ds = u32::try_from(self.ttl.as_millis() / 100).unwrap_or(u32::MAX);
         let fresh_until_ds = self.now_ds().saturating_add(ttl_ds);
         let cached = Arc::new(self.prepare(link, fresh_until_ds, self.epoch.load(Ordering::Acquire)));
+        // A refresh of the same link keeps its listed bot: a repeat stays folded across revalidations.
+        if let Some(old) = self.links.map.get(link.code.as_str()) {
+            cached.bot_listed.store(old.key().0.bot_listed.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         if self.generation.load(Ordering::Acquire) == generation {
             self.missing.remove(&link.code);
             self.links.insert(LinkKey(cached.clone()), ());
@@ -396,6 +401,17 @@ mod tests {
         assert!(!l.bot_repeats(7, T + 120, 60), "60 s after its listed hit it is listed again");
         assert!(!l.bot_repeats(7, T, 60), "a clock stepping back lists");
         assert!(!l.bot_repeats(7, T, 0) && !l.bot_repeats(7, T, 0), "window 0 lists every hit");
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_listed_bot() {
+        let c = cache(10);
+        let l = link("aaaaaaaa");
+        let first = c.insert_link(&l, c.generation());
+        assert!(!first.bot_repeats(7, 1_764_000_000, 60));
+        let refreshed = c.insert_link(&l, c.generation());
+        assert!(!Arc::ptr_eq(&first, &refreshed), "a refresh makes a new entry");
+        assert!(refreshed.bot_repeats(7, 1_764_000_001, 60), "the repeat still folds after the refresh");
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl Intake {
             }
         }
         if record.class == Class::Bot && !settings.recent_fold.is_zero() {
-            let window = u32::try_from(settings.recent_fold.as_secs()).unwrap_or(u32::MAX);
+            // Whole seconds, rounded up: 0.5 folds within the second, it does not turn folding off.
+            let window = settings.recent_fold.as_secs_f64().ceil().min(f64::from(u32::MAX)) as u32;
             record.folded = link.bot_repeats(fingerprint(user_agent, client), hit.at.timestamp(), window);
         }
         tally.add(record.class, &record.reason);

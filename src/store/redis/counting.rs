@@ -154,12 +154,15 @@ fn calls<'a>(
         let (n, k) = (listed().count(), listed().count().min(recent));
         let newest = || listed().skip(n - k);
         if members.iter().all(|&i| !clicks[i].is_human() && clicks[i].click_id.is_none()) {
-            if k == 0 && members.len() == 1 {
+            // Which operation a link takes depends on the batch alone, never on settings: a batch's guard
+            // keeps its answers by position, and a replay under other settings must line up with them.
+            let repeats = members.iter().all(|&i| clicks[i].folded);
+            if repeats && members.len() == 1 {
                 // One bot repeat (`LINKHIT_RECENT_FOLD`), a flood's usual hit: one of the call's run.
                 call.run.push(store.keys.counters(code));
                 continue;
             }
-            if k == 0 {
+            if repeats {
                 // Bot repeats alone: counted, nothing listed.
                 call.args.push(b"c");
                 call.key(store.keys.counters(code));
