@@ -254,6 +254,18 @@ mod tests {
     }
 
     #[test]
+    fn a_folded_hit_survives_the_journal_and_old_lines_are_listed() {
+        let mut c = click();
+        let line = serde_json::to_string(&c).unwrap();
+        assert!(!line.contains("folded"), "a listed hit writes nothing new: {line}");
+        assert_eq!(serde_json::from_str::<ClickRecord>(&line).unwrap(), c, "a line without it reads as listed");
+        c.folded = true;
+        let line = serde_json::to_string(&c).unwrap();
+        assert!(line.contains(r#""folded":true"#), "{line}");
+        assert_eq!(serde_json::from_str::<ClickRecord>(&line).unwrap(), c);
+    }
+
+    #[test]
     fn recent_json_is_compact_and_reads_back() {
         let c = click();
         let json: serde_json::Value = serde_json::from_slice(&c.recent_json()).unwrap();
