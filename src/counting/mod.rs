@@ -15,8 +15,9 @@ use crate::model::{Class, ClickRecord, ClickTally, LinkKind, OptOut};
 /// each group, and the hits that may record an opt-out.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Groups<'a> {
-    /// (code, indices of its hits), in order of first appearance.
-    pub links: Vec<(&'a str, Vec<usize>)>,
+    /// (code, indices of its hits), in order of first appearance. Inline up to two: a batch of a flood
+    /// is mostly links hit once, and an allocation per link cost more than grouping it.
+    pub links: Vec<(&'a str, Members)>,
     /// ((workspace, broadcast), indices of its hits on redirect links), in order of first appearance.
     /// Opt-out links are not engagement: their hits count on the link, not in the broadcast.
     pub broadcasts: Vec<((&'a str, &'a str), Vec<usize>)>,
@@ -26,14 +27,18 @@ pub struct Groups<'a> {
     pub opt_outs: Vec<usize>,
 }
 
+/// A link's hits in a batch (indices), two inline.
+pub type Members = smallvec::SmallVec<[usize; 2]>;
+
 /// Groups a batch by link and by broadcast.
 pub fn group(clicks: &[ClickRecord]) -> Groups<'_> {
-    let mut groups = Groups::default();
-    let mut link_index: Fast<&str, usize> = Fast::default();
+    let mut groups = Groups { links: Vec::with_capacity(clicks.len()), ..Groups::default() };
+    // Sized for the batch: a flood's batch has as many links as hits, and growing the map rehashed it.
+    let mut link_index: Fast<&str, usize> = Fast::with_capacity_and_hasher(clicks.len(), Default::default());
     let mut broadcast_index: Fast<(&str, &str), usize> = Fast::default();
     for (i, click) in clicks.iter().enumerate() {
         let g = *link_index.entry(&click.code).or_insert_with(|| {
-            groups.links.push((&click.code, Vec::new()));
+            groups.links.push((&click.code, Members::new()));
             groups.links.len() - 1
         });
         groups.links[g].1.push(i);
@@ -229,7 +234,8 @@ mod tests {
             anonymous_opt_out,
         ];
         let g = group(&batch);
-        assert_eq!(g.links, vec![("a", vec![0, 2]), ("b", vec![1]), ("c", vec![3, 4, 5])]);
+        let links: Vec<(&str, Vec<usize>)> = g.links.iter().map(|(c, m)| (*c, m.to_vec())).collect();
+        assert_eq!(links, vec![("a", vec![0, 2]), ("b", vec![1]), ("c", vec![3, 4, 5])]);
         assert_eq!(g.broadcasts, vec![(("ws", "b1"), vec![0, 2])], "opt-out links are not engagement");
         assert_eq!(g.opt_outs, vec![3], "only a human hit naming its recipient opts out");
         assert_eq!(g.broadcast_opt_outs, vec![(("ws", "b1"), vec![3])]);

@@ -23,6 +23,30 @@ impl Args {
         self.ends.push(self.data.len());
     }
 
+    /// One argument made of `parts` (a key from its pieces, without building a `String`).
+    pub(super) fn push_parts(&mut self, parts: &[&str]) {
+        for part in parts {
+            self.data.extend_from_slice(part.as_bytes());
+        }
+        self.ends.push(self.data.len());
+    }
+
+    /// Appends `other`'s arguments after these.
+    pub(super) fn append(&mut self, other: &Args) {
+        let base = self.data.len();
+        self.data.extend_from_slice(&other.data);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+
+    /// How many arguments.
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
     pub(super) fn int<I: itoa::Integer>(&mut self, v: I) {
         self.push(itoa::Buffer::new().format(v).as_bytes());
     }
@@ -58,5 +82,14 @@ mod tests {
         let got: Vec<&[u8]> = args.iter().collect();
         assert_eq!(got, vec![&b"b"[..], b"250", b"", br#"{"a":1}"#]);
         assert_eq!(Args::default().iter().count(), 0);
+        let mut keys = Args::default();
+        keys.push(b"k1");
+        let mut run = Args::default();
+        run.push_parts(&["p", ":cnt:{", "abc", "}"]);
+        run.push_parts(&["p", ":cnt:{", "de", "}"]);
+        keys.append(&run);
+        let got: Vec<&[u8]> = keys.iter().collect();
+        assert_eq!(got, vec![&b"k1"[..], b"p:cnt:{abc}", b"p:cnt:{de}"]);
+        assert_eq!((keys.len(), run.len(), keys.is_empty()), (3, 2, false));
     }
 }

@@ -86,18 +86,19 @@ enum Answer<'a> {
 struct Call<'a> {
     /// The hash tag the guard shares (the slot's first operation's).
     tag: String,
-    keys: Vec<String>,
+    /// The operations' keys (KEYS[2..]), in one buffer like the arguments.
+    keys: Args,
     args: Args,
     answers: Vec<Answer<'a>>,
     /// Counters keys of links with one bot hit, unlisted: the call's `R` operation.
-    run: Vec<String>,
+    run: Args,
 }
 
 impl Call<'_> {
     /// Adds a key to the call and writes its index (KEYS[1] is the guard, so the first operation key is
     /// KEYS[2]).
     fn key(&mut self, key: String) {
-        self.keys.push(key);
+        self.keys.push(key.as_bytes());
         self.args.int(self.keys.len() + 1);
     }
 
@@ -119,18 +120,28 @@ fn call_for<'a>(
     tag: &str,
     hits: usize,
 ) -> usize {
+    if !cluster && !calls.is_empty() {
+        return 0;
+    }
     let slot = if cluster { Slot::for_key(tag) } else { Slot::for_key("") };
     *by_slot.entry(slot).or_insert_with(|| {
         // A single node's call takes the whole batch; a cluster's, the hits of one slot (often one).
-        let room = if cluster { ARG_BYTES_PER_HIT } else { hits * ARG_BYTES_PER_HIT };
-        let args = Args::with_capacity(room);
-        calls.push(Call { tag: tag.to_owned(), keys: Vec::new(), args, answers: Vec::new(), run: Vec::new() });
+        let hits = if cluster { 1 } else { hits };
+        calls.push(Call {
+            tag: tag.to_owned(),
+            keys: Args::with_capacity(hits * KEY_BYTES_PER_HIT),
+            args: Args::with_capacity(hits * ARG_BYTES_PER_HIT),
+            answers: Vec::new(),
+            run: Args::with_capacity(hits * KEY_BYTES_PER_HIT),
+        });
         calls.len() - 1
     })
 }
 
 /// About what a counted hit adds to its call's arguments (its recent-click JSON and counters).
 const ARG_BYTES_PER_HIT: usize = 256;
+/// About what a counted hit's keys take (a counters key, often alone).
+const KEY_BYTES_PER_HIT: usize = 32;
 
 /// The script calls of a batch: one on a single node, one per slot on a cluster. Operations are written
 /// straight into their call, in the order below.
@@ -159,7 +170,7 @@ fn calls<'a>(
             let repeats = members.iter().all(|&i| clicks[i].folded);
             if repeats && members.len() == 1 {
                 // One bot repeat (`LINKHIT_RECENT_FOLD`), a flood's usual hit: one of the call's run.
-                call.run.push(store.keys.counters(code));
+                call.run.push_parts(&store.keys.counters_parts(code));
                 continue;
             }
             if repeats {
@@ -338,7 +349,7 @@ fn calls<'a>(
             call.args.push(b"R");
             call.args.int(call.keys.len() + 2);
             call.args.int(call.run.len());
-            call.keys.append(&mut call.run);
+            call.keys.append(&call.run);
             call.answers.push(Answer::Nothing);
         }
     }
@@ -363,11 +374,11 @@ pub(super) async fn record_batch(
         // answers NOSCRIPT; the script is then loaded and the batch sent again (`spread_script`): the
         // calls that ran answer from their guards.
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY_SHA.as_str())
-            .arg(call.keys.len() + 1)
-            .arg(store.keys.guard(&call.tag, &batch.id))
-            .arg(&call.keys)
-            .arg(guard_ms);
+        cmd.arg(APPLY_SHA.as_str()).arg(call.keys.len() + 1).arg(store.keys.guard(&call.tag, &batch.id));
+        for key in call.keys.iter() {
+            cmd.arg(key);
+        }
+        cmd.arg(guard_ms);
         for arg in call.args.iter() {
             cmd.arg(arg);
         }

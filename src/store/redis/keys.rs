@@ -47,7 +47,11 @@ impl Keys {
         format!("{}:link:{{{code}}}", self.prefix)
     }
     pub fn counters(&self, code: &str) -> String {
-        [&self.prefix, ":cnt:{", code, "}"].concat()
+        self.counters_parts(code).concat()
+    }
+    /// [`Self::counters`] in pieces, for a caller writing it into a buffer of its own.
+    pub fn counters_parts<'a>(&'a self, code: &'a str) -> [&'a str; 4] {
+        [&self.prefix, ":cnt:{", code, "}"]
     }
     pub fn broadcast(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bc:{{{workspace_id}:{broadcast_id}}}", self.prefix)
