@@ -19,6 +19,7 @@
 //! `UNLINK`s ride on the next batch's pipeline) and otherwise expire after `LINKHIT_COMMIT_GUARD_TTL`.
 
 use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
@@ -370,9 +371,10 @@ pub(super) async fn record_batch(
     let mut tagged = Vec::with_capacity(calls.len());
     for call in &calls {
         // Run by its SHA: the 7 KB of script text are neither sent nor hashed per call (on a cluster a
-        // batch is a call per slot, often one per hit). A node without it (new, restarted, failed over)
-        // answers NOSCRIPT; the script is then loaded and the batch sent again (`spread_script`): the
-        // calls that ran answer from their guards.
+        // batch is a call per slot, often one per hit). A single node gets it loaded at the head of its
+        // first pipeline; a node without it (restarted, failed over, a new cluster master) answers
+        // NOSCRIPT; the script is then loaded and the batch sent again (`spread_script`): the calls that
+        // ran answer from their guards.
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(APPLY_SHA.as_str()).arg(call.keys.len() + 1).arg(store.keys.guard(&call.tag, &batch.id));
         for key in call.keys.iter() {
@@ -388,12 +390,27 @@ pub(super) async fn record_batch(
     let mut released = store.take_released();
     if cluster {
         store.unlink_in_background(std::mem::take(&mut released));
-    } else if !released.is_empty() {
-        let mut unlink = redis::cmd("UNLINK");
-        unlink.arg(&released);
-        prelude.push(unlink);
+    } else {
+        if !released.is_empty() {
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(&released);
+            prelude.push(unlink);
+        }
+        // Until a pipeline has loaded it, the script heads the pipeline (no extra round trip on the
+        // first commit, which a short commit patience would journal); after that, never per batch.
+        if !store.script_loaded.load(Ordering::Relaxed) {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(APPLY_SCRIPT);
+            prelude.push(load);
+        }
     }
-    let spread = store.pool.spread_script(tagged, &prelude, Some(APPLY_SCRIPT));
+    let spread = async {
+        let replies = store.pool.spread_script(tagged, &prelude, Some(APPLY_SCRIPT)).await;
+        if replies.is_ok() && !cluster {
+            store.script_loaded.store(true, Ordering::Relaxed);
+        }
+        replies
+    };
     let replies = match store.bounded(COMMIT_TIMEOUT, spread).await {
         Ok(replies) => replies,
         Err(err) => {

@@ -55,6 +55,9 @@ pub struct RedisStore {
     released: Mutex<Vec<String>>,
     /// Guard keys of the batches this process counted and has not released yet.
     guards: Mutex<HashMap<String, Vec<String>>>,
+    /// A single node has the counting script (loaded by a counting pipeline that succeeded): later
+    /// pipelines run it by SHA alone, and a `NOSCRIPT` (a restart) loads it again (`counting`).
+    script_loaded: std::sync::atomic::AtomicBool,
 }
 
 /// Default lifetime of a guard that is never released: longer than any outage a journal waits out.
@@ -77,6 +80,7 @@ impl RedisStore {
             guard_ttl: DEFAULT_GUARD_TTL,
             released: Mutex::new(Vec::new()),
             guards: Mutex::new(HashMap::new()),
+            script_loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
