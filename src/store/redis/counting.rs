@@ -163,7 +163,8 @@ fn calls<'a>(
         let call = &mut calls[c];
         // The newest `recent` hits not folded (`LINKHIT_RECENT_FOLD`), oldest first.
         let listed = || members.iter().map(|&i| &clicks[i]).filter(|c| !c.folded);
-        let (n, k) = (listed().count(), listed().count().min(recent));
+        let n = listed().count();
+        let k = n.min(recent);
         let newest = || listed().skip(n - k);
         if members.iter().all(|&i| !clicks[i].is_human() && clicks[i].click_id.is_none()) {
             // Which operation a link takes depends on the batch alone, never on settings: a batch's guard
