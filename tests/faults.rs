@@ -15,18 +15,25 @@ async fn metrics(env: &Env) -> String {
     env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
+/// A private Redis, a server over it committing every 50 ms in batches of `batch`, and a broadcast of
+/// `links` links with its traffic.
+async fn faulted(broadcast: &str, batch: usize, links: usize) -> (RedisServer, Env, String, Traffic) {
+    let redis = RedisServer::start();
+    let mut cfg = config(Some(&redis));
+    cfg.click_flush_interval = Duration::from_millis(50);
+    cfg.click_batch = batch;
+    let env = Env::with_config(cfg, None).await;
+    let base = env.url("");
+    let traffic = Traffic::create(&env.http, &base, &env.key, broadcast, links).await;
+    (redis, env, base, traffic)
+}
+
 /// Redis hangs (SIGSTOP) longer than a commit may wait: the waiting batches are journaled as in doubt
 /// while Redis still holds their commands; when Redis resumes it executes those late *and* linkhit
 /// replays them — the batch guards make the second application a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stalled_past_the_commit_timeout_counts_each_hit_once() {
-    let redis = RedisServer::start();
-    let mut cfg = config(Some(&redis));
-    cfg.click_flush_interval = Duration::from_millis(50);
-    cfg.click_batch = 20;
-    let env = Env::with_config(cfg, None).await;
-    let base = env.url("");
-    let mut traffic = Traffic::create(&env.http, &base, &env.key, "stall", 60).await;
+    let (redis, env, base, mut traffic) = faulted("stall", 20, 60).await;
     traffic.run(&env.http, &base).await; // every link cached, some counted
     redis.pause();
     traffic.run(&env.http, &base).await;
@@ -50,13 +57,7 @@ async fn a_redis_stalled_past_the_commit_timeout_counts_each_hit_once() {
 /// sent again — every hit counted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_scripts_counts_each_hit_once() {
-    let redis = RedisServer::start();
-    let mut cfg = config(Some(&redis));
-    cfg.click_flush_interval = Duration::from_millis(50);
-    cfg.click_batch = 20;
-    let env = Env::with_config(cfg, None).await;
-    let base = env.url("");
-    let mut traffic = Traffic::create(&env.http, &base, &env.key, "noscript", 60).await;
+    let (redis, env, base, mut traffic) = faulted("noscript", 20, 60).await;
     traffic.run(&env.http, &base).await;
     traffic.assert_counted_exactly(&env.http, &base, &env.key, Duration::from_secs(10)).await;
     for _ in 0..3 {
@@ -81,13 +82,7 @@ async fn a_redis_that_lost_its_scripts_counts_each_hit_once() {
 /// nothing twice; once memory is available again, every journaled hit is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_refused_for_lack_of_memory_count_each_hit_once() {
-    let redis = RedisServer::start();
-    let mut cfg = config(Some(&redis));
-    cfg.click_flush_interval = Duration::from_millis(50);
-    cfg.click_batch = 25;
-    let env = Env::with_config(cfg, None).await;
-    let base = env.url("");
-    let mut traffic = Traffic::create(&env.http, &base, &env.key, "oom", 80).await;
+    let (redis, env, base, mut traffic) = faulted("oom", 25, 80).await;
     traffic.run(&env.http, &base).await;
     traffic.assert_counted_exactly(&env.http, &base, &env.key, Duration::from_secs(10)).await;
     let mut conn = redis.conn();

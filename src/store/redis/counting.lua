@@ -13,6 +13,12 @@ local function push_recent(recent, s, e, cap)
   end
   if cap > 0 and len > cap then redis.call('LTRIM', recent, 0, cap - 1) end
 end
+-- The five keys a broadcast operation (B, D) names, from its indices at ARGV[i+1..i+5].
+local function broadcast_keys(i)
+  local k = {}
+  for j = 1, 5 do k[j] = KEYS[tonumber(ARGV[i + j])] end
+  return unpack(k)
+end
 local out = {}
 local i = 2
 local n = #ARGV
@@ -73,11 +79,7 @@ while i <= n do
     out[#out + 1] = 0
     i = i + 6 + k
   elseif op == 'B' then
-    local hash = KEYS[tonumber(ARGV[i + 1])]
-    local uniques = KEYS[tonumber(ARGV[i + 2])]
-    local timeline = KEYS[tonumber(ARGV[i + 3])]
-    local counts = KEYS[tonumber(ARGV[i + 4])]
-    local reasons = KEYS[tonumber(ARGV[i + 5])]
+    local hash, uniques, timeline, counts, reasons = broadcast_keys(i)
     redis.call('HINCRBY', hash, 'hits', ARGV[i + 6])
     if tonumber(ARGV[i + 7]) > 0 then redis.call('HINCRBY', hash, 'human_hits', ARGV[i + 7]) end
     if tonumber(ARGV[i + 8]) > 0 then redis.call('HINCRBY', hash, 'bot_hits', ARGV[i + 8]) end
@@ -113,11 +115,7 @@ while i <= n do
     out[#out + 1] = 0
     i = i + 3
   elseif op == 'D' then
-    local hash = KEYS[tonumber(ARGV[i + 1])]
-    local uniques = KEYS[tonumber(ARGV[i + 2])]
-    local timeline = KEYS[tonumber(ARGV[i + 3])]
-    local counts = KEYS[tonumber(ARGV[i + 4])]
-    local reasons = KEYS[tonumber(ARGV[i + 5])]
+    local hash, uniques, timeline, counts, reasons = broadcast_keys(i)
     local k = tonumber(ARGV[i + 6])
     for j = i + 7, i + 6 + 4 * k, 4 do
       redis.call('HINCRBY', hash, 'human_hits', -1)
