@@ -8,6 +8,11 @@ same user agent) against:
   capture    linkhit, one worker thread, capture on, embedded store (every hit classified and counted)
   capture-redis  the same over a Redis store (a redis-server this script starts; Redis's own work is not
              counted, only linkhit's: building and sending the commands, reading the replies)
+  redis      the other side of capture-redis: Redis's instructions per request (counting every hit,
+             answering the webhook worker's polls), linkhit running natively; the per-hit figure of
+             budget 2's Redis side that the VM's speed cannot move
+  redis-nofold  the same with LINKHIT_RECENT_FOLD=0 (every bot hit listed in recent clicks, as before
+             session 8)
 
 Instrumentation is switched on after the warm-up (every code requested once) and off after the measured
 requests (and, for `capture`, after the pipeline has counted them), so start-up and link creation are not
@@ -88,6 +93,18 @@ http {{
 """)
         proc = subprocess.Popen(vg + ["nginx", "-p", tmp, "-c", conf], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+    elif kind.startswith("redis"):
+        rport = lh.free_port()
+        redis = subprocess.Popen(vg + ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lh.wait_port(rport, timeout=120)
+        env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
+                   LINKHIT_WORKER_THREADS="1", LINKHIT_CLICK_HOLD="0", RUST_LOG="warn",
+                   LINKHIT_JOURNAL_DIR=os.path.join(tmp, f"journal-{time.time_ns()}"),
+                   LINKHIT_REDIS_URL=f"redis://127.0.0.1:{rport}/")
+        if kind == "redis-nofold":
+            env["LINKHIT_RECENT_FOLD"] = "0"
+        proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
         env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
                    LINKHIT_WORKER_THREADS="1", LINKHIT_CLICK_HOLD="0", RUST_LOG="warn",
@@ -117,15 +134,17 @@ http {{
         rng = random.Random(1)
         paths = [f"/{rng.choice(codes)}" for _ in range(args.requests)]
         run_requests(port, [f"/{c}" for c in codes])  # warm-up: every code once
-        if kind.startswith("capture"):
+        counted = kind.startswith(("capture", "redis"))
+        if counted:
             time.sleep(1.0)  # the warm-up's hits counted before measuring
-        callgrind(proc.pid, "--instr=on")
-        callgrind(proc.pid, "--zero")
+        measured = redis if kind.startswith("redis") else proc
+        callgrind(measured.pid, "--instr=on")
+        callgrind(measured.pid, "--zero")
         run_requests(port, paths)
-        if kind.startswith("capture"):
+        if counted:
             time.sleep(1.0)  # the pipeline counts the measured hits (every 10 ms tick, then a batch)
-        callgrind(proc.pid, "--dump")
-        callgrind(proc.pid, "--instr=off")
+        callgrind(measured.pid, "--dump")
+        callgrind(measured.pid, "--instr=off")
     finally:
         proc.terminate()
         try:
