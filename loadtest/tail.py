@@ -87,6 +87,13 @@ def hits_dropped(port):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("linkhit_hits_dropped_total"))
 
 
+def generator_seconds():
+    """CPU seconds used by this script's finished children (the load generators)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def oha(port, codes_file, seconds, connections, rate, urls_file):
     """Open-loop: `rate` requests/s whatever the latency, latencies corrected for coordinated omission."""
     if not os.path.exists(urls_file):
@@ -94,6 +101,7 @@ def oha(port, codes_file, seconds, connections, rate, urls_file):
             for line in f:
                 if line.strip():
                     out.write(f"http://127.0.0.1:{port}/{line.strip()}\n")
+    started, used = time.monotonic(), generator_seconds()
     out = subprocess.run(["taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
                           "-z", f"{seconds}s", "-c", str(connections), "-q", str(rate), "--latency-correction",
                           "-H", f"User-Agent: {BOT_UA}", "--urls-from-file", urls_file],
@@ -101,7 +109,10 @@ def oha(port, codes_file, seconds, connections, rate, urls_file):
     j = json.loads(out)
     pct = j["latencyPercentiles"]
     codes = j.get("statusCodeDistribution", {})
+    # The generator's share of CPU 0 (which it shares with Redis): near 100 %, its own queueing is in p99.
+    busy = (generator_seconds() - used) / (time.monotonic() - started)
     return {"requests": sum(codes.values()), "status": codes, "rps": j["summary"]["requestsPerSec"],
+            "generator_cpu": busy,
             "p50_us": round(pct["p50"] * 1e6), "p99_us": round(pct["p99"] * 1e6),
             "p999_us": round(pct["p99.9"] * 1e6)}
 
@@ -213,24 +224,29 @@ def main():
             for r in range(args.rounds):
                 for name in servers:
                     proc, port = ports[name]
-                    before = cpu_seconds(proc.pid)
+                    before, redis_before = cpu_seconds(proc.pid), cpu_seconds(redis.pid)
                     out = oha(port, os.path.join(tmp, f"codes-{list(servers).index(name)}.txt"), args.seconds, args.connections, rate,
                               os.path.join(tmp, f"urls-{list(servers).index(name)}.txt"))
                     out["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(out["requests"], 1)
+                    out["cpu0"] = out["generator_cpu"] + (cpu_seconds(redis.pid) - redis_before) / args.seconds
                     open_results[name].append(out)
                     print(f"round {r + 1} {name:15} {out['rps']:>10,.0f} req/s  p50 {out['p50_us']:>6} µs  "
-                          f"p99 {out['p99_us']:>6} µs  p99.9 {out['p999_us']:>6} µs  {out['status']}", flush=True)
+                          f"p99 {out['p99_us']:>6} µs  p99.9 {out['p999_us']:>6} µs  CPU 0 busy {out['cpu0']:.0%} "
+                          f"(generator {out['generator_cpu']:.0%})  {out['status']}", flush=True)
             open_base = statistics.median(r["p99_us"] for r in open_results[base])
             print("medians:")
             for name, rounds in open_results.items():
                 p99 = statistics.median(r["p99_us"] for r in rounds)
                 p999 = statistics.median(r["p999_us"] for r in rounds)
                 cpu = statistics.median(r["cpu_us_per_request"] for r in rounds)
+                cpu0 = statistics.median(r["cpu0"] for r in rounds)
                 summary[name]["open_loop"] = {"rate": rate, "p50_us": statistics.median(r["p50_us"] for r in rounds),
-                                              "p99_us": p99, "p999_us": p999, "cpu_us_per_request": round(cpu, 2)}
+                                              "p99_us": p99, "p999_us": p999, "cpu_us_per_request": round(cpu, 2),
+                                              "cpu0_busy": round(cpu0, 3)}
                 summary[name]["open_loop"]["hits_dropped"] = hits_dropped(ports[name][1]) - dropped[name]
                 print(f"  {name:15} p99 {p99:>6} µs (x{p99 / open_base:.2f} {base})  p99.9 {p999:>6} µs  "
-                      f"{cpu:.2f} µs CPU/req  hits dropped {summary[name]['open_loop']['hits_dropped']:,.0f}")
+                      f"{cpu:.2f} µs CPU/req  CPU 0 (generator + Redis) busy {cpu0:.0%}  "
+                      f"hits dropped {summary[name]['open_loop']['hits_dropped']:,.0f}")
         print("JSON " + json.dumps(summary))
     finally:
         for proc in procs:
