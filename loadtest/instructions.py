@@ -93,31 +93,25 @@ http {{
 """)
         proc = subprocess.Popen(vg + ["nginx", "-p", tmp, "-c", conf], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    elif kind.startswith("redis"):
-        rport = lh.free_port()
-        redis = subprocess.Popen(vg + ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lh.wait_port(rport, timeout=120)
-        env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
-                   LINKHIT_WORKER_THREADS="1", LINKHIT_CLICK_HOLD="0", RUST_LOG="warn",
-                   LINKHIT_JOURNAL_DIR=os.path.join(tmp, f"journal-{time.time_ns()}"),
-                   LINKHIT_REDIS_URL=f"redis://127.0.0.1:{rport}/")
-        if kind == "redis-nofold":
-            env["LINKHIT_RECENT_FOLD"] = "0"
-        proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
+        # `redis*` kinds instrument Redis (linkhit runs natively); the others instrument linkhit.
+        on_redis = kind.startswith("redis")
         env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
                    LINKHIT_WORKER_THREADS="1", LINKHIT_CLICK_HOLD="0", RUST_LOG="warn",
                    LINKHIT_JOURNAL_DIR=os.path.join(tmp, f"journal-{time.time_ns()}"),
                    LINKHIT_CAPTURE="false" if kind == "bare" else "true")
         env.pop("LINKHIT_REDIS_URL", None)
-        if kind == "capture-redis":
+        if kind == "redis-nofold":
+            env["LINKHIT_RECENT_FOLD"] = "0"
+        if on_redis or kind == "capture-redis":
             rport = lh.free_port()
-            redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
-            lh.wait_port(rport)
+            redis = subprocess.Popen((vg if on_redis else []) + ["redis-server", "--port", str(rport), "--bind",
+                                     "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            lh.wait_port(rport, timeout=120)
             env["LINKHIT_REDIS_URL"] = f"redis://127.0.0.1:{rport}/"
-        proc = subprocess.Popen(vg + [binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(([] if on_redis else vg) + [binary], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     try:
         lh.wait_port(port, timeout=120)
         if kind != "nginx":

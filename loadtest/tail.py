@@ -21,6 +21,7 @@ redis-server, taskset, and oha (cargo install oha) for --open-loop.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,7 +90,6 @@ def hits_dropped(port):
 
 def generator_seconds():
     """CPU seconds used by this script's finished children (the load generators)."""
-    import resource
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
