@@ -8,6 +8,8 @@ batch of hits on distinct links (a flood's usual batch), on a Redis this script 
            not what linkhit can do; the floor of any per-link counter)
   script   one `EVALSHA` per batch looping `redis.call('HINCRBY', KEYS[j], 'bot_hits', '1')` (what
            linkhit's `R` operation does, without the guard and the broadcast's counters)
+  incr-native / incr-script  the same two with the count in a string of its own per link
+           (`INCRBY bots 1`): what linkhit does since session 10
   bitfield one `EVALSHA` per batch calling `BITFIELD key INCRBY i64 #ord 1 ...` on one string per
            broadcast (counters by the link's position in its broadcast: one call per batch instead of
            one per hit)
@@ -36,6 +38,7 @@ import lh  # noqa: E402
 SCRIPTS = {
     "script": "for j = 1, #KEYS do redis.call('HINCRBY', KEYS[j], 'bot_hits', '1') end return 0",
     "bitfield": "redis.call('BITFIELD', KEYS[1], unpack(ARGV)) return 0",
+    "incr-script": "for j = 1, #KEYS do redis.call('INCRBY', KEYS[j], '1') end return 0",
 }
 
 
@@ -83,6 +86,7 @@ def measure(way, args, tmp):
         codes = [f"c{i:07d}" for i in range(args.links)]
         for k in range(0, args.links, 1000):
             r.pipe([["HSET", f"lh:cnt:{{{c}}}", "bot_hits", "1", "human_hits", "0"] for c in codes[k:k + 1000]])
+            r.pipe([["SET", f"lh:bot:{{{c}}}", "1"] for c in codes[k:k + 1000]])
         r.pipe([["SETRANGE", "lh:bcf:{ws:b}", args.links * 8, "x"]])
         sha = r.pipe([["SCRIPT", "LOAD", SCRIPTS.get(way, SCRIPTS["script"])]])[0].decode()
         rng = random.Random(1)
@@ -91,6 +95,10 @@ def measure(way, args, tmp):
             picked = rng.sample(range(args.links), args.batch)
             if way == "native":
                 batches.append([["HINCRBY", f"lh:cnt:{{{codes[i]}}}", "bot_hits", "1"] for i in picked])
+            elif way == "incr-native":
+                batches.append([["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked])
+            elif way == "incr-script":
+                batches.append([["EVALSHA", sha, len(picked)] + [f"lh:bot:{{{codes[i]}}}" for i in picked]])
             elif way == "script":
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:cnt:{{{codes[i]}}}" for i in picked]])
             else:
@@ -113,7 +121,7 @@ def measure(way, args, tmp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ways", default="native,script,bitfield")
+    p.add_argument("--ways", default="native,script,incr-native,incr-script,bitfield")
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--batches", type=int, default=200)

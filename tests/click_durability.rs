@@ -252,7 +252,8 @@ async fn shutdown_while_redis_is_down_journals_then_the_next_run_counts() {
         .arg(&["human_hits", "bot_hits"])
         .query(&mut conn)
         .unwrap();
-    assert_eq!((human, bot.unwrap_or(0)), (Some(journaled as u64), 0), "exactly the journaled hits, once");
+    let bots: Option<u64> = redis::cmd("GET").arg(format!("lh:bots:{{{code}}}")).query(&mut conn).unwrap();
+    assert_eq!((human, bot, bots), (Some(journaled as u64), None, None), "exactly the journaled hits, once");
     let _ = key;
     server.stop().await.unwrap();
 }

@@ -364,3 +364,46 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
     );
     server.stop().await.unwrap();
 }
+
+/// Bot hits live in a key of their own (`lh:bots:{CODE}`); builds before it counted them in the counters
+/// hash. An upgraded deployment reads both, in the stats and in the events' `hits`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_hits_counted_by_an_earlier_build_still_add_up() {
+    let redis = common::RedisServer::start();
+    let sink = Arc::new(Collect::default());
+    let server = common::TestServer::start_with_sink(common::config(Some(&redis)), sink.clone()).await;
+    let http = common::client();
+    let (_, key) = common::create_workspace(&http, &server, "up").await;
+    let (_, link) = send(
+        http.post(server.url("/api/v1/links"))
+            .bearer_auth(&key)
+            .json(&common::sent_an_hour_ago("/api/v1/links", json!({"target_url": "https://example.com/up"}))),
+    )
+    .await;
+    let code = link["code"].as_str().unwrap().to_owned();
+    // What an earlier build left: five bot hits in the hash.
+    let _: () =
+        redis::cmd("HSET").arg(format!("lh:cnt:{{{code}}}")).arg("bot_hits").arg(5).query(&mut redis.conn()).unwrap();
+    for ua in [WHATSAPP, "curl/8.5.0", IPHONE] {
+        assert_eq!(tap(&http, &server, &code, ua).await, 302);
+    }
+    let counted = eventually(Duration::from_secs(2), || async { !sink.0.lock().unwrap().is_empty() }).await;
+    assert!(counted, "the human tap's event");
+    let events = sink.0.lock().unwrap().clone();
+    let tallies: Vec<_> =
+        events.iter().filter_map(|e| if let Event::Click { tally, .. } = e { Some(*tally) } else { None }).collect();
+    assert_eq!(tallies.len(), 1, "{events:?}");
+    assert_eq!((tallies[0].human_hits, tallies[0].hits), (1, 8), "5 earlier bot hits + 2 + the click");
+    let (_, stats) = send(http.get(server.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&key)).await;
+    assert_eq!(
+        (stats["hits"].clone(), stats["human_hits"].clone(), stats["bot_hits"].clone()),
+        (json!(8), json!(1), json!(7)),
+        "{stats}"
+    );
+    // The new bot hits went to their own key, the old ones stayed where they were.
+    let mut conn = redis.conn();
+    let bots: u64 = redis::cmd("GET").arg(format!("lh:bots:{{{code}}}")).query(&mut conn).unwrap();
+    let old: u64 = redis::cmd("HGET").arg(format!("lh:cnt:{{{code}}}")).arg("bot_hits").query(&mut conn).unwrap();
+    assert_eq!((bots, old), (2, 5));
+    server.stop().await.unwrap();
+}

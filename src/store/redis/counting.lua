@@ -26,32 +26,37 @@ while i <= n do
   local op = ARGV[i]
   if op == 'L' then
     local counters = KEYS[tonumber(ARGV[i + 1])]
-    local recent = KEYS[tonumber(ARGV[i + 2])]
-    local cids = KEYS[tonumber(ARGV[i + 3])]
-    local human = tonumber(ARGV[i + 4])
-    local bots = tonumber(ARGV[i + 5])
-    local cap = tonumber(ARGV[i + 8])
-    local k = tonumber(ARGV[i + 9])
+    local bot_key = KEYS[tonumber(ARGV[i + 2])]
+    local recent = KEYS[tonumber(ARGV[i + 3])]
+    local cids = KEYS[tonumber(ARGV[i + 4])]
+    local human = tonumber(ARGV[i + 5])
+    local bots = tonumber(ARGV[i + 6])
+    local cap = tonumber(ARGV[i + 9])
+    local k = tonumber(ARGV[i + 10])
     local after = 0
     local bot_after = 0
     if human > 0 then
-      after = redis.call('HINCRBY', counters, 'human_hits', ARGV[i + 4])
+      after = redis.call('HINCRBY', counters, 'human_hits', ARGV[i + 5])
       local first = redis.call('HGET', counters, 'first_click_at')
-      if (not first) or tonumber(first) > tonumber(ARGV[i + 6]) then
-        redis.call('HSET', counters, 'first_click_at', ARGV[i + 6])
+      if (not first) or tonumber(first) > tonumber(ARGV[i + 7]) then
+        redis.call('HSET', counters, 'first_click_at', ARGV[i + 7])
       end
       local last = redis.call('HGET', counters, 'last_click_at')
-      if (not last) or tonumber(last) < tonumber(ARGV[i + 7]) then
-        redis.call('HSET', counters, 'last_click_at', ARGV[i + 7])
+      if (not last) or tonumber(last) < tonumber(ARGV[i + 8]) then
+        redis.call('HSET', counters, 'last_click_at', ARGV[i + 8])
       end
     end
     if bots > 0 then
-      bot_after = redis.call('HINCRBY', counters, 'bot_hits', ARGV[i + 5])
+      bot_after = redis.call('INCRBY', bot_key, ARGV[i + 6])
     elseif human > 0 then
-      bot_after = tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
+      bot_after = tonumber(redis.call('GET', bot_key) or '0')
     end
-    push_recent(recent, i + 10, i + 9 + k, cap)
-    local at = i + 10 + k
+    if human > 0 then
+      -- Bot hits that earlier builds counted in the counters hash (read only when answered).
+      bot_after = bot_after + tonumber(redis.call('HGET', counters, 'bot_hits') or '0')
+    end
+    push_recent(recent, i + 11, i + 10 + k, cap)
+    local at = i + 11 + k
     local m = tonumber(ARGV[at])
     if m > 0 then
       if redis.call('HLEN', cids) < 1000 then
@@ -63,16 +68,16 @@ while i <= n do
     i = at + 1 + 2 * m
   elseif op == 'R' then
     local first = tonumber(ARGV[i + 1])
-    for j = first, first + tonumber(ARGV[i + 2]) - 1 do redis.call('HINCRBY', KEYS[j], 'bot_hits', '1') end
+    for j = first, first + tonumber(ARGV[i + 2]) - 1 do redis.call('INCRBY', KEYS[j], '1') end
     out[#out + 1] = 0
     i = i + 3
   elseif op == 'c' then
-    redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 2])
+    redis.call('INCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
     out[#out + 1] = 0
     i = i + 3
   elseif op == 'b' then
     local recent = KEYS[tonumber(ARGV[i + 2])]
-    redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], 'bot_hits', ARGV[i + 3])
+    redis.call('INCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 3])
     local cap = tonumber(ARGV[i + 4])
     local k = tonumber(ARGV[i + 5])
     push_recent(recent, i + 6, i + 5 + k, cap)
@@ -107,13 +112,13 @@ while i <= n do
     i = at + 1 + 2 * q
   elseif op == 'C' then
     local counters = KEYS[tonumber(ARGV[i + 1])]
-    local n = tonumber(ARGV[i + 2])
+    local n = tonumber(ARGV[i + 3])
     if redis.call('HINCRBY', counters, 'human_hits', -n) <= 0 then
       redis.call('HDEL', counters, 'first_click_at', 'last_click_at')
     end
-    redis.call('HINCRBY', counters, 'bot_hits', n)
+    redis.call('INCRBY', KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3])
     out[#out + 1] = 0
-    i = i + 3
+    i = i + 4
   elseif op == 'D' then
     local hash, uniques, timeline, counts, reasons = broadcast_keys(i)
     local k = tonumber(ARGV[i + 6])

@@ -39,17 +39,17 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Applies one slot's share of a batch. KEYS[1]: the guard; KEYS[2..]: the keys the operations name by
 /// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
-/// - `L` counters-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m (id class)×m — a
-///   link: counters, first and last human click, the newest `k` recent clicks pushed (oldest first), the
+/// - `L` counters-key bots-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m
+///   (id class)×m — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last human click, the newest `k` recent clicks pushed (oldest first), the
 ///   list capped, the verdicts of tracked hits (click ids; the first 1,000 of a link kept, for 30 days);
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
-/// - `b` counters-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
+/// - `b` bots-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
-/// - `R` first m — KEYS[first..first+m-1] are counters keys of links with one unlisted bot hit each (on
-///   a flood, most links of a batch): one argument per hit, the counter alone; answers 0.
-/// - `c` counters-key bots — bot hits of a link none of which is listed (repeats `LINKHIT_RECENT_FOLD`
+/// - `R` first m — KEYS[first..first+m-1] are bots keys of links with one unlisted bot hit each (on a
+///   flood, most links of a batch): one argument per hit, one `INCRBY` per hit; answers 0.
+/// - `c` bots-key bots — bot hits of a link none of which is listed (repeats `LINKHIT_RECENT_FOLD`
 ///   folds: on a flood, most): the counter alone; answers 0.
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
 ///   p (field n)×p q (reason n)×q — a broadcast: counters, human hits per recipient and the exact
@@ -59,7 +59,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `P` key recipient — a recipient opted out through a broadcast (`SADD`); answers 0.
 /// - `Z` key recipient — that opt-out's hit flipped to bot (`SREM`); answers 0.
 /// - `K` key click-id — a tracked hit whose verdict flipped to bot; answers 0.
-/// - `C` counters-key n — a link's n human hits counted again as bots (a verdict flipped); answers 0.
+/// - `C` counters-key bots-key n — a link's n human hits counted again as bots (a verdict flipped); answers 0.
 /// - `D` hash-key uniques-key timeline-key counts-key reasons-key k (recipient h-field b-field reason)×k
 ///   — the same for a broadcast: a recipient whose human hits drop to 0 leaves the unique set; answers 0.
 /// - `Y` key recipient json — an opt-out recorded by a hit whose verdict flipped is removed; answers 0.
@@ -141,7 +141,7 @@ fn call_for<'a>(
 
 /// About what a counted hit adds to its call's arguments (its recent-click JSON and counters).
 const ARG_BYTES_PER_HIT: usize = 256;
-/// About what a counted hit's keys take (a counters key, often alone).
+/// About what a counted hit's keys take (a bots key, often alone).
 const KEY_BYTES_PER_HIT: usize = 32;
 
 /// The script calls of a batch: one on a single node, one per slot on a cluster. Operations are written
@@ -172,19 +172,19 @@ fn calls<'a>(
             let repeats = members.iter().all(|&i| clicks[i].folded);
             if repeats && members.len() == 1 {
                 // One bot repeat (`LINKHIT_RECENT_FOLD`), a flood's usual hit: one of the call's run.
-                call.run.push_parts(&store.keys.counters_parts(code));
+                call.run.push_parts(&store.keys.bots_parts(code));
                 continue;
             }
             if repeats {
                 // Bot repeats alone: counted, nothing listed.
                 call.args.push(b"c");
-                call.key(store.keys.counters(code));
+                call.key(store.keys.bots(code));
                 call.args.int(members.len());
                 call.answers.push(Answer::Link(code));
                 continue;
             }
             call.args.push(b"b");
-            call.key(store.keys.counters(code));
+            call.key(store.keys.bots(code));
             call.key(store.keys.recent_clicks(code));
             call.args.int(members.len());
             call.args.int(recent);
@@ -199,6 +199,7 @@ fn calls<'a>(
         let humans = human().count();
         call.args.push(b"L");
         call.key(store.keys.counters(code));
+        call.key(store.keys.bots(code));
         call.key(store.keys.recent_clicks(code));
         call.key(store.keys.click_ids(code));
         call.args.int(humans);
@@ -288,6 +289,7 @@ fn calls<'a>(
         let call = &mut calls[c];
         call.args.push(b"C");
         call.key(store.keys.counters(code));
+        call.key(store.keys.bots(code));
         call.args.int(n);
         call.answers.push(Answer::Nothing);
     }

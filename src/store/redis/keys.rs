@@ -7,7 +7,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `human_hits`, `bot_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths); hits = human + bot (data from earlier builds also holds an equal `hits` field, ignored) |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths); data from earlier builds also holds `bot_hits` (added to `P:bots`) and an equal `hits` field (ignored) |
+//! | `P:bots:{CODE}` | string | the link's bot hits (an integer: `INCRBY` on it is the cheapest exact counter Redis has, and a flood's every hit is one); hits = human + bot |
 //! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links` (redirect links), `opt_out_links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` (redirect links only), `conversions`, `cv:<CURRENCY>` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
@@ -47,11 +48,15 @@ impl Keys {
         format!("{}:link:{{{code}}}", self.prefix)
     }
     pub fn counters(&self, code: &str) -> String {
-        self.counters_parts(code).concat()
+        [&self.prefix, ":cnt:{", code, "}"].concat()
     }
-    /// [`Self::counters`] in pieces, for a caller writing it into a buffer of its own.
-    pub fn counters_parts<'a>(&'a self, code: &'a str) -> [&'a str; 4] {
-        [&self.prefix, ":cnt:{", code, "}"]
+    /// The link's bot hits, a string of their own (see the table).
+    pub fn bots(&self, code: &str) -> String {
+        self.bots_parts(code).concat()
+    }
+    /// [`Self::bots`] in pieces, for a caller writing it into a buffer of its own.
+    pub fn bots_parts<'a>(&'a self, code: &'a str) -> [&'a str; 4] {
+        [&self.prefix, ":bots:{", code, "}"]
     }
     pub fn broadcast(&self, workspace_id: &str, broadcast_id: &str) -> String {
         format!("{}:bc:{{{workspace_id}:{broadcast_id}}}", self.prefix)
@@ -140,6 +145,7 @@ mod tests {
         let keys = Keys::new("lh");
         assert_eq!(keys.link("abcDEF12"), "lh:link:{abcDEF12}");
         assert_eq!(keys.counters("abcDEF12"), "lh:cnt:{abcDEF12}");
+        assert_eq!(keys.bots("abcDEF12"), "lh:bots:{abcDEF12}");
         assert_eq!(keys.broadcast("ws_1", "fall"), "lh:bc:{ws_1:fall}");
         assert_eq!(keys.invalidation_channel(), "lh:invalidate");
     }

@@ -11,12 +11,24 @@ use crate::redis_conn::hash_tag;
 use crate::store::StoreError;
 
 pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkStats, StoreError> {
-    let key = store.keys.counters(code);
-    let mut conn = store.conn().await?;
-    let f: HashMap<String, i64> = store.bounded(store.timeout, async move { conn.hgetall(key).await }).await?;
+    let mut hgetall = redis::cmd("HGETALL");
+    hgetall.arg(store.keys.counters(code));
+    let mut get_bots = redis::cmd("GET");
+    get_bots.arg(store.keys.bots(code));
+    let tagged = vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots)];
+    let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
+    let [hash, bots]: [redis::Value; 2] = store
+        .spread(store.timeout, tagged, &[])
+        .await?
+        .try_into()
+        .map_err(|v: Vec<_>| StoreError::Corrupt(format!("{} replies for 2 commands", v.len())))?;
+    let f: HashMap<String, i64> = redis::from_redis_value(hash).map_err(corrupt)?;
+    let bots: Option<i64> = redis::from_redis_value(bots).map_err(corrupt)?;
     // Briefly negative while a correction is counted before the hit it corrects: read as 0.
     let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
-    let (human_hits, bot_hits) = (get("human_hits"), get("bot_hits"));
+    // Bot hits are in their own key; earlier builds counted them in the hash: both add up.
+    let human_hits = get("human_hits");
+    let bot_hits = (f.get("bot_hits").copied().unwrap_or(0) + bots.unwrap_or(0)).max(0) as u64;
     Ok(LinkStats {
         hits: human_hits + bot_hits,
         human_hits,
