@@ -9,9 +9,10 @@ links, warms the cache with `--warm` seconds of the same 100 %-bot traffic (ever
 measured window has no cache fills), resets Redis's statistics, runs wrk for `--seconds`, and prints
 Redis's CPU (user+system from /proc) per request and `INFO commandstats` per request: EVALSHA is the
 counting script with the commands it runs (HINCRBY, LPUSH, ...) counted inside it as well. Then, on the
-same Redis in the same minute, the floor: Redis's CPU per plain `HINCRBY <link counters> bot_hits 1`,
-pipelined 250 deep over as many keys as there are links (redis-benchmark; no script, no guard): what one
-exact per-link count costs this VM right now, whatever its speed. Extra arguments NAME=VALUE are passed
+same Redis in the same minute, the floor: Redis's CPU per plain `INCRBY <link bots> 1` (and per
+`HINCRBY <link counters> bot_hits 1`, the layout before session 10), pipelined 250 deep over as many
+keys as there are links (redis-benchmark; no script, no guard): what one exact per-link count costs this
+VM right now, whatever its speed. Extra arguments NAME=VALUE are passed
 to linkhit's environment. Needs wrk, redis-server, redis-benchmark, taskset.
 """
 import argparse
@@ -72,13 +73,15 @@ def main():
         proc.terminate()
         proc.wait(timeout=15)
         calls = 2_000_000
-        before = tail.cpu_seconds(redis.pid)
-        subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-p", str(rport), "-P", "250", "-c", "1", "-n",
-                        str(calls), "-r", str(args.links), "-q", "HINCRBY", "lh:cnt:{__rand_int__}", "bot_hits", "1"],
-                       check=True, stdout=subprocess.DEVNULL)
-        floor = (tail.cpu_seconds(redis.pid) - before) * 1e6 / calls
-        print(f"floor: Redis CPU {floor:.2f} µs per pipelined HINCRBY (redis-benchmark -P 250 over {args.links:,} keys);"
-              f" a counted hit is {cpu * 1e6 / n / floor:.2f}x that")
+        # The floor of the layout before session 10 (a field of the counters hash) and of today's (a string
+        # of its own per link).
+        for command in (["HINCRBY", "lh:cnt:{__rand_int__}", "bot_hits", "1"], ["INCRBY", "lh:bots:{__rand_int__}", "1"]):
+            before = tail.cpu_seconds(redis.pid)
+            subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-p", str(rport), "-P", "250", "-c", "1", "-n",
+                            str(calls), "-r", str(args.links), "-q", *command], check=True, stdout=subprocess.DEVNULL)
+            floor = (tail.cpu_seconds(redis.pid) - before) * 1e6 / calls
+            print(f"floor: Redis CPU {floor:.2f} µs per pipelined {command[0]} (redis-benchmark -P 250 over"
+                  f" {args.links:,} keys); a counted hit is {cpu * 1e6 / n / floor:.2f}x that")
     finally:
         for proc in procs:
             proc.terminate()

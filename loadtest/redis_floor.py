@@ -10,6 +10,7 @@ batch of hits on distinct links (a flood's usual batch), on a Redis this script 
            linkhit's `R` operation does, without the guard and the broadcast's counters)
   incr-native / incr-script  the same two with the count in a string of its own per link
            (`INCRBY bots 1`): what linkhit does since session 10
+  incr-multi   incr-native inside `MULTI`/`EXEC` (what a once-only native run would need)
   bitfield one `EVALSHA` per batch calling `BITFIELD key INCRBY i64 #ord 1 ...` on one string per
            broadcast (counters by the link's position in its broadcast: one call per batch instead of
            one per hit)
@@ -97,6 +98,8 @@ def measure(way, args, tmp):
                 batches.append([["HINCRBY", f"lh:cnt:{{{codes[i]}}}", "bot_hits", "1"] for i in picked])
             elif way == "incr-native":
                 batches.append([["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked])
+            elif way == "incr-multi":
+                batches.append([["MULTI"]] + [["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked] + [["EXEC"]])
             elif way == "incr-script":
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:bot:{{{codes[i]}}}" for i in picked]])
             elif way == "script":
@@ -121,7 +124,7 @@ def measure(way, args, tmp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ways", default="native,script,incr-native,incr-script,bitfield")
+    p.add_argument("--ways", default="native,script,incr-native,incr-multi,incr-script,bitfield")
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--batches", type=int, default=200)
