@@ -40,6 +40,10 @@ pub struct ClickRecord {
     pub workspace_id: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_id: Option<Arc<str>>,
+    /// The link's recipient, on human hits (and hits judged human then flipped): what unique clicks,
+    /// opt-outs and events need. A bot hit leaves it out — nothing counts a bot per recipient — which
+    /// spares the click pipeline a cache miss per hit on the recipient's allocation (docs/PERFORMANCE.md,
+    /// session 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<Arc<str>>,
     #[serde(default)]

@@ -38,6 +38,10 @@ pub struct CachedLink {
     pub workspace_id: Arc<str>,
     pub broadcast_id: Option<Arc<str>>,
     pub recipient: Option<Arc<str>>,
+    /// Who the link's SMS went to, as the click pipeline's sweep tracker tells recipients apart: a
+    /// process-local hash of the recipient (of the code for a link without one), computed here so that
+    /// a bot hit never touches the recipient's own allocation (docs/PERFORMANCE.md, session 10).
+    pub recipient_key: u64,
     /// `Location` header value; `None` for an opt-out link without a target. Interned: the links of a
     /// broadcast share one value (and a thin `Arc` keeps the entry small).
     pub location: Option<Arc<HeaderValue>>,
@@ -59,6 +63,12 @@ pub struct CachedLink {
     /// The link's last bot hit listed in its recent clicks, for the click pipeline alone: its time
     /// ([`Compact`] seconds, high half) and its bot's fingerprint (user agent and address, low half).
     bot_listed: AtomicU64,
+}
+
+/// [`CachedLink::recipient_key`] of a recipient (or code).
+fn recipient_key(text: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7402).hash_one(text)
 }
 
 /// A compact wall-clock time: seconds since 2020-01-01T00:00:00Z in a `u32` (until 2156); 0 is "none".
@@ -332,6 +342,7 @@ impl LinkCache {
             workspace_id: interner.string(&link.workspace_id),
             broadcast_id: link.broadcast_id.as_deref().map(|b| interner.string(b)),
             recipient: link.recipient.as_deref().map(Arc::from),
+            recipient_key: recipient_key(link.recipient.as_deref().unwrap_or(&link.code)),
             location: link.target_url.as_deref().and_then(|u| interner.location(u)),
             kind: link.kind,
             expires: link.expires_at.map_or(0, |at| Compact::from_unix(at.timestamp())),

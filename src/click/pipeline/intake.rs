@@ -37,10 +37,10 @@ pub(super) struct Intake {
     pub last_ip: Option<(IpAddr, Arc<str>)>,
 }
 
-/// A stable hash of a text (recipients and user agents in the sweep tracker).
+/// A stable hash of a text (user agents in the sweep tracker; recipients are `CachedLink::recipient_key`).
 fn hash(text: &str) -> u64 {
     use std::hash::BuildHasher;
-    // Process-local identities (user agents, recipients) for the sweep tracker: a fast hash suffices.
+    // Process-local identities for the sweep tracker: a fast hash suffices.
     foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7400).hash_one(text)
 }
 
@@ -77,7 +77,7 @@ impl Intake {
             code: Arc::clone(&link.code),
             workspace_id: Arc::clone(&link.workspace_id),
             broadcast_id: link.broadcast_id.clone(),
-            recipient: link.recipient.clone(),
+            recipient: if judged.class == Class::Human { link.recipient.clone() } else { None },
             kind: link.kind,
             at: hit.at,
             class: judged.class,
@@ -96,7 +96,7 @@ impl Intake {
                 ip,
                 user_agent: hash(user_agent.unwrap_or("")),
             };
-            let recipient = hash(link.recipient.as_deref().unwrap_or(&link.code));
+            let recipient = link.recipient_key;
             let flippable = (record.class == Class::Human).then(|| Flippable {
                 seq: self.ids.current(),
                 index: batch.len(),
