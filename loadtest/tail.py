@@ -10,6 +10,7 @@ user agent: every hit is classified and counted, no webhooks). Three servers ove
   bare      LINKHIT_CAPTURE=false (the redirect alone)
   embedded  capture on, embedded store
   redis     capture on, Redis store
+  nginx     (when asked for) nginx, one worker on CPU 1, `map` of the same codes + `return 302`
 Rounds alternate bare/embedded/redis so the machine's drift hits all three alike; medians are printed
 with the per-round figures, plus linkhit's CPU per request (and its click thread's alone: the click work), Redis's CPU per request
 and the hits dropped (must be 0). With --open-loop F, each server is then driven
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,9 +84,13 @@ def wrk(port, codes_file, seconds, connections):
 
 def hits_dropped(port):
     """Hits the server dropped so far, at any stage (linkhit_hits_dropped_total): 0 means every answered
-    redirect was kept for counting."""
+    redirect was kept for counting (nginx, which counts nothing: 0)."""
+    import urllib.error
     import urllib.request
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except urllib.error.HTTPError:
+        return 0.0
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("linkhit_hits_dropped_total"))
 
 
@@ -138,7 +144,33 @@ VARIANTS = {
     # Every hit listed in recent clicks, as before LINKHIT_RECENT_FOLD (the flood's bot repeats unfolded).
     "embedded-nofold": {"LINKHIT_RECENT_FOLD": "0"},
     "redis-nofold": {"LINKHIT_RECENT_FOLD": "0", "LINKHIT_REDIS_URL": "REDIS_URL"},
+    # Not linkhit: nginx, one worker pinned like linkhit, `map` of the same codes + `return 302`.
+    "nginx": {},
 }
+
+
+def start_nginx(codes_file, tmp):
+    """nginx on CPU 1, one worker, a `map` of every code and `return 302` (the baseline of issue #17)."""
+    port = lh.free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(codes_file) as f:
+        mapping = "".join(f"    /{c.strip()} https://shop.example.com/fall-campaign?utm_source=sms;\n"
+                          for c in f if c.strip())
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1; error_log {tmp}/nginx-error.log;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  map_hash_bucket_size 128; map_hash_max_size 1048576;
+  map $uri $target {{ default ""; {mapping} }}
+  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ if ($target = "") {{ return 404; }} return 302 $target; }} }}
+}}
+""")
+    proc = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", conf], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    lh.wait_port(port)
+    return proc, port
 
 
 def main():
@@ -170,14 +202,20 @@ def main():
                    for spec in binaries}
         base = next(iter(servers))
         ports = {}
-        for name, extra in servers.items():
-            proc, port = start_linkhit(binaries[name], extra, tmp, str(len(ports)))
+        # linkhit servers first (each creates its links); nginx then maps the first one's codes.
+        for name in sorted(servers, key=lambda n: n.startswith("nginx")):
+            codes = os.path.join(tmp, f"codes-{list(servers).index(name)}.txt")
+            if name.startswith("nginx"):
+                first = next(n for n in servers if not n.startswith("nginx"))
+                shutil.copy(os.path.join(tmp, f"codes-{list(servers).index(first)}.txt"), codes)
+                proc, port = start_nginx(codes, tmp)
+            else:
+                proc, port = start_linkhit(binaries[name], servers[name], tmp, str(len(ports)))
+                subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                                f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(args.links),
+                                "--out", codes], check=True, stdout=subprocess.DEVNULL)
             procs.append(proc)
             ports[name] = (proc, port)
-            codes = os.path.join(tmp, f"codes-{list(servers).index(name)}.txt")
-            subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
-                            f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(args.links), "--out",
-                            codes], check=True, stdout=subprocess.DEVNULL)
             # Warm the cache: every code once.
             wrk(port, codes, 2, args.connections)
         results = {name: [] for name in servers}
