@@ -11,6 +11,7 @@ batch of hits on distinct links (a flood's usual batch), on a Redis this script 
   incr-native / incr-script  the same two with the count in a string of its own per link
            (`INCRBY bots 1`): what linkhit does since session 10
   incr-multi   incr-native inside `MULTI`/`EXEC` (what a once-only native run would need)
+  incr1-script incr-script with `INCR` (one argument less per hit): linkhit's `R` run since session 10
   bitfield one `EVALSHA` per batch calling `BITFIELD key INCRBY i64 #ord 1 ...` on one string per
            broadcast (counters by the link's position in its broadcast: one call per batch instead of
            one per hit)
@@ -40,6 +41,7 @@ SCRIPTS = {
     "script": "for j = 1, #KEYS do redis.call('HINCRBY', KEYS[j], 'bot_hits', '1') end return 0",
     "bitfield": "redis.call('BITFIELD', KEYS[1], unpack(ARGV)) return 0",
     "incr-script": "for j = 1, #KEYS do redis.call('INCRBY', KEYS[j], '1') end return 0",
+    "incr1-script": "for j = 1, #KEYS do redis.call('INCR', KEYS[j]) end return 0",
 }
 
 
@@ -100,7 +102,7 @@ def measure(way, args, tmp):
                 batches.append([["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked])
             elif way == "incr-multi":
                 batches.append([["MULTI"]] + [["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked] + [["EXEC"]])
-            elif way == "incr-script":
+            elif way in ("incr-script", "incr1-script"):
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:bot:{{{codes[i]}}}" for i in picked]])
             elif way == "script":
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:cnt:{{{codes[i]}}}" for i in picked]])
@@ -124,7 +126,7 @@ def measure(way, args, tmp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ways", default="native,script,incr-native,incr-multi,incr-script,bitfield")
+    p.add_argument("--ways", default="native,script,incr-native,incr-multi,incr-script,incr1-script,bitfield")
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--batches", type=int, default=200)

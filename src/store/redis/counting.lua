@@ -68,7 +68,8 @@ while i <= n do
     i = at + 1 + 2 * m
   elseif op == 'R' then
     local first = tonumber(ARGV[i + 1])
-    for j = first, first + tonumber(ARGV[i + 2]) - 1 do redis.call('INCRBY', KEYS[j], '1') end
+    -- INCR, not INCRBY 1: one argument less for Lua to hand over and Redis to parse, per hit.
+    for j = first, first + tonumber(ARGV[i + 2]) - 1 do redis.call('INCR', KEYS[j]) end
     out[#out + 1] = 0
     i = i + 3
   elseif op == 'c' then

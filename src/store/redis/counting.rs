@@ -48,7 +48,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
 /// - `R` first m — KEYS[first..first+m-1] are bots keys of links with one unlisted bot hit each (on a
-///   flood, most links of a batch): one argument per hit, one `INCRBY` per hit; answers 0.
+///   flood, most links of a batch): one argument per hit, one `INCR` per hit; answers 0.
 /// - `c` bots-key bots — bot hits of a link none of which is listed (repeats `LINKHIT_RECENT_FOLD`
 ///   folds: on a flood, most): the counter alone; answers 0.
 /// - `B` hash-key uniques-key timeline-key counts-key reasons-key hits human bot r recipient×r
