@@ -366,12 +366,17 @@ async fn events_carry_hits_and_first_click(backend: Backend) {
 }
 
 /// Bot hits live in a key of their own (`lh:bots:{CODE}`); builds before it counted them in the counters
-/// hash. An upgraded deployment reads both, in the stats and in the events' `hits`.
+/// hash. An upgraded deployment reads both: in the stats, and in the events' `hits` whether the batch
+/// also counts bot hits of the link (the script increments the key) or only human ones (it reads it).
+/// Batches of two, sealed by size, make each batch's content certain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bot_hits_counted_by_an_earlier_build_still_add_up() {
     let redis = common::RedisServer::start();
     let sink = Arc::new(Collect::default());
-    let server = common::TestServer::start_with_sink(common::config(Some(&redis)), sink.clone()).await;
+    let mut cfg = common::config(Some(&redis));
+    cfg.click_batch = 2;
+    cfg.click_flush_interval = Duration::from_secs(30);
+    let server = common::TestServer::start_with_sink(cfg, sink.clone()).await;
     let http = common::client();
     let (_, key) = common::create_workspace(&http, &server, "up").await;
     let (_, link) = send(
@@ -384,26 +389,34 @@ async fn bot_hits_counted_by_an_earlier_build_still_add_up() {
     // What an earlier build left: five bot hits in the hash.
     let _: () =
         redis::cmd("HSET").arg(format!("lh:cnt:{{{code}}}")).arg("bot_hits").arg(5).query(&mut redis.conn()).unwrap();
-    for ua in [WHATSAPP, "curl/8.5.0", IPHONE] {
+    let stats =
+        || async { send(http.get(server.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&key)).await.1 };
+    // Batch 1: two bots. Batch 2: a human, then a bot. Batch 3: two humans.
+    for ua in [WHATSAPP, "curl/8.5.0", IPHONE, "python-requests/2.31", IPHONE, ANDROID] {
         assert_eq!(tap(&http, &server, &code, ua).await, 302);
     }
-    let counted = eventually(Duration::from_secs(2), || async { !sink.0.lock().unwrap().is_empty() }).await;
-    assert!(counted, "the human tap's event");
-    let events = sink.0.lock().unwrap().clone();
-    let tallies: Vec<_> =
-        events.iter().filter_map(|e| if let Event::Click { tally, .. } = e { Some(*tally) } else { None }).collect();
-    assert_eq!(tallies.len(), 1, "{events:?}");
-    assert_eq!((tallies[0].human_hits, tallies[0].hits), (1, 8), "5 earlier bot hits + 2 + the click");
-    let (_, stats) = send(http.get(server.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&key)).await;
+    let counted = eventually(Duration::from_secs(3), || async { sink.0.lock().unwrap().len() >= 3 }).await;
+    assert!(counted, "the three human taps' events");
+    let tallies: Vec<(u64, u64)> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| if let Event::Click { tally, .. } = e { Some((tally.human_hits, tally.hits)) } else { None })
+        .collect();
+    // (human hits, hits) including the click: 5 earlier + 2 bots, then the human (the bot after it in its
+    // batch is not before it); then 5 + 3 bots and humans 2 and 3.
+    assert_eq!(tallies, vec![(1, 8), (2, 10), (3, 11)]);
+    let stats = stats().await;
     assert_eq!(
         (stats["hits"].clone(), stats["human_hits"].clone(), stats["bot_hits"].clone()),
-        (json!(8), json!(1), json!(7)),
+        (json!(11), json!(3), json!(8)),
         "{stats}"
     );
     // The new bot hits went to their own key, the old ones stayed where they were.
     let mut conn = redis.conn();
     let bots: u64 = redis::cmd("GET").arg(format!("lh:bots:{{{code}}}")).query(&mut conn).unwrap();
     let old: u64 = redis::cmd("HGET").arg(format!("lh:cnt:{{{code}}}")).arg("bot_hits").query(&mut conn).unwrap();
-    assert_eq!((bots, old), (2, 5));
+    assert_eq!((bots, old), (3, 5));
     server.stop().await.unwrap();
 }

@@ -40,8 +40,9 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
 /// - `L` counters-key bots-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m
-///   (id class)×m — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last human click, the newest `k` recent clicks pushed (oldest first), the
-///   list capped, the verdicts of tracked hits (click ids; the first 1,000 of a link kept, for 30 days);
+///   (id class)×m — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last human click,
+///   the newest `k` recent clicks pushed (oldest first), the list capped, the verdicts of tracked hits
+///   (click ids; the first 1,000 of a link kept, for 30 days);
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
 /// - `b` bots-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
@@ -91,7 +92,7 @@ struct Call<'a> {
     keys: Args,
     args: Args,
     answers: Vec<Answer<'a>>,
-    /// Counters keys of links with one bot hit, unlisted: the call's `R` operation.
+    /// Bots keys of links with one bot hit, unlisted: the call's `R` operation.
     run: Args,
 }
 
