@@ -78,19 +78,7 @@ def measure(kind, binary, codes, args, tmp):
     redis = None
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
     if kind == "nginx":
-        conf = os.path.join(tmp, "nginx.conf")
-        mapping = "".join(f"    /{c} https://shop.example.com/fall-campaign?utm_source=sms;\n" for c in codes)
-        with open(conf, "w") as f:
-            f.write(f"""daemon off; master_process off; worker_processes 1; error_log {tmp}/nginx-error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  map_hash_bucket_size 128; map_hash_max_size 262144;
-  map $uri $target {{ default ""; {mapping} }}
-  server {{ listen 127.0.0.1:{port}; location / {{ if ($target = "") {{ return 404; }} return 302 $target; }} }}
-}}
-""")
+        conf = lh.nginx_conf(tmp, port, codes)
         proc = subprocess.Popen(vg + ["nginx", "-p", tmp, "-c", conf], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     else:

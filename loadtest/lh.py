@@ -1,7 +1,9 @@
 """Helpers shared by the loadtest scripts that start linkhit themselves (flood.py, kill9.py,
-simulate.py): free ports, waiting for a listener, and one JSON API call. Standard library only."""
+simulate.py, ...): free ports, waiting for a listener, one JSON API call, and the nginx baseline's
+configuration. Standard library only."""
 import http.client
 import json
+import os
 import socket
 import time
 
@@ -34,3 +36,25 @@ def api(port, method, path, body=None, key=None):
     data = resp.read()
     conn.close()
     return resp.status, (json.loads(data) if data else None)
+
+
+TARGET = "https://shop.example.com/fall-campaign?utm_source=sms"
+
+
+def nginx_conf(tmp, port, codes):
+    """The baseline of issue #17: one nginx worker, a `map $uri` of every code and `return 302` (404 for
+    anything else). Writes `tmp/nginx.conf` and returns its path (`nginx -p tmp -c path`)."""
+    conf = os.path.join(tmp, "nginx.conf")
+    mapping = "".join(f"    /{c} {TARGET};\n" for c in codes)
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1; error_log {tmp}/nginx-error.log;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  map_hash_bucket_size 128; map_hash_max_size 262144;
+  map $uri $target {{ default ""; {mapping} }}
+  server {{ listen 127.0.0.1:{port}; location / {{ if ($target = "") {{ return 404; }} return 302 $target; }} }}
+}}
+""")
+    return conf

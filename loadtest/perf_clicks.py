@@ -55,9 +55,7 @@ def main():
         proc, port = tail.start_linkhit(args.binary, env, tmp, "0")
         procs.append(proc)
         codes = os.path.join(tmp, "codes.txt")
-        subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
-                        f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
-                        "--out", codes], check=True, stdout=subprocess.DEVNULL)
+        tail.create_links(port, args.links, codes)
         tail.wrk(port, codes, 6, 64)  # every code cached, the pipeline warm
         load = threading.Thread(target=tail.wrk, args=(port, codes, args.seconds + 6, 64))
         load.start()

@@ -73,6 +73,13 @@ def start_linkhit(binary, env_extra, tmp, name):
     return proc, port
 
 
+def create_links(port, links, codes_file):
+    """`links` links on the linkhit at `port` (create_links.py), their codes written to `codes_file`."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                    f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(links), "--out", codes_file],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def wrk(port, codes_file, seconds, connections):
     env = dict(os.environ, CODES_FILE=codes_file, BOT_PERCENT="100")
     out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -152,21 +159,8 @@ VARIANTS = {
 def start_nginx(codes_file, tmp):
     """nginx on CPU 1, one worker, a `map` of every code and `return 302` (the baseline of issue #17)."""
     port = lh.free_port()
-    conf = os.path.join(tmp, "nginx.conf")
     with open(codes_file) as f:
-        mapping = "".join(f"    /{c.strip()} https://shop.example.com/fall-campaign?utm_source=sms;\n"
-                          for c in f if c.strip())
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; master_process off; worker_processes 1; error_log {tmp}/nginx-error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  map_hash_bucket_size 128; map_hash_max_size 1048576;
-  map $uri $target {{ default ""; {mapping} }}
-  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ if ($target = "") {{ return 404; }} return 302 $target; }} }}
-}}
-""")
+        conf = lh.nginx_conf(tmp, port, [c.strip() for c in f if c.strip()])
     proc = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", conf], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     lh.wait_port(port)
@@ -211,9 +205,7 @@ def main():
                 proc, port = start_nginx(codes, tmp)
             else:
                 proc, port = start_linkhit(binaries[name], servers[name], tmp, str(len(ports)))
-                subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
-                                f"http://127.0.0.1:{port}", "--admin-token", ADMIN, "--links", str(args.links),
-                                "--out", codes], check=True, stdout=subprocess.DEVNULL)
+                create_links(port, args.links, codes)
             procs.append(proc)
             ports[name] = (proc, port)
             # Warm the cache: every code once.
