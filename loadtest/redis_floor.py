@@ -11,7 +11,9 @@ batch of hits on distinct links (a flood's usual batch), on a Redis this script 
   incr-native / incr-script  the same two with the count in a string of its own per link
            (`INCRBY bots 1`): what linkhit does since session 10
   incr-multi   incr-native inside `MULTI`/`EXEC` (what a once-only native run would need)
-  incr1-script incr-script with `INCR` (one argument less per hit): linkhit's `R` run since session 10
+  incr1-script incr-script with `INCR` (one argument less per hit)
+  incr1-locals the same with `redis.call` and `KEYS` read once into locals (Redis 7 looks every global
+               up through its protected global table): linkhit's `R` run since session 10
   mget-mset    one `MGET` of the batch's keys and one `MSET` of the values + 1 (two calls per batch
                instead of one per hit; Lua formats every value back)
   bitfield one `EVALSHA` per batch calling `BITFIELD key INCRBY i64 #ord 1 ...` on one string per
@@ -44,6 +46,7 @@ SCRIPTS = {
     "bitfield": "redis.call('BITFIELD', KEYS[1], unpack(ARGV)) return 0",
     "incr-script": "for j = 1, #KEYS do redis.call('INCRBY', KEYS[j], '1') end return 0",
     "incr1-script": "for j = 1, #KEYS do redis.call('INCR', KEYS[j]) end return 0",
+    "incr1-locals": "local call, keys = redis.call, KEYS for j = 1, #keys do call('INCR', keys[j]) end return 0",
     "mget-mset": "local v = redis.call('MGET', unpack(KEYS)) local a = {} "
                  "for j = 1, #KEYS do a[2 * j - 1] = KEYS[j] a[2 * j] = (tonumber(v[j]) or 0) + 1 end "
                  "redis.call('MSET', unpack(a)) return 0",
@@ -107,7 +110,7 @@ def measure(way, args, tmp):
                 batches.append([["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked])
             elif way == "incr-multi":
                 batches.append([["MULTI"]] + [["INCRBY", f"lh:bot:{{{codes[i]}}}", "1"] for i in picked] + [["EXEC"]])
-            elif way in ("incr-script", "incr1-script", "mget-mset"):
+            elif way in ("incr-script", "incr1-script", "incr1-locals", "mget-mset"):
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:bot:{{{codes[i]}}}" for i in picked]])
             elif way == "script":
                 batches.append([["EVALSHA", sha, len(picked)] + [f"lh:cnt:{{{codes[i]}}}" for i in picked]])
@@ -131,7 +134,7 @@ def measure(way, args, tmp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ways", default="native,script,incr-native,incr-multi,incr-script,incr1-script,mget-mset,bitfield")
+    p.add_argument("--ways", default="native,script,incr-native,incr-multi,incr-script,incr1-script,incr1-locals,mget-mset,bitfield")
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--batches", type=int, default=200)
