@@ -60,7 +60,8 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `P` key recipient — a recipient opted out through a broadcast (`SADD`); answers 0.
 /// - `Z` key recipient — that opt-out's hit flipped to bot (`SREM`); answers 0.
 /// - `K` key click-id — a tracked hit whose verdict flipped to bot; answers 0.
-/// - `C` counters-key bots-key n — a link's n human hits counted again as bots (a verdict flipped); answers 0.
+/// - `C` counters-key bots-key n — a link's n human hits counted again as bots (a verdict flipped);
+///   answers 0.
 /// - `D` hash-key uniques-key timeline-key counts-key reasons-key k (recipient h-field b-field reason)×k
 ///   — the same for a broadcast: a recipient whose human hits drop to 0 leaves the unique set; answers 0.
 /// - `Y` key recipient json — an opt-out recorded by a hit whose verdict flipped is removed; answers 0.

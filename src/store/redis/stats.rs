@@ -28,7 +28,7 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
     let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
     // Bot hits are in their own key; earlier builds counted them in the hash: both add up.
     let human_hits = get("human_hits");
-    let bot_hits = (f.get("bot_hits").copied().unwrap_or(0) + bots.unwrap_or(0)).max(0) as u64;
+    let bot_hits = f.get("bot_hits").copied().unwrap_or(0).saturating_add(bots.unwrap_or(0)).max(0) as u64;
     Ok(LinkStats {
         hits: human_hits + bot_hits,
         human_hits,
