@@ -20,7 +20,6 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lh  # noqa: E402
 import tail  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,11 +45,8 @@ def main():
     try:
         env = {}
         if args.store == "redis":
-            rport = lh.free_port()
-            procs.append(subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind",
-                                           "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                          stdout=subprocess.DEVNULL))
-            lh.wait_port(rport)
+            redis, rport = tail.start_redis()
+            procs.append(redis)
             env["LINKHIT_REDIS_URL"] = f"redis://127.0.0.1:{rport}/"
         proc, port = tail.start_linkhit(args.binary, env, tmp, "0")
         procs.append(proc)

@@ -23,7 +23,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lh  # noqa: E402
 import tail  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,12 +37,9 @@ def main():
     p.add_argument("env", nargs="*", help="NAME=VALUE for linkhit")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-rcost-")
-    rport = lh.free_port()
-    redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis, rport = tail.start_redis()
     procs = [redis]
     try:
-        lh.wait_port(rport)
         env = {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/", **dict(a.split("=", 1) for a in args.env)}
         proc, port = tail.start_linkhit(args.binary, env, tmp, "0")
         procs.append(proc)

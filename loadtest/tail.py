@@ -60,6 +60,15 @@ def click_thread_seconds(pid):
     return total
 
 
+def start_redis():
+    """A private redis-server on CPU 0 (the load generator's), keeping nothing on disk: (process, port)."""
+    port = lh.free_port()
+    proc = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    lh.wait_port(port)
+    return proc, port
+
+
 def start_linkhit(binary, env_extra, tmp, name):
     port = lh.free_port()
     env = dict(os.environ, LINKHIT_LISTEN=f"127.0.0.1:{port}", LINKHIT_ADMIN_TOKEN=ADMIN,
@@ -184,11 +193,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
     try:
-        rport = lh.free_port()
-        redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        redis, rport = start_redis()
         procs.append(redis)
-        lh.wait_port(rport)
         redis_url = f"redis://127.0.0.1:{rport}/"
         # `name@path`: that variant with another binary (two builds compared round by round).
         binaries = {spec: spec.partition("@")[2] or args.binary for spec in args.servers.split(",")}
