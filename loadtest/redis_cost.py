@@ -34,6 +34,9 @@ def main():
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--warm", type=int, default=8, help="seconds of traffic before measuring")
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--wrk-cpu", default="0", help="the CPU wrk runs on: 0 shares Redis's (as tail.py), 1 linkhit's")
+    p.add_argument("--floor-cpu", default="1", help="the CPU redis-benchmark runs on for the floor")
+    p.add_argument("--perf", action="store_true", help="perf record Redis over the measured window and print its top symbols")
     p.add_argument("env", nargs="*", help="NAME=VALUE for linkhit")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-rcost-")
@@ -45,12 +48,17 @@ def main():
         procs.append(proc)
         codes = os.path.join(tmp, "codes.txt")
         tail.create_links(port, args.links, codes)
-        tail.wrk(port, codes, args.warm, 64)
+        tail.wrk(port, codes, args.warm, 64, args.wrk_cpu)
         time.sleep(1)
         cli = ["redis-cli", "-p", str(rport)]
         subprocess.run(cli + ["CONFIG", "RESETSTAT"], check=True, stdout=subprocess.DEVNULL)
         before = tail.cpu_seconds(redis.pid)
-        out = tail.wrk(port, codes, args.seconds, 64)
+        perf = None
+        if args.perf:
+            data = os.path.join(tmp, "redis.perf.data")
+            perf = subprocess.Popen(["perf", "record", "-F", "2999", "-g", "-p", str(redis.pid), "-o", data, "--",
+                                     "sleep", str(args.seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = tail.wrk(port, codes, args.seconds, 64, args.wrk_cpu)
         time.sleep(0.5)  # counting lags the redirects by a tick
         n = max(out["requests"], 1)
         cpu = tail.cpu_seconds(redis.pid) - before
@@ -64,6 +72,13 @@ def main():
                 rows.append((int(kv["usec"]), name[len("cmdstat_"):], int(kv["calls"])))
         for usec, name, calls in sorted(rows, reverse=True):
             print(f"  {name:20} {calls:>9,} calls  {usec / n:.3f} µs per request  {usec / max(calls, 1):.2f} µs per call")
+        if perf is not None:
+            perf.wait()
+            print(f"Redis's top symbols over the window (perf data: {data}):")
+            rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g", "none",
+                                  "--sort", "dso,symbol"], capture_output=True, text=True, check=True).stdout
+            for line in [l for l in rep.splitlines() if l.strip() and not l.startswith("#")][:30]:
+                print("  " + line.strip()[:140])
         proc.terminate()
         proc.wait(timeout=15)
         calls = 2_000_000
@@ -71,7 +86,7 @@ def main():
         # of its own per link).
         for command in (["HINCRBY", "lh:cnt:{__rand_int__}", "bot_hits", "1"], ["INCRBY", "lh:bots:{__rand_int__}", "1"]):
             before = tail.cpu_seconds(redis.pid)
-            subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-p", str(rport), "-P", "250", "-c", "1", "-n",
+            subprocess.run(["taskset", "-c", args.floor_cpu, "redis-benchmark", "-p", str(rport), "-P", "250", "-c", "1", "-n",
                             str(calls), "-r", str(args.links), "-q", *command], check=True, stdout=subprocess.DEVNULL)
             floor = (tail.cpu_seconds(redis.pid) - before) * 1e6 / calls
             print(f"floor: Redis CPU {floor:.2f} µs per pipelined {command[0]} (redis-benchmark -P 250 over"

@@ -61,10 +61,12 @@ def click_thread_seconds(pid):
 
 
 def start_redis():
-    """A private redis-server on CPU 0 (the load generator's), keeping nothing on disk: (process, port)."""
+    """A private redis-server on CPU 0 (the load generator's), keeping nothing on disk: (process, port).
+    LOADTEST_REDIS_ARGS (environment) adds arguments, e.g. "--disable-thp no" for an experiment."""
     port = lh.free_port()
+    extra = os.environ.get("LOADTEST_REDIS_ARGS", "").split()
     proc = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                             "--save", "", "--appendonly", "no", *extra], stdout=subprocess.DEVNULL)
     lh.wait_port(port)
     return proc, port
 
@@ -89,9 +91,9 @@ def create_links(port, links, codes_file):
                    check=True, stdout=subprocess.DEVNULL)
 
 
-def wrk(port, codes_file, seconds, connections):
+def wrk(port, codes_file, seconds, connections, cpu="0"):
     env = dict(os.environ, CODES_FILE=codes_file, BOT_PERCENT="100")
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    out = subprocess.run(["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", os.path.join(ROOT, "loadtest", "wrk.lua"), f"http://127.0.0.1:{port}"],
                          env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
