@@ -60,12 +60,13 @@ def click_thread_seconds(pid):
     return total
 
 
-def start_redis():
+def start_redis(nice=0):
     """A private redis-server on CPU 0 (the load generator's), keeping nothing on disk: (process, port).
-    LOADTEST_REDIS_ARGS (environment) adds arguments, e.g. "--disable-thp no" for an experiment."""
+    `nice` > 0 lowers its priority under the generator's (see --redis-nice). LOADTEST_REDIS_ARGS
+    (environment) adds arguments, e.g. "--disable-thp no" for an experiment."""
     port = lh.free_port()
     extra = os.environ.get("LOADTEST_REDIS_ARGS", "").split()
-    proc = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+    proc = subprocess.Popen(["nice", "-n", str(nice), "taskset", "-c", "0", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", *extra], stdout=subprocess.DEVNULL)
     lh.wait_port(port)
     return proc, port
@@ -191,11 +192,14 @@ def main():
     p.add_argument("--open-loop", type=float, default=0.0, metavar="F",
                    help="also run open-loop (oha) at F x the baseline's closed-loop req/s (e.g. 0.5)")
     p.add_argument("--rate", type=int, default=0, help="open-loop at this req/s instead (implies --open-loop)")
+    p.add_argument("--redis-nice", type=int, default=0, metavar="N",
+                   help="run Redis at nice N: the load generator, which shares its CPU, then goes first, so the "
+                        "latencies it reads are not its own queueing behind Redis (Redis on a host of its own)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
     try:
-        redis, rport = start_redis()
+        redis, rport = start_redis(args.redis_nice)
         procs.append(redis)
         redis_url = f"redis://127.0.0.1:{rport}/"
         # `name@path`: that variant with another binary (two builds compared round by round).
