@@ -51,11 +51,12 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = builder.build().context("starting the tokio runtime")?;
     let result = runtime.block_on(async move {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let shutdown = CancellationToken::new();
-        // The handlers are installed before anything is served: a SIGTERM the moment the server answers
-        // must start the graceful shutdown, not kill the process with its logs unflushed.
+        // The handlers are installed before the listener is bound: the port accepts connections from the
+        // bind on, and a SIGTERM sent the moment a probe connects must start the graceful shutdown, not
+        // kill the process silently (a race `tests/binary.rs::json_logs_on_request` hit under CI load).
         tokio::spawn(watch_signals(shutdown.clone())?);
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         linkhit::run(listener, config, shutdown).await
     });
     // Tasks still blocked on a hung store (background refreshes, abandoned commits) are not waited for:
