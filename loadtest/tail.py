@@ -60,6 +60,16 @@ def click_thread_seconds(pid):
     return total
 
 
+# `--open-loop-rt`: the open-loop generator (oha) runs at real-time priority (SCHED_FIFO 1), so that it
+# never waits behind Redis on the CPU they share, while Redis still has every moment it leaves idle. Not
+# for wrk: a saturating real-time generator starves the loopback's network processing and Redis itself
+# (docs/PERFORMANCE.md, session 11).
+OPEN_LOOP_PRIORITY = []
+# `--wrk-nice N`: wrk at nice N (negative: ahead of Redis on the CPU they share, without starving the
+# kernel's network processing the way a real-time wrk does).
+WRK_PRIORITY = []
+
+
 def start_redis(nice=0):
     """A private redis-server on CPU 0 (the load generator's), keeping nothing on disk: (process, port).
     `nice` > 0 lowers its priority under the generator's (see --redis-nice). LOADTEST_REDIS_ARGS
@@ -94,7 +104,7 @@ def create_links(port, links, codes_file):
 
 def wrk(port, codes_file, seconds, connections, cpu="0"):
     env = dict(os.environ, CODES_FILE=codes_file, BOT_PERCENT="100")
-    out = subprocess.run(["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    out = subprocess.run([*WRK_PRIORITY, "taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", os.path.join(ROOT, "loadtest", "wrk.lua"), f"http://127.0.0.1:{port}"],
                          env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
@@ -127,7 +137,7 @@ def oha(port, codes_file, seconds, connections, rate, urls_file):
                 if line.strip():
                     out.write(f"http://127.0.0.1:{port}/{line.strip()}\n")
     started, used = time.monotonic(), generator_seconds()
-    out = subprocess.run(["taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
+    out = subprocess.run([*OPEN_LOOP_PRIORITY, "taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
                           "-z", f"{seconds}s", "-c", str(connections), "-q", str(rate), "--latency-correction",
                           "-H", f"User-Agent: {BOT_UA}", "--urls-from-file", urls_file],
                          capture_output=True, text=True, check=True).stdout
@@ -195,7 +205,16 @@ def main():
     p.add_argument("--redis-nice", type=int, default=0, metavar="N",
                    help="run Redis at nice N: the load generator, which shares its CPU, then goes first, so the "
                         "latencies it reads are not its own queueing behind Redis (Redis on a host of its own)")
+    p.add_argument("--open-loop-rt", action="store_true",
+                   help="run oha at real-time priority (chrt -f 1): the open-loop latencies are then not its own "
+                        "queueing behind Redis on CPU 0")
+    p.add_argument("--wrk-nice", type=int, default=0, metavar="N",
+                   help="run wrk at nice N (e.g. -10: ahead of Redis on CPU 0)")
     args = p.parse_args()
+    if args.wrk_nice:
+        WRK_PRIORITY.extend(["nice", "-n", str(args.wrk_nice)])
+    if args.open_loop_rt:
+        OPEN_LOOP_PRIORITY.extend(["chrt", "-f", "1"])
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
     try:
