@@ -155,7 +155,7 @@ impl App {
                     window: config.sweep_window,
                     after_send: config.sweep_after_send,
                 },
-                sweep_capacity: 200_000,
+                sweep_capacity: config.sweep_capacity,
                 hold: config.click_hold,
                 own_thread: config.click_thread,
             };

@@ -266,6 +266,12 @@ pub struct Config {
     #[arg(long, env = "LINKHIT_SWEEP_AFTER_SEND", default_value = "120", value_parser = parse_seconds)]
     pub sweep_after_send: Duration,
 
+    /// Hits (and clients) the sweep tracker remembers at most; beyond, the clients seen first are
+    /// forgotten. ~100 bytes a hit. Hits that are bots by their user agent are never tracked, so a flood
+    /// of link previews cannot push a scanner's window out.
+    #[arg(long, env = "LINKHIT_SWEEP_CAPACITY", default_value_t = 200_000)]
+    pub sweep_capacity: usize,
+
     /// File of extra bot networks (CIDR per line, optional label; `#` comments).
     #[arg(long, env = "LINKHIT_EXTRA_BOT_NETWORKS")]
     pub extra_bot_networks: Option<std::path::PathBuf>,
@@ -355,6 +361,7 @@ impl Config {
             ("LINKHIT_CAPTURE_BUFFER", self.capture_buffer),
             ("LINKHIT_CLICK_BATCH", self.click_batch),
             ("LINKHIT_COMMIT_QUEUE", self.commit_queue),
+            ("LINKHIT_SWEEP_CAPACITY", self.sweep_capacity),
             ("LINKHIT_WEBHOOK_CONCURRENCY", self.webhook_concurrency),
             ("LINKHIT_WEBHOOK_ENDPOINT_CONCURRENCY", self.webhook_endpoint_concurrency),
             ("LINKHIT_WEBHOOK_MAX_BACKLOG", self.webhook_max_backlog),

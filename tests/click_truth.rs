@@ -15,6 +15,7 @@ on_both_stores!(
     operator_networks_override_the_built_in_list,
     delivery_reports_count_and_feed_the_timing,
     a_sweep_flips_its_early_hits_within_the_hold_and_withdraws_their_events,
+    a_flood_of_previews_cannot_push_a_sweep_out_of_the_tracker,
     people_behind_one_carrier_address_stay_human,
 );
 
@@ -191,6 +192,39 @@ async fn a_sweep_flips_its_early_hits_within_the_hold_and_withdraws_their_events
     assert_eq!(hooks[0].json()["payload"]["destination"], "+12025550003");
     let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(common::metric(&metrics, "linkhit_verdict_flips_total") >= 2.0, "flips are counted");
+}
+
+async fn a_flood_of_previews_cannot_push_a_sweep_out_of_the_tracker(backend: Backend) {
+    // A tracker of four clients. Six link previews (bots by their user agent, each from its own address)
+    // arrive between a scanner's hits: were they tracked, they would push the scanner's window out and
+    // its third recipient would look like its first.
+    let env = env_with(backend, |c| {
+        c.sweep_capacity = 4;
+        c.click_hold = Duration::from_secs(5);
+    })
+    .await;
+    let base = env.url("");
+    let codes = broadcast(&env, "previews", 9, &ago(30)).await;
+    tap_from(&env.http, &base, &codes[0], IPHONE, "198.51.100.77").await;
+    tap_from(&env.http, &base, &codes[1], IPHONE, "198.51.100.77").await;
+    for (i, code) in codes[3..].iter().enumerate() {
+        tap_from(&env.http, &base, code, IMESSAGE_PREVIEW, &format!("198.51.100.{}", 10 + i)).await;
+    }
+    tap_from(&env.http, &base, &codes[2], IPHONE, "198.51.100.77").await;
+    let s = env
+        .poll_json("/api/v1/broadcasts/previews/stats", Duration::from_secs(5), |s| {
+            s["hits"] == 9 && s["human_hits"] == 0
+        })
+        .await;
+    assert_eq!(
+        (s["bot_hits"].clone(), s["unique_clicks"].clone(), s["bot_reasons"]["sweep"].clone()),
+        (json!(9), json!(0), json!(3)),
+        "the scanner's three hits are a sweep, the previews bots by their agent: {s}"
+    );
+    // The previews' own verdict is their user agent's, with no sweep signal.
+    let preview = last_click(&env, &codes[3]).await;
+    assert_eq!(preview["class"], "bot", "{preview}");
+    assert!(!preview.to_string().contains("sweep"), "{preview}");
 }
 
 async fn people_behind_one_carrier_address_stay_human(backend: Backend) {

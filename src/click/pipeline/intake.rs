@@ -89,7 +89,12 @@ impl Intake {
             click_id: hit.click_id.clone(),
             folded: false,
         };
-        if let (Some(broadcast), Some(ip)) = (&link.broadcast_id, client) {
+        // A bot by its user agent alone (no per-request signal decided it) is the same bot on every hit of
+        // its client, whose key includes the user agent: a sweep could flip none of them, so it is not
+        // tracked — and a flood of link previews cannot push a scanner's window out of the bounded
+        // tracker (nor pay its per-client map on every hit; docs/PERFORMANCE.md, session 11).
+        let bot_by_agent = ua.class == Class::Bot && !hit.head && !hit.prefetch;
+        if let (Some(broadcast), Some(ip), false) = (&link.broadcast_id, client, bot_by_agent) {
             let who = Client {
                 workspace_id: Arc::clone(&link.workspace_id),
                 broadcast_id: Arc::clone(broadcast),
