@@ -267,8 +267,8 @@ pub struct Config {
     pub sweep_after_send: Duration,
 
     /// Hits (and clients) the sweep tracker remembers at most; beyond, the clients seen first are
-    /// forgotten. ~100 bytes a hit. Hits that are bots by their user agent are never tracked, so a flood
-    /// of link previews cannot push a scanner's window out.
+    /// forgotten (a few hundred bytes a client). Hits whose user agent is a bot's are never tracked, so a
+    /// flood of link previews cannot push a scanner's window out.
     #[arg(long, env = "LINKHIT_SWEEP_CAPACITY", default_value_t = 200_000)]
     pub sweep_capacity: usize,
 

@@ -195,9 +195,9 @@ async fn a_sweep_flips_its_early_hits_within_the_hold_and_withdraws_their_events
 }
 
 async fn a_flood_of_previews_cannot_push_a_sweep_out_of_the_tracker(backend: Backend) {
-    // A tracker of four clients. Six link previews (bots by their user agent, each from its own address)
-    // arrive between a scanner's hits: were they tracked, they would push the scanner's window out and
-    // its third recipient would look like its first.
+    // A tracker of four hits (and clients). Six link previews (bots by their user agent), three of them
+    // HEAD requests, arrive between a scanner's hits: were they tracked, they would push the scanner's
+    // window out and its third recipient would look like its first.
     let env = env_with(backend, |c| {
         c.sweep_capacity = 4;
         c.click_hold = Duration::from_secs(5);
@@ -208,7 +208,14 @@ async fn a_flood_of_previews_cannot_push_a_sweep_out_of_the_tracker(backend: Bac
     tap_from(&env.http, &base, &codes[0], IPHONE, "198.51.100.77").await;
     tap_from(&env.http, &base, &codes[1], IPHONE, "198.51.100.77").await;
     for (i, code) in codes[3..].iter().enumerate() {
-        tap_from(&env.http, &base, code, IMESSAGE_PREVIEW, &format!("198.51.100.{}", 10 + i)).await;
+        let ip = format!("198.51.100.{}", 10 + i);
+        if i < 3 {
+            let head = env.http.head(format!("{base}/{code}")).header("user-agent", IMESSAGE_PREVIEW);
+            let (status, _) = send(head.header("x-forwarded-for", ip)).await;
+            assert_eq!(status, 302);
+        } else {
+            tap_from(&env.http, &base, code, IMESSAGE_PREVIEW, &ip).await;
+        }
     }
     tap_from(&env.http, &base, &codes[2], IPHONE, "198.51.100.77").await;
     let s = env
@@ -222,7 +229,7 @@ async fn a_flood_of_previews_cannot_push_a_sweep_out_of_the_tracker(backend: Bac
         "the scanner's three hits are a sweep, the previews bots by their agent: {s}"
     );
     // The previews' own verdict is their user agent's, with no sweep signal.
-    let preview = last_click(&env, &codes[3]).await;
+    let preview = last_click(&env, &codes[5]).await;
     assert_eq!(preview["class"], "bot", "{preview}");
     assert!(!preview.to_string().contains("sweep"), "{preview}");
 }

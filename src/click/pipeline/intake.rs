@@ -89,11 +89,16 @@ impl Intake {
             click_id: hit.click_id.clone(),
             folded: false,
         };
-        // A bot by its user agent alone (no per-request signal decided it) is the same bot on every hit of
-        // its client, whose key includes the user agent: a sweep could flip none of them, so it is not
-        // tracked — and a flood of link previews cannot push a scanner's window out of the bounded
-        // tracker (nor pay its per-client map on every hit; docs/PERFORMANCE.md, session 11).
-        let bot_by_agent = ua.class == Class::Bot && !hit.head && !hit.prefetch;
+        // A client whose user agent is a bot's is the same bot on every hit (the tracker's client key
+        // includes the agent; HEAD and prefetch only add reasons to be a bot): a sweep could flip none of
+        // its hits, so they are not tracked — and a flood of previews, GET or HEAD, cannot push a
+        // scanner's window out of the bounded tracker (nor pay its per-client map on every hit;
+        // docs/PERFORMANCE.md, session 11). A HEAD or prefetch verdict is not the agent's own: ask for that
+        // (memoised) only then.
+        let bot_by_agent = ua.class == Class::Bot
+            && (!(hit.head || hit.prefetch)
+                || self.classifier.classify_hit(Signals { user_agent, head: false, prefetch: false }).0.class
+                    == Class::Bot);
         if let (Some(broadcast), Some(ip), false) = (&link.broadcast_id, client, bot_by_agent) {
             let who = Client {
                 workspace_id: Arc::clone(&link.workspace_id),
