@@ -60,14 +60,12 @@ def click_thread_seconds(pid):
     return total
 
 
-# `--open-loop-rt`: the open-loop generator (oha) runs at real-time priority (SCHED_FIFO 1), so that it
-# never waits behind Redis on the CPU they share, while Redis still has every moment it leaves idle. Not
-# for wrk: a saturating real-time generator starves the loopback's network processing and Redis itself
-# (docs/PERFORMANCE.md, session 11).
-OPEN_LOOP_PRIORITY = []
-# `--wrk-nice N`: wrk at nice N (negative: ahead of Redis on the CPU they share, without starving the
-# kernel's network processing the way a real-time wrk does).
-WRK_PRIORITY = []
+# Command prefixes that set each load generator's priority (empty: normal). `--open-loop-rt`: oha at
+# real-time priority (SCHED_FIFO 1), so that it never waits behind Redis on the CPU they share, while
+# Redis still has every moment it leaves idle; not for wrk, whose saturating real-time run starves the
+# loopback's network processing and Redis itself (docs/PERFORMANCE.md, session 11). `--wrk-nice N`: wrk
+# at nice N.
+PRIORITY = {"wrk": [], "oha": []}
 
 
 def start_redis(nice=0):
@@ -104,7 +102,7 @@ def create_links(port, links, codes_file):
 
 def wrk(port, codes_file, seconds, connections, cpu="0"):
     env = dict(os.environ, CODES_FILE=codes_file, BOT_PERCENT="100")
-    out = subprocess.run([*WRK_PRIORITY, "taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    out = subprocess.run([*PRIORITY["wrk"], "taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", os.path.join(ROOT, "loadtest", "wrk.lua"), f"http://127.0.0.1:{port}"],
                          env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
@@ -137,7 +135,7 @@ def oha(port, codes_file, seconds, connections, rate, urls_file):
                 if line.strip():
                     out.write(f"http://127.0.0.1:{port}/{line.strip()}\n")
     started, used = time.monotonic(), generator_seconds()
-    out = subprocess.run([*OPEN_LOOP_PRIORITY, "taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
+    out = subprocess.run([*PRIORITY["oha"], "taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--redirect", "0",
                           "-z", f"{seconds}s", "-c", str(connections), "-q", str(rate), "--latency-correction",
                           "-H", f"User-Agent: {BOT_UA}", "--urls-from-file", urls_file],
                          capture_output=True, text=True, check=True).stdout
@@ -212,9 +210,9 @@ def main():
                    help="run wrk at nice N (e.g. -10: ahead of Redis on CPU 0)")
     args = p.parse_args()
     if args.wrk_nice:
-        WRK_PRIORITY.extend(["nice", "-n", str(args.wrk_nice)])
+        PRIORITY["wrk"] = ["nice", "-n", str(args.wrk_nice)]
     if args.open_loop_rt:
-        OPEN_LOOP_PRIORITY.extend(["chrt", "-f", "1"])
+        PRIORITY["oha"] = ["chrt", "-f", "1"]
     tmp = tempfile.mkdtemp(prefix="linkhit-tail-")
     procs = []
     try:

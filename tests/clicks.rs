@@ -389,8 +389,6 @@ async fn bot_hits_counted_by_an_earlier_build_still_add_up() {
     // What an earlier build left: five bot hits in the hash.
     let _: () =
         redis::cmd("HSET").arg(format!("lh:cnt:{{{code}}}")).arg("bot_hits").arg(5).query(&mut redis.conn()).unwrap();
-    let stats =
-        || async { send(http.get(server.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&key)).await.1 };
     // Batch 1: two bots. Batch 2: a human, then a bot. Batch 3: two humans.
     for ua in [WHATSAPP, "curl/8.5.0", IPHONE, "python-requests/2.31", IPHONE, ANDROID] {
         assert_eq!(tap(&http, &server, &code, ua).await, 302);
@@ -407,7 +405,7 @@ async fn bot_hits_counted_by_an_earlier_build_still_add_up() {
     // (human hits, hits) including the click: 5 earlier + 2 bots, then the human (the bot after it in its
     // batch is not before it); then 5 + 3 bots and humans 2 and 3.
     assert_eq!(tallies, vec![(1, 8), (2, 10), (3, 11)]);
-    let stats = stats().await;
+    let (_, stats) = send(http.get(server.url(&format!("/api/v1/links/{code}/stats"))).bearer_auth(&key)).await;
     assert_eq!(
         (stats["hits"].clone(), stats["human_hits"].clone(), stats["bot_hits"].clone()),
         (json!(11), json!(3), json!(8)),
