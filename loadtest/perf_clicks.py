@@ -38,6 +38,8 @@ def main():
     p.add_argument("--links", type=int, default=100_000)
     p.add_argument("--seconds", type=int, default=6)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--redis-nice", type=int, default=0, metavar="N",
+                   help="Redis at nice N (19: starved, so commits are slow and the journal path runs)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-perf-")
     data = os.path.join(tmp, "perf.data")
@@ -45,7 +47,7 @@ def main():
     try:
         env = {}
         if args.store == "redis":
-            redis, rport = tail.start_redis()
+            redis, rport = tail.start_redis(args.redis_nice)
             procs.append(redis)
             env["LINKHIT_REDIS_URL"] = f"redis://127.0.0.1:{rport}/"
         proc, port = tail.start_linkhit(args.binary, env, tmp, "0")
@@ -70,6 +72,12 @@ def main():
     print(f"click thread (linkhit-clicks), top {args.top} symbols (% of all linkhit samples):")
     for line in report(data, "--comm", "linkhit-clicks", "--sort", "symbol")[:args.top]:
         print("  " + line.strip()[:140])
+    for comm in ("tokio-runtime-w",):
+        lines = report(data, "--comm", comm, "--sort", "symbol")[:args.top // 2]
+        if lines:
+            print(f"{comm}, top symbols (% of all linkhit samples):")
+            for line in lines:
+                print("  " + line.strip()[:140])
     print(f"perf data: {data}")
 
 

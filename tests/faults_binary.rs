@@ -225,6 +225,55 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
     }
 }
 
+/// A Redis stall while taps keep coming: once Redis answers again, the store is healthy again and new
+/// batches are counted directly, though the journal is never empty while the taps go on (each replay
+/// finds batches journaled while it ran). An earlier build waited for an empty journal to call the store
+/// healthy, so under steady traffic every hit took the journal's way (written, fsynced, read back) for
+/// as long as the traffic lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_answers_again_takes_commits_while_taps_go_on() {
+    let redis = RedisServer::start();
+    let journal = common::temp_dir("recover-journal");
+    let http = client();
+    let server = Linkhit::start(&redis, &journal, &[("LINKHIT_CLICK_BATCH", "5")]);
+    let key = workspace(&http, &server.base).await;
+    let mut traffic = Traffic::create(&http, &server.base, &key, "recover", 40).await;
+    let metrics = || async {
+        let text = http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+        (common::metric(&text, "linkhit_store_healthy"), common::metric(&text, "linkhit_journal_spilled_total"))
+    };
+    traffic.run(&http, &server.base).await;
+    redis.pause();
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_millis(600) {
+        traffic.run(&http, &server.base).await;
+    }
+    redis.resume();
+    assert!(metrics().await.1 > 0.0, "the stall sent batches to the journal");
+    // Taps go on; within a few probes (one a second) the store must take commits again, and then
+    // nothing more reaches the journal.
+    let resumed = Instant::now();
+    let mut healthy_since: Option<f64> = None;
+    let mut rounds_healthy = 0;
+    while rounds_healthy < 10 {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(8),
+            "the store was not healthy again within 8 s of Redis answering while taps went on: {:?}",
+            metrics().await
+        );
+        traffic.run(&http, &server.base).await;
+        let (healthy, spilled) = metrics().await;
+        // Ten rounds in a row healthy with nothing journaled (the batches journaled during the last
+        // replay are replayed at the next probe, which may send a few more there while it runs).
+        match healthy_since {
+            Some(since) if healthy == 1.0 && spilled == since => rounds_healthy += 1,
+            _ if healthy == 1.0 => (healthy_since, rounds_healthy) = (Some(spilled), 0),
+            _ => (healthy_since, rounds_healthy) = (None, 0),
+        }
+    }
+    traffic.assert_counted_exactly(&http, &server.base, &key, Duration::from_secs(20)).await;
+}
+
 /// SIGTERM while Redis hangs: the process ends within the grace period plus 5 s (the shipped 30 s
 /// SIGKILL timeouts are never reached), journaling what it could not count; the next start counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
