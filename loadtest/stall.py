@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""A Redis stall under steady load, and what linkhit does after it (issue #17; docs/PERFORMANCE.md).
+
+    python3 loadtest/stall.py                                   # target/release/linkhit
+    python3 loadtest/stall.py --servers base@/tmp/linkhit-base,new --stall 0.5 --seconds 12
+
+The set-up of tail.py (linkhit pinned to CPU 1 with one worker thread, wrk and Redis on CPU 0, 100 % bot
+traffic over `--links` links, every code requested once first). Then, per server, one wrk run of
+`--seconds`; `--at` seconds in, Redis is stopped (SIGSTOP) for `--stall` seconds. /metrics is read every
+0.25 s. Printed per server: req/s and p99 of the run, hits that went through the journal
+(`linkhit_journal_spilled_total`) and how many of them after Redis answered again, how long the store was
+unhealthy after Redis answered, the click thread's CPU per hit, and at the end counted against answered
+(the broadcast's hits against `linkhit_redirects_total{status="302"}`, once the journal is empty).
+Servers run one after the other, each with a Redis of its own.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lh  # noqa: E402
+import tail  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def metrics(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        name = series.split("{", 1)[0]
+        if name == "linkhit_redirects_total" and 'status="302"' not in series:
+            continue
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def run(name, binary, args, tmp):
+    redis, rport = tail.start_redis()
+    procs = [redis]
+    try:
+        proc, port = tail.start_linkhit(binary, {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"}, tmp, name)
+        procs.append(proc)
+        codes = os.path.join(tmp, f"codes-{name}.txt")
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                              f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
+                              "--out", codes], check=True, capture_output=True, text=True).stdout
+        key = json.loads(out.strip().splitlines()[-1])["api_key"]
+        tail.wrk(port, codes, 4, args.connections)  # every code cached, the pipeline warm
+        time.sleep(1)
+        result = {}
+        load = threading.Thread(target=lambda: result.update(tail.wrk(port, codes, args.seconds, args.connections)))
+        samples = []
+        started = time.monotonic()
+        clicks0, m0 = tail.click_thread_seconds(proc.pid), metrics(port)
+        load.start()
+        stopped = resumed = None
+        while load.is_alive():
+            now = time.monotonic() - started
+            if stopped is None and now >= args.at:
+                os.kill(redis.pid, signal.SIGSTOP)
+                stopped = now
+            if stopped is not None and resumed is None and now >= stopped + args.stall:
+                os.kill(redis.pid, signal.SIGCONT)
+                resumed = now
+            m = metrics(port)
+            samples.append((now, m.get("linkhit_store_healthy", 1.0), m.get("linkhit_journal_spilled_total", 0.0)))
+            time.sleep(0.25)
+        load.join()
+        clicks1, m1 = tail.click_thread_seconds(proc.pid), metrics(port)
+        hits = m1.get("linkhit_redirects_total", 0.0) - m0.get("linkhit_redirects_total", 0.0)
+        # Unhealthy after Redis answered: from `resumed` to the last unhealthy sample.
+        unhealthy = [t for t, healthy, _ in samples if healthy < 1.0 and t >= resumed]
+        spilled_at_resume = next((s for t, _, s in samples if t >= resumed), samples[-1][2])
+        deadline = time.monotonic() + 120
+        while metrics(port).get("linkhit_journal_bytes", 0.0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
+        m2 = metrics(port)
+        _, stats = lh.api(port, "GET", "/api/v1/broadcasts/loadtest/stats", key=key)
+        spilled = m2.get("linkhit_journal_spilled_total", 0.0) - m0.get("linkhit_journal_spilled_total", 0.0)
+        return {
+            "server": name,
+            "req_per_s": round(result["requests"] / (result["duration_us"] / 1e6)),
+            "p99_us": result["p99_us"],
+            "spilled": int(spilled),
+            "spilled_after_resume": int(m1.get("linkhit_journal_spilled_total", 0.0) - spilled_at_resume),
+            "unhealthy_after_resume_s": round(max(unhealthy) - resumed + 0.25, 2) if unhealthy else 0.0,
+            "click_thread_us_per_hit": round((clicks1 - clicks0) / hits * 1e6, 2) if hits else None,
+            "counted": stats["hits"],
+            "answered": int(m2.get("linkhit_redirects_total", 0.0)),
+            "dropped": int(m2.get("linkhit_hits_dropped_total", 0.0)),
+        }
+    finally:
+        redis.send_signal(signal.SIGCONT)  # a stopped Redis would not end on SIGTERM
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default=f"linkhit@{os.path.join(ROOT, 'target', 'release', 'linkhit')}",
+                   help="name@binary,...; a bare name means target/release/linkhit")
+    p.add_argument("--links", type=int, default=20_000)
+    p.add_argument("--seconds", type=int, default=12)
+    p.add_argument("--at", type=float, default=3.0, help="seconds into the run when Redis stops")
+    p.add_argument("--stall", type=float, default=0.5, help="seconds Redis stays stopped")
+    p.add_argument("--connections", type=int, default=64)
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="linkhit-stall-")
+    for spec in args.servers.split(","):
+        name, _, binary = spec.partition("@")
+        binary = binary or os.path.join(ROOT, "target", "release", "linkhit")
+        print(json.dumps(run(name, binary, args, tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
