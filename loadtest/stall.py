@@ -12,6 +12,12 @@ traffic over `--links` links, every code requested once first). Then, per server
 unhealthy after Redis answered, the click thread's CPU per hit, and at the end counted against answered
 (the broadcast's hits against `linkhit_redirects_total{status="302"}`, once the journal is empty).
 Servers run one after the other, each with a Redis of its own.
+
+    python3 loadtest/stall.py --replay 5 --servers base@/tmp/linkhit-base,new
+
+With --replay S, the journal's replay rate instead: wrk for S seconds while Redis is stopped (every batch
+journaled), SIGTERM, Redis resumed, then a fresh start of the same binary on that journal, timed until
+the journal is empty: hits replayed per second, and counted against answered.
 """
 import argparse
 import json
@@ -109,6 +115,46 @@ def run(name, binary, args, tmp):
             proc.wait(timeout=15)
 
 
+def replay(name, binary, args, tmp):
+    redis, rport = tail.start_redis()
+    env = {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"}
+    procs = [redis]
+    try:
+        proc, port = tail.start_linkhit(binary, env, tmp, name)
+        procs.append(proc)
+        codes = os.path.join(tmp, f"codes-{name}.txt")
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                              f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
+                              "--out", codes], check=True, capture_output=True, text=True).stdout
+        key = json.loads(out.strip().splitlines()[-1])["api_key"]
+        tail.wrk(port, codes, 4, args.connections)  # every code cached
+        time.sleep(1)
+        os.kill(redis.pid, signal.SIGSTOP)
+        tail.wrk(port, codes, args.replay, args.connections)
+        answered = int(metrics(port).get("linkhit_redirects_total", 0.0))
+        proc.terminate()
+        proc.wait(timeout=60)
+        os.kill(redis.pid, signal.SIGCONT)
+        started = time.monotonic()
+        proc, port = tail.start_linkhit(binary, env, tmp, name)
+        procs.append(proc)
+        while metrics(port).get("linkhit_journal_bytes", 0.0) > 0:
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        m = metrics(port)
+        _, stats = lh.api(port, "GET", "/api/v1/broadcasts/loadtest/stats", key=key)
+        replayed = m.get("linkhit_journal_replayed_total", 0.0)
+        return {"server": name, "replayed": int(replayed), "seconds": round(seconds, 2),
+                "hits_per_s": round(replayed / seconds), "counted": stats["hits"], "answered": answered,
+                "dropped": int(m.get("linkhit_hits_dropped_total", 0.0))}
+    finally:
+        redis.send_signal(signal.SIGCONT)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default=f"linkhit@{os.path.join(ROOT, 'target', 'release', 'linkhit')}",
@@ -118,12 +164,14 @@ def main():
     p.add_argument("--at", type=float, default=3.0, help="seconds into the run when Redis stops")
     p.add_argument("--stall", type=float, default=0.5, help="seconds Redis stays stopped")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--replay", type=int, default=0, metavar="S",
+                   help="measure the replay of S seconds of journaled load instead")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-stall-")
     for spec in args.servers.split(","):
         name, _, binary = spec.partition("@")
         binary = binary or os.path.join(ROOT, "target", "release", "linkhit")
-        print(json.dumps(run(name, binary, args, tmp)), flush=True)
+        print(json.dumps((replay if args.replay else run)(name, binary, args, tmp)), flush=True)
 
 
 if __name__ == "__main__":

@@ -268,19 +268,26 @@ impl Journal {
         Ok(segment)
     }
 
-    /// Records, durably, that replay is about to try to count `batch_id` of `segment`.
-    pub fn mark_attempt(&self, segment: &Path, batch_id: &str, at: DateTime<Utc>) -> Result<(), JournalError> {
-        self.mark(segment, &format!("A {batch_id} {}\n", at.timestamp_millis()))
+    /// Records, durably, that replay is about to try to count `batch_ids` of `segment` (one write and
+    /// one sync for them all).
+    pub fn mark_attempts(&self, segment: &Path, batch_ids: &[String], at: DateTime<Utc>) -> Result<(), JournalError> {
+        let ms = at.timestamp_millis();
+        self.mark(segment, batch_ids.iter().map(|id| format!("A {id} {ms}\n")))
     }
 
-    /// Records, durably, that `batch_id` of `segment` is counted and its events are queued.
-    pub fn mark_done(&self, segment: &Path, batch_id: &str) -> Result<(), JournalError> {
-        self.mark(segment, &format!("D {batch_id}\n"))
+    /// Records, durably, that `batch_ids` of `segment` are counted and their events are queued (one
+    /// write and one sync for them all).
+    pub fn mark_done(&self, segment: &Path, batch_ids: &[String]) -> Result<(), JournalError> {
+        self.mark(segment, batch_ids.iter().map(|id| format!("D {id}\n")))
     }
 
-    fn mark(&self, segment: &Path, line: &str) -> Result<(), JournalError> {
+    fn mark(&self, segment: &Path, lines: impl Iterator<Item = String>) -> Result<(), JournalError> {
+        let text: String = lines.collect();
+        if text.is_empty() {
+            return Ok(());
+        }
         let mut file = OpenOptions::new().create(true).append(true).open(Self::state_path(segment))?;
-        file.write_all(line.as_bytes())?;
+        file.write_all(text.as_bytes())?;
         file.sync_data()?;
         Ok(())
     }
@@ -353,11 +360,14 @@ mod tests {
         assert_eq!(read.entries[0].batch.clicks.len(), 2);
         // Replay state survives a re-read.
         let now = Utc::now();
-        journal.mark_attempt(&segments[0], "b1", now).unwrap();
-        journal.mark_done(&segments[0], "b1").unwrap();
+        journal.mark_attempts(&segments[0], &["b1".to_owned(), "b2".to_owned()], now).unwrap();
+        journal.mark_done(&segments[0], &["b1".to_owned()]).unwrap();
+        journal.mark_done(&segments[0], &[]).unwrap();
         let read = Journal::read(&segments[0]).unwrap();
         assert!(read.done.contains("b1") && !read.done.contains("b2"));
-        assert_eq!(read.attempted.get("b1").map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
+        for id in ["b1", "b2"] {
+            assert_eq!(read.attempted.get(id).map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
+        }
         // Appends after a take go to a new segment.
         journal.append(&[entry(&batch("b3", &["d"]))]).unwrap();
         journal.remove(&segments[0]).unwrap();

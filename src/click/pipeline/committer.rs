@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Health, Pending, Settings};
 use crate::click::emit::{self, EventSink};
-use crate::click::journal::Journal;
+use crate::click::journal::{Entry, Journal};
 use crate::model::{Batch, ClickTally};
 use crate::store::SharedStore;
 
@@ -30,6 +30,8 @@ const EMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const GUARD_MARGIN: Duration = Duration::from_secs(3600);
 /// Attempted batches kept in memory when the journal refuses them.
 const MAX_IN_DOUBT: usize = 1024;
+/// Replayed batches whose `D` markers are written together (one sync for them all).
+const DONE_GROUP: usize = 64;
 
 pub(super) struct Committer {
     pub store: SharedStore,
@@ -245,6 +247,12 @@ impl Committer {
     }
 
     /// Counts what a segment holds that is not done yet; deletes the segment when all is done.
+    ///
+    /// The replay markers are written in groups, each with one sync: the `A` markers of every batch
+    /// never attempted before the first attempt (an attempt marked a little early only starts its
+    /// guard's clock early), and the `D` markers of up to [`DONE_GROUP`] finished batches at a time,
+    /// whose guards are released only once their markers are on disk. A crash before a group's markers
+    /// are written leaves its batches to the guards, as a crash between counting and marking always did.
     async fn replay_segment(&mut self, journal: &Arc<Journal>, segment: PathBuf) -> bool {
         let path = segment.clone();
         let content = match tokio::task::spawn_blocking(move || Journal::read(&path)).await {
@@ -255,37 +263,36 @@ impl Committer {
             }
             Err(_) => return false,
         };
-        let pending = content.entries.iter().filter(|e| !content.done.contains(&e.batch.id)).count();
-        tracing::info!(segment = %segment.display(), batches = pending, "replaying journal segment");
+        let pending: Vec<&Entry> = content.entries.iter().filter(|e| !content.done.contains(&e.batch.id)).collect();
+        tracing::info!(segment = %segment.display(), batches = pending.len(), "replaying journal segment");
+        let first_attempt =
+            |e: &Entry| [e.attempted_at, content.attempted.get(&e.batch.id).copied()].into_iter().flatten().min();
+        let never_attempted: Vec<String> =
+            pending.iter().filter(|e| first_attempt(e).is_none()).map(|e| e.batch.id.clone()).collect();
+        let (seg, now) = (segment.clone(), Utc::now());
+        if !matches!(blocking(journal, move |j| j.mark_attempts(&seg, &never_attempted, now)).await, Some(Ok(()))) {
+            tracing::error!(segment = %segment.display(), "cannot record replay attempts; replay stops");
+            return false;
+        }
         let expiry = self.settings.guard_ttl.saturating_sub(GUARD_MARGIN);
-        for entry in content.entries {
-            let id = entry.batch.id.clone();
-            if content.done.contains(&id) {
-                continue;
-            }
-            if self.past_deadline() {
+        let mut finished = Finished::default();
+        for entry in pending {
+            if finished.ids.len() >= DONE_GROUP && !self.settle(journal, &segment, &mut finished).await {
                 return false;
             }
-            let first_attempt = [entry.attempted_at, content.attempted.get(&id).copied()].into_iter().flatten().min();
-            if let Some(at) = first_attempt
+            if self.past_deadline() {
+                self.settle(journal, &segment, &mut finished).await;
+                return false;
+            }
+            if let Some(at) = first_attempt(entry)
                 && (Utc::now() - at).to_std().unwrap_or_default() >= expiry
             {
                 // Its guard may be gone: replaying could count it twice. Dropped, loudly.
                 let hits = entry.batch.clicks.len() as u64;
                 metrics::counter!("linkhit_hits_dropped_total", "stage" => "in_doubt_expired").increment(hits);
-                tracing::error!(batch = %id, hits, attempted_at = %at, "dropping a journaled batch attempted longer ago than LINKHIT_COMMIT_GUARD_TTL: it may have been counted then");
-                let (seg, id2) = (segment.clone(), id.clone());
-                if !matches!(blocking(journal, move |j| j.mark_done(&seg, &id2)).await, Some(Ok(()))) {
-                    return false;
-                }
+                tracing::error!(batch = %entry.batch.id, hits, attempted_at = %at, "dropping a journaled batch attempted longer ago than LINKHIT_COMMIT_GUARD_TTL: it may have been counted then");
+                finished.ids.push(entry.batch.id.clone());
                 continue;
-            }
-            if first_attempt.is_none() {
-                let (seg, id2) = (segment.clone(), id.clone());
-                if !matches!(blocking(journal, move |j| j.mark_attempt(&seg, &id2, Utc::now())).await, Some(Ok(()))) {
-                    tracing::error!(segment = %segment.display(), "cannot record a replay attempt; replay stops");
-                    return false;
-                }
             }
             let wait = self.remaining().map_or(REPLAY_TIMEOUT, |r| r.min(REPLAY_TIMEOUT));
             let counted = self.bounded(wait, self.store.record_batch(&entry.batch, self.settings.recent_clicks)).await;
@@ -294,27 +301,26 @@ impl Committer {
                 Ok(Err(err)) => {
                     tracing::warn!(error = %err, "journal replay interrupted; it resumes when the store answers");
                     self.health.set(false);
+                    self.settle(journal, &segment, &mut finished).await;
                     return false;
                 }
                 Err(_) => {
                     tracing::warn!("journal replay timed out; it resumes when the store answers");
                     self.health.set(false);
+                    self.settle(journal, &segment, &mut finished).await;
                     return false;
                 }
             };
             if !self.finish(&entry.batch, &tallies).await {
                 self.health.set(false);
+                self.settle(journal, &segment, &mut finished).await;
                 return false;
             }
-            let (seg, id2) = (segment.clone(), id.clone());
-            if !matches!(blocking(journal, move |j| j.mark_done(&seg, &id2)).await, Some(Ok(()))) {
-                // Counted but not marked: the guard (not released) keeps a later replay from counting
-                // it again.
-                tracing::error!(segment = %segment.display(), "cannot record a replayed batch as done; replay stops");
-                return false;
-            }
-            metrics::counter!("linkhit_journal_replayed_total").increment(entry.batch.clicks.len() as u64);
-            self.store.release_batch(&entry.batch);
+            finished.ids.push(entry.batch.id.clone());
+            finished.batches.push(&entry.batch);
+        }
+        if !self.settle(journal, &segment, &mut finished).await {
+            return false;
         }
         let seg = segment.clone();
         if !matches!(blocking(journal, move |j| j.remove(&seg)).await, Some(Ok(()))) {
@@ -323,6 +329,33 @@ impl Committer {
         }
         true
     }
+
+    /// Writes the `D` markers of `finished` (one sync), then releases its batches' guards. `false` when
+    /// the markers could not be written: the guards stay, so a later replay cannot count them again.
+    async fn settle(&self, journal: &Arc<Journal>, segment: &std::path::Path, finished: &mut Finished<'_>) -> bool {
+        if finished.ids.is_empty() {
+            return true;
+        }
+        let (seg, ids) = (segment.to_owned(), std::mem::take(&mut finished.ids));
+        if !matches!(blocking(journal, move |j| j.mark_done(&seg, &ids)).await, Some(Ok(()))) {
+            tracing::error!(segment = %segment.display(), "cannot record replayed batches as done; replay stops");
+            finished.batches.clear();
+            return false;
+        }
+        for batch in finished.batches.drain(..) {
+            metrics::counter!("linkhit_journal_replayed_total").increment(batch.clicks.len() as u64);
+            self.store.release_batch(batch);
+        }
+        true
+    }
+}
+
+/// Finished batches of a segment whose `D` markers are not written yet: counted and emitted ones (to
+/// release once marked) and dropped ones (ids only).
+#[derive(Default)]
+struct Finished<'a> {
+    ids: Vec<String>,
+    batches: Vec<&'a Batch>,
 }
 
 /// Runs a journal operation on a blocking thread.
