@@ -274,6 +274,62 @@ async fn a_store_that_answers_again_takes_commits_while_taps_go_on() {
     traffic.assert_counted_exactly(&http, &server.base, &key, Duration::from_secs(20)).await;
 }
 
+/// A Redis that answers, but every commit later than a flush interval (`DEBUG SLEEP` over and over):
+/// the first slow commit sends the store to the journal, and it stays unhealthy while even the replays
+/// are slow — one slow direct commit in all. An earlier build called the store healthy after every
+/// probe whose replay merely succeeded, inviting direct commits that outwait their patience, are
+/// journaled in doubt and are applied twice by Redis (late, then from their guards). Once Redis is
+/// prompt again the store is healthy, and every hit is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_stays_on_the_journal_until_it_answers_in_time() {
+    let redis = RedisServer::start_with(free_port(), &["--enable-debug-command", "yes"]);
+    let journal = common::temp_dir("slow-journal");
+    let http = client();
+    let server = Linkhit::start(&redis, &journal, &[("LINKHIT_CLICK_BATCH", "5")]);
+    let key = workspace(&http, &server.base).await;
+    let mut traffic = Traffic::create(&http, &server.base, &key, "slow", 40).await;
+    let metrics = || async {
+        let text = http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+        (
+            common::metric(&text, "linkhit_store_healthy"),
+            common::metric(&text, r#"linkhit_store_errors_total{op="record_batch_slow"}"#),
+        )
+    };
+    traffic.run(&http, &server.base).await;
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sleeper = {
+        let (slow, mut conn) = (std::sync::Arc::clone(&slow), redis.conn());
+        std::thread::spawn(move || {
+            while slow.load(std::sync::atomic::Ordering::Relaxed) {
+                redis::cmd("DEBUG").arg("SLEEP").arg(0.2).query::<()>(&mut conn).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut healthy_rounds = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        traffic.run(&http, &server.base).await;
+        if started.elapsed() > Duration::from_secs(1) && metrics().await.0 == 1.0 {
+            healthy_rounds += 1;
+        }
+    }
+    let slow_commits = metrics().await.1;
+    slow.store(false, std::sync::atomic::Ordering::Relaxed);
+    sleeper.join().unwrap();
+    assert_eq!(
+        (healthy_rounds, slow_commits),
+        (0, 1.0),
+        "(rounds of taps after the first second with the store healthy, slow direct commits) while Redis was slow"
+    );
+    let prompt = Instant::now();
+    while metrics().await.0 != 1.0 {
+        assert!(prompt.elapsed() < Duration::from_secs(10), "the store is healthy again once Redis is prompt");
+        traffic.run(&http, &server.base).await;
+    }
+    traffic.assert_counted_exactly(&http, &server.base, &key, Duration::from_secs(20)).await;
+}
+
 /// SIGTERM while Redis hangs: the process ends within the grace period plus 5 s (the shipped 30 s
 /// SIGKILL timeouts are never reached), journaling what it could not count; the next start counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,7 @@ impl Pipeline {
             deadline: Arc::clone(&deadline),
             in_doubt: Vec::new(),
             spare,
+            slowest: Duration::ZERO,
         }
         .run(commit_rx);
         let shared =
