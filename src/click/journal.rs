@@ -452,7 +452,7 @@ mod tests {
             })
         };
         let mut seen = Vec::new();
-        let mut take = |seen: &mut Vec<String>| {
+        let take = |seen: &mut Vec<String>| {
             for segment in journal.take_segments().unwrap() {
                 seen.extend(Journal::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
                 journal.remove(&segment).unwrap();
