@@ -6,7 +6,10 @@
 //!   was first attempted, if ever). Appends go to the active segment; replay takes closed segments.
 //! - `<segment>.state`: what replay did with a segment's batches: `A <batch id> <unix ms>` before an
 //!   attempt to count one, `D <batch id>` once it is counted and its events are queued. Appended and
-//!   fsynced line by line, so a crash in the middle of a replay leaves an exact record.
+//!   fsynced a group at a time, and only whole, well-formed lines are read, so a crash in the middle
+//!   of a replay leaves a record that never claims more than was done: at worst a group's untried
+//!   batches are marked attempted, and its counted ones lack their `D` (their guards, not yet
+//!   released, answer for them).
 //! - `clicks-*.jsonl` from earlier versions (one click per line) are read as batches with ids derived
 //!   from the file name and line, so their replay is idempotent too.
 //! - `.lock`: held (`flock`) by the one process using the directory.
@@ -251,19 +254,23 @@ impl Journal {
         }
         let state = Self::state_path(path);
         if state.exists() {
-            for line in BufReader::new(File::open(&state)?).lines() {
-                let line = line?;
+            // Only whole lines: a group of markers cut short by a crash ends in a line that could parse
+            // as another batch's (`D run-12` of `D run-123`). The next group's first line then continues
+            // it, and that line is malformed (`D run-12D run-7`): both batches stay unmarked, which the
+            // guards answer for.
+            let text = fs::read_to_string(&state)?;
+            for line in text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')) {
                 let mut parts = line.split(' ');
                 match (parts.next(), parts.next(), parts.next()) {
                     (Some("D"), Some(id), None) => {
                         segment.done.insert(id.to_owned());
                     }
-                    (Some("A"), Some(id), Some(ms)) => {
+                    (Some("A"), Some(id), Some(ms)) if parts.next().is_none() => {
                         if let Some(at) = ms.parse().ok().and_then(DateTime::from_timestamp_millis) {
                             segment.attempted.insert(id.to_owned(), at);
                         }
                     }
-                    // A torn last marker: the attempt it announced is covered by the guard anyway.
+                    // A malformed line (see above).
                     _ => {}
                 }
             }
@@ -371,6 +378,16 @@ mod tests {
         for id in ["b1", "b2"] {
             assert_eq!(read.attempted.get(id).map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
         }
+        // A group of markers cut short (a crash): the torn line and the line that continues it mark
+        // nothing, not even a batch whose id is a prefix of the torn one.
+        let state = Journal::state_path(&segments[0]);
+        fs::OpenOptions::new().append(true).open(&state).unwrap().write_all(b"D b").unwrap();
+        assert!(!Journal::read(&segments[0]).unwrap().done.contains("b"), "an unterminated line is not read");
+        journal.mark_done(&segments[0], &["b2".to_owned()]).unwrap();
+        let read = Journal::read(&segments[0]).unwrap();
+        assert!(read.done.contains("b1") && !read.done.contains("b") && !read.done.contains("b2"));
+        journal.mark_done(&segments[0], &["b2".to_owned()]).unwrap();
+        assert!(Journal::read(&segments[0]).unwrap().done.contains("b2"), "the next group is read again");
         // Appends after a take go to a new segment.
         journal.append(&[entry(&batch("b3", &["d"]))]).unwrap();
         journal.remove(&segments[0]).unwrap();

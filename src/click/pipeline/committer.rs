@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -235,7 +235,7 @@ impl Committer {
             }
         }
         let Some(journal) = self.journal.clone() else {
-            self.health.set(true);
+            self.health.set(self.slowest <= self.settings.flush_interval);
             return;
         };
         let segments = match blocking(&journal, |j| j.take_segments()).await {
@@ -258,18 +258,20 @@ impl Committer {
         // (`tests/faults_binary.rs`, `a_store_that_answers_again_takes_commits_while_taps_go_on`). A
         // store that answers, but slower, stays unhealthy and on the journal's way
         // (`a_slow_store_stays_on_the_journal_until_it_answers_in_time`): a direct commit would outwait
-        // its patience and be journaled in doubt, and Redis would apply it twice (late, then from its
-        // guard on replay).
+        // its patience and be journaled in doubt, and Redis would receive it twice (late, then on replay,
+        // answered from its guard).
         self.health.set(self.slowest <= self.settings.flush_interval);
     }
 
     /// Counts what a segment holds that is not done yet; deletes the segment when all is done.
     ///
-    /// The replay markers are written in groups, each with one sync: the `A` markers of every batch
-    /// never attempted before the first attempt (an attempt marked a little early only starts its
-    /// guard's clock early), and the `D` markers of up to [`DONE_GROUP`] finished batches at a time,
-    /// whose guards are released only once their markers are on disk. A crash before a group's markers
-    /// are written leaves its batches to the guards, as a crash between counting and marking always did.
+    /// Batches are replayed in groups of up to [`DONE_GROUP`], each group's replay markers written with
+    /// one sync before and one after: the `A` markers of its never-attempted batches before the first
+    /// of them is tried, the `D` markers of those finished after the last, and only then are their
+    /// guards released. A crash or failure part-way through a group leaves its counted batches to their
+    /// guards (as a crash between counting and marking always did), and its untried ones marked as
+    /// attempted: they are replayed through their guards like any in-doubt batch, within
+    /// `LINKHIT_COMMIT_GUARD_TTL` − 1 h of the mark.
     async fn replay_segment(&mut self, journal: &Arc<Journal>, segment: PathBuf) -> bool {
         let path = segment.clone();
         let content = match tokio::task::spawn_blocking(move || Journal::read(&path)).await {
@@ -284,58 +286,19 @@ impl Committer {
         tracing::info!(segment = %segment.display(), batches = pending.len(), "replaying journal segment");
         let first_attempt =
             |e: &Entry| [e.attempted_at, content.attempted.get(&e.batch.id).copied()].into_iter().flatten().min();
-        let never_attempted: Vec<String> =
-            pending.iter().filter(|e| first_attempt(e).is_none()).map(|e| e.batch.id.clone()).collect();
-        let (seg, now) = (segment.clone(), Utc::now());
-        if !matches!(blocking(journal, move |j| j.mark_attempts(&seg, &never_attempted, now)).await, Some(Ok(()))) {
-            tracing::error!(segment = %segment.display(), "cannot record replay attempts; replay stops");
-            return false;
-        }
-        let expiry = self.settings.guard_ttl.saturating_sub(GUARD_MARGIN);
-        let mut finished = Finished::default();
-        for entry in pending {
-            if finished.ids.len() >= DONE_GROUP && !self.settle(journal, &segment, &mut finished).await {
+        for group in pending.chunks(DONE_GROUP) {
+            let never_attempted: Vec<String> =
+                group.iter().filter(|e| first_attempt(e).is_none()).map(|e| e.batch.id.clone()).collect();
+            let (seg, now) = (segment.clone(), Utc::now());
+            if !matches!(blocking(journal, move |j| j.mark_attempts(&seg, &never_attempted, now)).await, Some(Ok(()))) {
+                tracing::error!(segment = %segment.display(), "cannot record replay attempts; replay stops");
                 return false;
             }
-            if self.past_deadline() {
-                self.settle(journal, &segment, &mut finished).await;
+            let mut finished = Finished::default();
+            let whole = self.replay_group(group, first_attempt, &mut finished).await;
+            if !self.settle(journal, &segment, &mut finished).await || !whole {
                 return false;
             }
-            if let Some(at) = first_attempt(entry)
-                && (Utc::now() - at).to_std().unwrap_or_default() >= expiry
-            {
-                // Its guard may be gone: replaying could count it twice. Dropped, loudly.
-                let hits = entry.batch.clicks.len() as u64;
-                metrics::counter!("linkhit_hits_dropped_total", "stage" => "in_doubt_expired").increment(hits);
-                tracing::error!(batch = %entry.batch.id, hits, attempted_at = %at, "dropping a journaled batch attempted longer ago than LINKHIT_COMMIT_GUARD_TTL: it may have been counted then");
-                finished.ids.push(entry.batch.id.clone());
-                continue;
-            }
-            let tallies = match self.recount(&entry.batch).await {
-                Ok(Ok(tallies)) => tallies,
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "journal replay interrupted; it resumes when the store answers");
-                    self.health.set(false);
-                    self.settle(journal, &segment, &mut finished).await;
-                    return false;
-                }
-                Err(_) => {
-                    tracing::warn!("journal replay timed out; it resumes when the store answers");
-                    self.health.set(false);
-                    self.settle(journal, &segment, &mut finished).await;
-                    return false;
-                }
-            };
-            if !self.finish(&entry.batch, &tallies).await {
-                self.health.set(false);
-                self.settle(journal, &segment, &mut finished).await;
-                return false;
-            }
-            finished.ids.push(entry.batch.id.clone());
-            finished.batches.push(&entry.batch);
-        }
-        if !self.settle(journal, &segment, &mut finished).await {
-            return false;
         }
         let seg = segment.clone();
         if !matches!(blocking(journal, move |j| j.remove(&seg)).await, Some(Ok(()))) {
@@ -345,8 +308,56 @@ impl Committer {
         true
     }
 
-    /// Writes the `D` markers of `finished` (one sync), then releases its batches' guards. `false` when
-    /// the markers could not be written: the guards stay, so a later replay cannot count them again.
+    /// Counts a group of a segment's batches in order, noting each finished (or dropped) one in
+    /// `finished`. `false` when it stopped early: the store failed, or the deadline passed.
+    async fn replay_group<'a>(
+        &mut self,
+        group: &[&'a Entry],
+        first_attempt: impl Fn(&Entry) -> Option<DateTime<Utc>>,
+        finished: &mut Finished<'a>,
+    ) -> bool {
+        let expiry = self.settings.guard_ttl.saturating_sub(GUARD_MARGIN);
+        for entry in group {
+            if self.past_deadline() {
+                return false;
+            }
+            if let Some(at) = first_attempt(entry)
+                && (Utc::now() - at).to_std().unwrap_or_default() >= expiry
+            {
+                // Its guard may be gone: replaying could count it twice. Dropped, loudly.
+                let hits = entry.batch.clicks.len() as u64;
+                tracing::error!(batch = %entry.batch.id, hits, attempted_at = %at, "dropping a journaled batch attempted longer ago than LINKHIT_COMMIT_GUARD_TTL: it may have been counted then");
+                finished.ids.push(entry.batch.id.clone());
+                finished.expired_hits += hits;
+                continue;
+            }
+            match self.recount(&entry.batch).await {
+                Ok(Ok(tallies)) if self.finish(&entry.batch, &tallies).await => {
+                    finished.ids.push(entry.batch.id.clone());
+                    finished.batches.push(&entry.batch);
+                }
+                Ok(Ok(_)) => {
+                    self.health.set(false);
+                    return false;
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "journal replay interrupted; it resumes when the store answers");
+                    self.health.set(false);
+                    return false;
+                }
+                Err(()) => {
+                    tracing::warn!("journal replay timed out; it resumes when the store answers");
+                    self.health.set(false);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes the `D` markers of `finished` (one sync), then releases its batches' guards and counts
+    /// its hits as replayed (or dropped). `false` when the markers could not be written: the guards
+    /// stay, so a later replay cannot count them again.
     async fn settle(&self, journal: &Arc<Journal>, segment: &std::path::Path, finished: &mut Finished<'_>) -> bool {
         if finished.ids.is_empty() {
             return true;
@@ -354,8 +365,11 @@ impl Committer {
         let (seg, ids) = (segment.to_owned(), std::mem::take(&mut finished.ids));
         if !matches!(blocking(journal, move |j| j.mark_done(&seg, &ids)).await, Some(Ok(()))) {
             tracing::error!(segment = %segment.display(), "cannot record replayed batches as done; replay stops");
-            finished.batches.clear();
             return false;
+        }
+        if finished.expired_hits > 0 {
+            metrics::counter!("linkhit_hits_dropped_total", "stage" => "in_doubt_expired")
+                .increment(finished.expired_hits);
         }
         for batch in finished.batches.drain(..) {
             metrics::counter!("linkhit_journal_replayed_total").increment(batch.clicks.len() as u64);
@@ -366,11 +380,12 @@ impl Committer {
 }
 
 /// Finished batches of a segment whose `D` markers are not written yet: counted and emitted ones (to
-/// release once marked) and dropped ones (ids only).
+/// release once marked) and ones dropped as expired (ids and hits only).
 #[derive(Default)]
 struct Finished<'a> {
     ids: Vec<String>,
     batches: Vec<&'a Batch>,
+    expired_hits: u64,
 }
 
 /// Runs a journal operation on a blocking thread.

@@ -275,15 +275,18 @@ pub(super) async fn run(mut me: Intake) {
 }
 
 impl Intake {
-    /// Gives a batch to the committer, or journals it when the store is unhealthy or the committer's
-    /// queue is full.
+    /// Gives a batch to the committer, or journals it when the store is unhealthy, the committer is
+    /// stuck or its queue is full, or the batch corrects hits that may still be in the journal.
     async fn hand_off(&mut self, clicks: Vec<ClickRecord>) {
         metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
         let corrections = std::mem::take(&mut self.corrections);
         let batch = self.ids.seal(clicks, corrections);
         // The committer stuck on one batch (a hung store, a slow sink) would leave this one only in
-        // memory for longer than a flush interval: journal it.
-        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) {
+        // memory for longer than a flush interval: journal it. A batch that corrects earlier hits must
+        // not be counted before them: while the journal holds batches (the store may be healthy again
+        // with the last replay's batches still waiting for the next probe), it queues behind them.
+        let behind = !batch.corrections.is_empty() && self.journal.as_ref().is_some_and(|j| !j.is_empty());
+        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) || behind {
             self.to_journal(batch).await;
             return;
         }

@@ -6,8 +6,10 @@
 //! - [`committer`] counts each batch (`Store::record_batch`, idempotent by batch id), emits its events,
 //!   then releases it. A commit that fails, or has not answered within `flush_interval`, makes the
 //!   store *unhealthy*: the batch is journaled as attempted (in doubt: only the store's guard knows
-//!   whether it counted) and every new batch is journaled at once, until a replay of the journal
-//!   succeeds. So at most one flush interval of hits is ever held only in memory.
+//!   whether it counted) and every new batch is journaled at once, until a replay of what the journal
+//!   held succeeds with every commit within a flush interval. So at most one flush interval of hits is
+//!   ever held only in memory. A batch carrying corrections is journaled while the journal holds
+//!   anything, so that it is never counted before the hits it corrects.
 //!
 //! Shutdown is bounded by a deadline: what the store does not take before it is journaled, and the
 //! next start counts it exactly once.
