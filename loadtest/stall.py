@@ -9,15 +9,16 @@ traffic over `--links` links, every code requested once first). Then, per server
 `--seconds`; `--at` seconds in, Redis is stopped (SIGSTOP) for `--stall` seconds. /metrics is read every
 0.25 s. Printed per server: req/s and p99 of the run, hits that went through the journal
 (`linkhit_journal_spilled_total`) and how many of them after Redis answered again, how long the store was
-unhealthy after Redis answered, the click thread's CPU per hit, and at the end counted against answered
+unhealthy after Redis answered (up to the end of the load at most), the click thread's CPU per hit, and at the end counted against answered
 (the broadcast's hits against `linkhit_redirects_total{status="302"}`, once the journal is empty).
 Servers run one after the other, each with a Redis of its own.
 
     python3 loadtest/stall.py --replay 5 --servers base@/tmp/linkhit-base,new
 
 With --replay S, the journal's replay rate instead: wrk for S seconds while Redis is stopped (every batch
-journaled), SIGTERM, Redis resumed, then a fresh start of the same binary on that journal, timed until
-the journal is empty: hits replayed per second, and counted against answered.
+journaled), SIGTERM, Redis resumed, then a fresh start of the same binary on that journal, timed from
+the start of the process until the journal is empty: hits replayed per second (start-up included), and
+counted against answered.
 """
 import argparse
 import json
@@ -86,6 +87,8 @@ def run(name, binary, args, tmp):
         clicks1, m1 = tail.click_thread_seconds(proc.pid), metrics(port)
         hits = m1.get("linkhit_redirects_total", 0.0) - m0.get("linkhit_redirects_total", 0.0)
         # Unhealthy after Redis answered: from `resumed` to the last unhealthy sample.
+        if resumed is None:
+            raise SystemExit("the stall outlasted the run: raise --seconds or lower --at/--stall")
         unhealthy = [t for t, healthy, _ in samples if healthy < 1.0 and t >= resumed]
         spilled_at_resume = next((s for t, _, s in samples if t >= resumed), samples[-1][2])
         deadline = time.monotonic() + 120
@@ -131,14 +134,18 @@ def replay(name, binary, args, tmp):
         time.sleep(1)
         os.kill(redis.pid, signal.SIGSTOP)
         tail.wrk(port, codes, args.replay, args.connections)
-        answered = int(metrics(port).get("linkhit_redirects_total", 0.0))
+        first = metrics(port)
+        answered = int(first.get("linkhit_redirects_total", 0.0))
         proc.terminate()
         proc.wait(timeout=60)
         os.kill(redis.pid, signal.SIGCONT)
-        started = time.monotonic()
-        proc, port = tail.start_linkhit(binary, env, tmp, name)
+        started = time.monotonic()  # from the start of the process: its start-up is in the figure
+        proc, port = tail.start_linkhit(binary, env, tmp, f"{name}-replay")
         procs.append(proc)
+        deadline = started + 300
         while metrics(port).get("linkhit_journal_bytes", 0.0) > 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("the journal was not empty 300 s after the start")
             time.sleep(0.05)
         seconds = time.monotonic() - started
         m = metrics(port)
@@ -146,7 +153,7 @@ def replay(name, binary, args, tmp):
         replayed = m.get("linkhit_journal_replayed_total", 0.0)
         return {"server": name, "replayed": int(replayed), "seconds": round(seconds, 2),
                 "hits_per_s": round(replayed / seconds), "counted": stats["hits"], "answered": answered,
-                "dropped": int(m.get("linkhit_hits_dropped_total", 0.0))}
+                "dropped": int(first.get("linkhit_hits_dropped_total", 0.0) + m.get("linkhit_hits_dropped_total", 0.0))}
     finally:
         redis.send_signal(signal.SIGCONT)
         for proc in procs:
