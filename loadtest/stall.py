@@ -140,7 +140,8 @@ def replay(name, binary, args, tmp):
         proc.wait(timeout=60)
         os.kill(redis.pid, signal.SIGCONT)
         started = time.monotonic()  # from the start of the process: its start-up is in the figure
-        proc, port = tail.start_linkhit(binary, env, tmp, f"{name}-replay")
+        journal = {"LINKHIT_JOURNAL_DIR": os.path.join(tmp, f"journal-{name}")}  # the first process's
+        proc, port = tail.start_linkhit(binary, dict(env, **journal), tmp, f"{name}-replay")
         procs.append(proc)
         deadline = started + 300
         while metrics(port).get("linkhit_journal_bytes", 0.0) > 0:
