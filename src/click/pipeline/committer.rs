@@ -30,7 +30,8 @@ const EMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const GUARD_MARGIN: Duration = Duration::from_secs(3600);
 /// Attempted batches kept in memory when the journal refuses them.
 const MAX_IN_DOUBT: usize = 1024;
-/// Replayed batches whose `D` markers are written together (one sync for them all).
+/// Batches replayed as a group: their `A` markers written with one sync before, their `D` markers with
+/// one after.
 const DONE_GROUP: usize = 64;
 
 pub(super) struct Committer {
