@@ -143,12 +143,19 @@ def replay(name, binary, args, tmp):
         journal = {"LINKHIT_JOURNAL_DIR": os.path.join(tmp, f"journal-{name}")}  # the first process's
         proc, port = tail.start_linkhit(binary, dict(env, **journal), tmp, f"{name}-replay")
         procs.append(proc)
+        if args.perf:
+            perf = subprocess.Popen(["perf", "record", "-F", "2999", "-g", "-p", str(proc.pid), "-o",
+                                     os.path.join(tmp, f"perf-{name}.data"), "--", "sleep", "3"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = started + 300
         while metrics(port).get("linkhit_journal_bytes", 0.0) > 0:
             if time.monotonic() > deadline:
                 raise SystemExit("the journal was not empty 300 s after the start")
             time.sleep(0.05)
         seconds = time.monotonic() - started
+        if args.perf:
+            perf.wait()
+            print(f"perf data of the replay: {os.path.join(tmp, f'perf-{name}.data')}", file=sys.stderr)
         m = metrics(port)
         _, stats = lh.api(port, "GET", "/api/v1/broadcasts/loadtest/stats", key=key)
         replayed = m.get("linkhit_journal_replayed_total", 0.0)
@@ -174,6 +181,7 @@ def main():
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--replay", type=int, default=0, metavar="S",
                    help="measure the replay of S seconds of journaled load instead")
+    p.add_argument("--perf", action="store_true", help="with --replay: perf record the replaying process")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="linkhit-stall-")
     for spec in args.servers.split(","):
