@@ -52,19 +52,29 @@ def metrics(port):
     return out
 
 
+def start(name, binary, env, args, tmp):
+    """linkhit pinned as in tail.py, `--links` links created, every code requested once (cached, the
+    pipeline warm): (process, port, codes file, API key)."""
+    proc, port = tail.start_linkhit(binary, env, tmp, name)
+    codes = os.path.join(tmp, f"codes-{name}.txt")
+    try:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
+                              f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
+                              "--out", codes], check=True, capture_output=True, text=True).stdout
+        tail.wrk(port, codes, 4, args.connections)
+    except BaseException:
+        proc.terminate()
+        raise
+    time.sleep(1)
+    return proc, port, codes, json.loads(out.strip().splitlines()[-1])["api_key"]
+
+
 def run(name, binary, args, tmp):
     redis, rport = tail.start_redis()
     procs = [redis]
     try:
-        proc, port = tail.start_linkhit(binary, {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"}, tmp, name)
+        proc, port, codes, key = start(name, binary, {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"}, args, tmp)
         procs.append(proc)
-        codes = os.path.join(tmp, f"codes-{name}.txt")
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
-                              f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
-                              "--out", codes], check=True, capture_output=True, text=True).stdout
-        key = json.loads(out.strip().splitlines()[-1])["api_key"]
-        tail.wrk(port, codes, 4, args.connections)  # every code cached, the pipeline warm
-        time.sleep(1)
         result = {}
         load = threading.Thread(target=lambda: result.update(tail.wrk(port, codes, args.seconds, args.connections)))
         samples = []
@@ -123,15 +133,8 @@ def replay(name, binary, args, tmp):
     env = {"LINKHIT_REDIS_URL": f"redis://127.0.0.1:{rport}/"}
     procs = [redis]
     try:
-        proc, port = tail.start_linkhit(binary, env, tmp, name)
+        proc, port, codes, key = start(name, binary, env, args, tmp)
         procs.append(proc)
-        codes = os.path.join(tmp, f"codes-{name}.txt")
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
-                              f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
-                              "--out", codes], check=True, capture_output=True, text=True).stdout
-        key = json.loads(out.strip().splitlines()[-1])["api_key"]
-        tail.wrk(port, codes, 4, args.connections)  # every code cached
-        time.sleep(1)
         os.kill(redis.pid, signal.SIGSTOP)
         tail.wrk(port, codes, args.replay, args.connections)
         first = metrics(port)
