@@ -78,6 +78,9 @@ pub struct Segment {
     pub attempted: HashMap<String, DateTime<Utc>>,
 }
 
+/// What ends a torn marker line before the next group of markers: no batch id holds a tab.
+const TORN: &str = "\t#torn\n";
+
 /// Hits per legacy batch when reading `clicks-*.jsonl` segments of earlier versions.
 const LEGACY_BATCH: usize = 1000;
 
@@ -255,9 +258,8 @@ impl Journal {
         let state = Self::state_path(path);
         if state.exists() {
             // Only whole lines: a group of markers cut short by a crash ends in a line that could parse
-            // as another batch's (`D run-12` of `D run-123`). The next group's first line then continues
-            // it, and that line is malformed (`D run-12D run-7`): both batches stay unmarked, which the
-            // guards answer for.
+            // as another batch's (`D run-12` of `D run-123`); the next group's write ends it with
+            // `TORN`, which makes it name no batch.
             let text = fs::read_to_string(&state)?;
             for line in text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')) {
                 let mut parts = line.split(' ');
@@ -292,11 +294,22 @@ impl Journal {
     }
 
     fn mark(&self, segment: &Path, lines: impl Iterator<Item = String>) -> Result<(), JournalError> {
-        let text: String = lines.collect();
+        let mut text: String = lines.collect();
         if text.is_empty() {
             return Ok(());
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(Self::state_path(segment))?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(Self::state_path(segment))?;
+        let len = file.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, len - 1)?;
+        }
+        if last[0] != b'\n' {
+            // A torn line (a crash cut the last group short): ended so that it names no batch (no id
+            // holds a tab, and a time with one does not parse), and this group starts on a line of its
+            // own. Its markers were not all written, so the guards they named were not released.
+            text.insert_str(0, TORN);
+        }
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
         Ok(())
@@ -378,16 +391,18 @@ mod tests {
         for id in ["b1", "b2"] {
             assert_eq!(read.attempted.get(id).map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
         }
-        // A group of markers cut short (a crash): the torn line and the line that continues it mark
-        // nothing, not even a batch whose id is a prefix of the torn one.
+        // Groups of markers cut short (a crash): a torn line marks nothing, not even a batch whose id
+        // is a prefix of the torn one, and the next group's markers are read whole.
         let state = Journal::state_path(&segments[0]);
-        fs::OpenOptions::new().append(true).open(&state).unwrap().write_all(b"D b").unwrap();
-        assert!(!Journal::read(&segments[0]).unwrap().done.contains("b"), "an unterminated line is not read");
-        journal.mark_done(&segments[0], &["b2".to_owned()]).unwrap();
-        let read = Journal::read(&segments[0]).unwrap();
-        assert!(read.done.contains("b1") && !read.done.contains("b") && !read.done.contains("b2"));
-        journal.mark_done(&segments[0], &["b2".to_owned()]).unwrap();
-        assert!(Journal::read(&segments[0]).unwrap().done.contains("b2"), "the next group is read again");
+        for torn in ["D b", "A b2 17", "D"] {
+            fs::OpenOptions::new().append(true).open(&state).unwrap().write_all(torn.as_bytes()).unwrap();
+            let read = Journal::read(&segments[0]).unwrap();
+            assert!(!read.done.contains("b") && !read.done.contains("b2"), "{torn}: an unterminated line is not read");
+            journal.mark_done(&segments[0], &["b9".to_owned()]).unwrap();
+            let read = Journal::read(&segments[0]).unwrap();
+            assert!(read.done.contains("b9") && !read.done.contains("b"), "{torn}: the next group is read whole");
+            assert_eq!(read.attempted.get("b2").map(|t| t.timestamp_millis()), Some(now.timestamp_millis()));
+        }
         // Appends after a take go to a new segment.
         journal.append(&[entry(&batch("b3", &["d"]))]).unwrap();
         journal.remove(&segments[0]).unwrap();
