@@ -70,6 +70,12 @@ impl Committer {
                 _ = probe.tick(), if !self.stop.is_cancelled() => {
                     if !self.health.ok() || !self.in_doubt.is_empty() || self.journal.as_ref().is_some_and(|j| !j.is_empty()) {
                         self.health.busy(true);
+                        // Batches already queued first (counted, or journaled while the store is
+                        // unhealthy): a replay can wait on a hung store for REPLAY_TIMEOUT, and they
+                        // must not wait in memory that long.
+                        while let Ok(batch) = batches.try_recv() {
+                            self.commit(batch).await;
+                        }
                         self.replay().await;
                         self.health.busy(false);
                     }
@@ -301,8 +307,15 @@ impl Committer {
                 return false;
             }
         }
+        drop(pending);
         let seg = segment.clone();
-        if !matches!(blocking(journal, move |j| j.remove(&seg)).await, Some(Ok(()))) {
+        // The records are freed on a blocking thread, as they were parsed: freed on this one, each
+        // free was a cross-thread one (8 % of the replay's samples; docs/PERFORMANCE.md, session 12).
+        let removed = blocking(journal, move |j| {
+            drop(content);
+            j.remove(&seg)
+        });
+        if !matches!(removed.await, Some(Ok(()))) {
             tracing::error!(segment = %segment.display(), "could not delete a replayed journal segment");
             return false;
         }
