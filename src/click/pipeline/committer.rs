@@ -307,15 +307,8 @@ impl Committer {
                 return false;
             }
         }
-        drop(pending);
         let seg = segment.clone();
-        // The records are freed on a blocking thread, as they were parsed: freed on this one, each
-        // free was a cross-thread one (8 % of the replay's samples; docs/PERFORMANCE.md, session 12).
-        let removed = blocking(journal, move |j| {
-            drop(content);
-            j.remove(&seg)
-        });
-        if !matches!(removed.await, Some(Ok(()))) {
+        if !matches!(blocking(journal, move |j| j.remove(&seg)).await, Some(Ok(()))) {
             tracing::error!(segment = %segment.display(), "could not delete a replayed journal segment");
             return false;
         }
