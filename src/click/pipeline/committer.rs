@@ -236,38 +236,44 @@ impl Committer {
     /// failure (the store is unhealthy again).
     async fn replay(&mut self) {
         self.slowest = Duration::ZERO;
+        if self.replay_all().await {
+            // Everything the journal held when this replay began is counted, so the store takes commits
+            // again — if it answered each within a flush interval. Batches journaled while it ran are on
+            // disk and wait for the next probe: under steady traffic the journal is never empty here, and
+            // waiting for it to be kept every hit on the journal's way for as long as the traffic lasted
+            // (`tests/faults_binary.rs`, `a_store_that_answers_again_takes_commits_while_taps_go_on`). A
+            // store that answers, but slower, stays unhealthy and on the journal's way
+            // (`a_slow_store_stays_on_the_journal_until_it_answers_in_time`): a direct commit would outwait
+            // its patience and be journaled in doubt, and Redis would receive it twice (late, then on replay,
+            // answered from its guard).
+            self.health.set(self.slowest <= self.settings.flush_interval);
+        }
+    }
+
+    /// [`Self::replay`]'s work: `true` when everything it found is counted.
+    async fn replay_all(&mut self) -> bool {
         for batch in std::mem::take(&mut self.in_doubt) {
             if !self.commit_attempted(batch).await {
-                return;
+                return false;
             }
         }
         let Some(journal) = self.journal.clone() else {
-            self.health.set(self.slowest <= self.settings.flush_interval);
-            return;
+            return true;
         };
         let segments = match blocking(&journal, |j| j.take_segments()).await {
             Some(Ok(segments)) => segments,
             Some(Err(err)) => {
                 tracing::error!(error = %err, "cannot list journal segments");
-                return;
+                return false;
             }
-            None => return,
+            None => return false,
         };
         for segment in segments {
             if !self.replay_segment(&journal, segment).await {
-                return;
+                return false;
             }
         }
-        // Everything the journal held when this replay began is counted, so the store takes commits
-        // again — if it answered each within a flush interval. Batches journaled while it ran are on
-        // disk and wait for the next probe: under steady traffic the journal is never empty here, and
-        // waiting for it to be kept every hit on the journal's way for as long as the traffic lasted
-        // (`tests/faults_binary.rs`, `a_store_that_answers_again_takes_commits_while_taps_go_on`). A
-        // store that answers, but slower, stays unhealthy and on the journal's way
-        // (`a_slow_store_stays_on_the_journal_until_it_answers_in_time`): a direct commit would outwait
-        // its patience and be journaled in doubt, and Redis would receive it twice (late, then on replay,
-        // answered from its guard).
-        self.health.set(self.slowest <= self.settings.flush_interval);
+        true
     }
 
     /// Counts what a segment holds that is not done yet; deletes the segment when all is done.
