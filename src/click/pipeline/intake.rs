@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::spill::{Spill, Writer};
 use super::{BatchIds, Health, Settings};
 use crate::click::address;
 use crate::click::classify::{Classifier, Signals};
@@ -22,6 +23,8 @@ pub(super) struct Intake {
     pub commit_tx: mpsc::Sender<Batch>,
     pub classifier: Classifier,
     pub journal: Option<Arc<Journal>>,
+    /// The way to the journal: batches handed over here are appended in groups (`spill`).
+    pub spill: Spill,
     pub settings: Arc<Settings>,
     pub health: Arc<Health>,
     pub ids: BatchIds,
@@ -178,7 +181,8 @@ impl Intake {
     }
 }
 
-pub(super) async fn run(mut me: Intake) {
+pub(super) async fn run(mut me: Intake, writer: Writer) {
+    let writer = tokio::spawn(writer.run());
     let depth = metrics::gauge!("linkhit_capture_queue_depth");
     let settings = Arc::clone(&me.settings);
     let mut batch: Vec<ClickRecord> = Vec::with_capacity(settings.batch_size);
@@ -272,6 +276,9 @@ pub(super) async fn run(mut me: Intake) {
             me.to_journal(sealed).await;
         }
     }
+    // The writer ends once everything handed to it is on disk.
+    drop(me);
+    let _ = writer.await;
 }
 
 impl Intake {
@@ -285,7 +292,8 @@ impl Intake {
         // memory for longer than a flush interval: journal it. A batch that corrects earlier hits must
         // not be counted before them: while the journal holds batches (the store may be healthy again
         // with the last replay's batches still waiting for the next probe), it queues behind them.
-        let behind = !batch.corrections.is_empty() && self.journal.as_ref().is_some_and(|j| !j.is_empty());
+        let behind = !batch.corrections.is_empty()
+            && (self.spill.waiting() > 0 || self.journal.as_ref().is_some_and(|j| !j.is_empty()));
         if !self.health.ok() || self.health.stuck(self.settings.flush_interval) || behind {
             self.to_journal(batch).await;
             return;
@@ -298,11 +306,10 @@ impl Intake {
         }
     }
 
-    /// Journals a batch nobody tried to count; drops it (metric, log) if the journal refuses.
+    /// Journals a batch nobody tried to count (in the spill writer's next group); it is dropped
+    /// (metric, log) if the journal refuses it.
     async fn to_journal(&self, batch: Batch) {
-        if let Err((refused, why)) = super::journal(self.journal.as_ref(), vec![(batch, None)]).await {
-            super::drop_unattempted(&refused, &why);
-        }
+        self.spill.send(batch).await;
     }
 }
 
@@ -382,6 +389,149 @@ impl HitTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::classify::Rules;
+    use crate::click::network::Networks;
+    use crate::click::sweep::SweepRule;
+    use crate::click::verdict::Timing;
+    use crate::model::LinkKind;
+    use std::sync::atomic::{AtomicBool, AtomicI64};
+
+    fn click(code: &str) -> ClickRecord {
+        ClickRecord {
+            code: code.into(),
+            workspace_id: "ws".into(),
+            broadcast_id: Some("b1".into()),
+            recipient: Some("+15550001".into()),
+            kind: LinkKind::Redirect,
+            at: chrono::Utc::now(),
+            class: Class::Human,
+            reason: "browser:Safari".into(),
+            method: "GET".into(),
+            user_agent: Some("UA".into()),
+            ip: Some("203.0.113.0".into()),
+            signals: None,
+            click_id: None,
+            folded: false,
+        }
+    }
+
+    /// An intake over a real journal in `dir`, with a healthy store and an idle committer, and the
+    /// committer's end of its queue.
+    fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
+        let _ = std::fs::remove_dir_all(dir);
+        let journal = Arc::new(Journal::open(dir, 1 << 20).unwrap());
+        let (_tx, rx) = mpsc::channel(8);
+        let (commit_tx, commit_rx) = mpsc::channel(8);
+        let settings = Settings {
+            capture_capacity: 8,
+            batch_size: 250,
+            flush_interval: Duration::from_millis(100),
+            commit_queue: 8,
+            recent_clicks: 100,
+            recent_fold: Duration::ZERO,
+            keep_full_ip: false,
+            trusted_proxies: Vec::new(),
+            classifier_memo: 16,
+            guard_ttl: Duration::from_secs(3_600),
+            networks: Arc::new(Networks::default()),
+            timing: Timing::default(),
+            sweep: SweepRule::default(),
+            sweep_capacity: 16,
+            hold: Duration::from_secs(10),
+            own_thread: false,
+        };
+        let (spill, writer) = super::super::spill::channel(Some(Arc::clone(&journal)), Duration::from_millis(5));
+        tokio::spawn(writer.run());
+        let intake = Intake {
+            spill,
+            rx,
+            commit_tx,
+            classifier: Classifier::new(Arc::new(Rules::builtin()), 16),
+            journal: Some(journal),
+            settings: Arc::new(settings),
+            health: Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0))),
+            ids: BatchIds::new(),
+            stop: CancellationToken::new(),
+            sweeps: Sweeps::new(SweepRule::default(), 16),
+            corrections: Vec::new(),
+            handover: None,
+            spare: Arc::new(super::super::Spare::default()),
+            last_ip: None,
+        };
+        (intake, commit_rx)
+    }
+
+    /// Waits until the spill writer has written what intake handed it.
+    async fn written(intake: &Intake) {
+        while intake.spill.waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The batch ids the journal held, oldest first, taken out of it as a replay would.
+    fn replay(journal: &Journal) -> Vec<String> {
+        let mut ids = Vec::new();
+        for segment in journal.take_segments().unwrap() {
+            ids.extend(Journal::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
+            journal.remove(&segment).unwrap();
+        }
+        ids
+    }
+
+    /// A batch that withdraws a hit must not reach the store before the hit: with the store healthy
+    /// again but the last replay's batches still journaled, it queues behind them in the journal. (A
+    /// withdrawal counted first finds no event to withdraw, and the bot's click is delivered when its
+    /// batch is replayed.) Batches without corrections, and any batch once the journal is empty, go
+    /// straight to the committer.
+    #[tokio::test]
+    async fn a_batch_with_corrections_queues_behind_journaled_batches() {
+        let dir = std::env::temp_dir().join(format!("linkhit-intake-test-{}", std::process::id()));
+        let (mut intake, mut commit_rx) = intake(&dir);
+        let journal = Arc::clone(intake.journal.as_ref().unwrap());
+
+        // The hit a sweep will flip, journaled while the store was failing.
+        let held = intake.ids.seal(vec![click("AAAA")], Vec::new());
+        let held_id = held.id.clone();
+        intake.to_journal(held).await;
+        written(&intake).await;
+        assert!(!journal.is_empty());
+
+        // Healthy again, the journal not yet replayed: a plain batch goes to the committer...
+        intake.hand_off(vec![click("BBBB")]).await;
+        let direct = commit_rx.try_recv().expect("a batch without corrections is committed directly");
+        assert!(direct.corrections.is_empty());
+
+        // ... a batch correcting the journaled hit goes behind it.
+        intake.corrections.push(Correction { click: click("AAAA"), event_id: format!("{held_id}:0") });
+        intake.hand_off(vec![click("CCCC")]).await;
+        assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the journaled hit");
+        written(&intake).await;
+        let order = replay(&journal);
+        assert_eq!(order.len(), 2, "{order:?}");
+        assert_eq!(order[0], held_id, "the corrected hit's batch first");
+        assert!(journal.is_empty());
+
+        // Journal empty (replayed): corrections go straight to the committer.
+        intake.corrections.push(Correction { click: click("CCCC"), event_id: "x:0".into() });
+        intake.hand_off(vec![click("DDDD")]).await;
+        let direct = commit_rx.try_recv().expect("with nothing journaled, corrections are committed directly");
+        assert_eq!(direct.corrections.len(), 1);
+
+        // The corrected hit still on its way to the journal: handed to the spill writer, which has not
+        // run yet (this runtime has one thread), so the journal itself is empty. The correction waits too.
+        let on_its_way = intake.ids.seal(vec![click("EEEE")], Vec::new());
+        let on_its_way_id = on_its_way.id.clone();
+        intake.to_journal(on_its_way).await;
+        assert!(journal.is_empty() && intake.spill.waiting() == 1);
+        intake.corrections.push(Correction { click: click("EEEE"), event_id: format!("{on_its_way_id}:0") });
+        intake.hand_off(vec![click("FFFF")]).await;
+        assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the hit being written");
+        written(&intake).await;
+        let order = replay(&journal);
+        assert_eq!(order.len(), 2, "{order:?}");
+        assert_eq!(order[0], on_its_way_id, "the corrected hit's batch first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_hit_tally_is_bounded_and_counts_every_hit() {

@@ -16,6 +16,7 @@
 
 mod committer;
 mod intake;
+mod spill;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -243,21 +244,26 @@ impl Pipeline {
         let own_thread = settings.own_thread;
         let spare = Arc::new(Spare::default());
         let handover = own_thread.then(|| Arc::new(Handover::default()));
-        let intake = intake::run(intake::Intake {
-            handover: handover.clone(),
-            spare: Arc::clone(&spare),
-            rx,
-            commit_tx,
-            classifier: Classifier::new(rules, settings.classifier_memo),
-            journal: journal.clone(),
-            settings: Arc::clone(&settings),
-            health: Arc::clone(&health),
-            ids: BatchIds::new(),
-            stop: stop.clone(),
-            sweeps: Sweeps::new(settings.sweep, settings.sweep_capacity),
-            corrections: Vec::new(),
-            last_ip: None,
-        });
+        let (spill, writer) = spill::channel(journal.clone(), spill::linger(settings.flush_interval));
+        let intake = intake::run(
+            intake::Intake {
+                spill,
+                handover: handover.clone(),
+                spare: Arc::clone(&spare),
+                rx,
+                commit_tx,
+                classifier: Classifier::new(rules, settings.classifier_memo),
+                journal: journal.clone(),
+                settings: Arc::clone(&settings),
+                health: Arc::clone(&health),
+                ids: BatchIds::new(),
+                stop: stop.clone(),
+                sweeps: Sweeps::new(settings.sweep, settings.sweep_capacity),
+                corrections: Vec::new(),
+                last_ip: None,
+            },
+            writer,
+        );
         let committer = committer::Committer {
             store,
             sink,

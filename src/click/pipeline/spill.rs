@@ -1,0 +1,237 @@
+//! Intake's way to the journal: a writer task that appends batches in groups, one write and one sync
+//! per group (group commit).
+//!
+//! Before, intake appended and synced each batch itself and waited for the sync: with the store
+//! unhealthy at saturation that was one `fdatasync` per 250 hits, ~350 a second, and the sync path
+//! (a virtio notification each) was ~18 % of the click thread's work (docs/PERFORMANCE.md, session 13).
+//! Handing batches to a writer alone changed nothing: a sync takes less time than intake takes to fill
+//! a batch, so every group held one batch. The writer therefore lingers: a group is written when it
+//! holds [`GROUP`] batches, or when its oldest hit is [`linger`] old (a quarter of the flush interval),
+//! or at shutdown. A batch sealed by the flush interval (its oldest hit already that old) is written at
+//! once. So what a crash may lose stays within the flush interval that bounded it before.
+//!
+//! Bound and overflow: at most [`QUEUE`] batches wait for the writer (more than a group, so a lingering
+//! writer never makes intake wait). When that many wait (a disk slower than the traffic), intake waits
+//! for room, as it waited for each write before; the capture channel in front of it has its own bound
+//! and drop policy.
+//!
+//! Order: batches reach the journal in the order intake sealed them. [`Spill::waiting`] counts those
+//! not yet on disk, so that a batch carrying corrections can queue behind them (`Intake::hand_off`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Pending;
+use crate::click::journal::Journal;
+use crate::model::Batch;
+
+/// Batches waiting for the writer, at most (~5 MB of records at the default batch of 250).
+pub(super) const QUEUE: usize = 64;
+
+/// Batches written together, at most: 4,000 hits at the default batch size, ~40 ms of a saturated
+/// click thread.
+pub(super) const GROUP: usize = 16;
+
+/// How old a group's oldest hit may grow before the group is written: a quarter of the flush interval
+/// (50 ms by default), so that a hit is on disk well within the flush interval of its capture.
+pub(super) fn linger(flush_interval: Duration) -> Duration {
+    flush_interval / 4
+}
+
+/// Intake's end: hands batches to the writer.
+pub(super) struct Spill {
+    tx: mpsc::Sender<Batch>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// The writer's end: run it as a task; it ends once the [`Spill`] is dropped and everything handed to
+/// it is written (or dropped with a metric when the journal refuses it).
+pub(super) struct Writer {
+    rx: mpsc::Receiver<Batch>,
+    journal: Option<Arc<Journal>>,
+    waiting: Arc<AtomicUsize>,
+    linger: Duration,
+}
+
+/// A spill and its writer, appending to `journal` in groups whose oldest hit is at most `linger` old.
+pub(super) fn channel(journal: Option<Arc<Journal>>, linger: Duration) -> (Spill, Writer) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (Spill { tx, waiting: Arc::clone(&waiting) }, Writer { rx, journal, waiting, linger })
+}
+
+/// When a group starting with `batch` is due: once its oldest hit is `linger` old.
+fn due(batch: &Batch, linger: Duration) -> Instant {
+    let age = batch
+        .clicks
+        .iter()
+        .map(|c| c.at)
+        .min()
+        .and_then(|oldest| (chrono::Utc::now() - oldest).to_std().ok())
+        .unwrap_or(linger);
+    Instant::now() + linger.saturating_sub(age)
+}
+
+impl Spill {
+    /// Hands a batch nobody tried to count to the writer; waits only while [`QUEUE`] batches wait.
+    pub(super) async fn send(&self, batch: Batch) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
+            // The writer ends only after intake: not reached, but never silent.
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            super::drop_unattempted(&[(batch, None)], "the journal writer stopped");
+        }
+    }
+
+    /// Batches handed over and not yet on disk.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+impl Writer {
+    pub(super) async fn run(mut self) {
+        let mut group: Vec<Pending> = Vec::with_capacity(GROUP);
+        while let Some(first) = self.rx.recv().await {
+            let due = due(&first, self.linger);
+            group.push((first, None));
+            while group.len() < GROUP {
+                match tokio::time::timeout_at(due, self.rx.recv()).await {
+                    Ok(Some(batch)) => group.push((batch, None)),
+                    // Due, or intake is done (shutdown): write what there is.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let n = group.len();
+            metrics::histogram!("linkhit_journal_group_batches").record(n as f64);
+            match super::journal(self.journal.as_ref(), std::mem::take(&mut group)).await {
+                Ok(()) => {}
+                // Appends are all or nothing: a group refused whole (a journal nearly full, a failed
+                // write) is tried one batch at a time, so that every batch that fits is kept.
+                Err((refused, _)) if refused.len() > 1 => {
+                    for pending in refused {
+                        if let Err((refused, why)) = super::journal(self.journal.as_ref(), vec![pending]).await {
+                            super::drop_unattempted(&refused, &why);
+                        }
+                    }
+                }
+                Err((refused, why)) => super::drop_unattempted(&refused, &why),
+            }
+            self.waiting.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Class, ClickRecord, LinkKind};
+
+    fn batch(id: &str, at: chrono::DateTime<chrono::Utc>) -> Batch {
+        let click = ClickRecord {
+            code: "AAAA".into(),
+            workspace_id: "ws".into(),
+            broadcast_id: None,
+            recipient: None,
+            kind: LinkKind::Redirect,
+            at,
+            class: Class::Bot,
+            reason: "preview:facebook".into(),
+            method: "GET".into(),
+            user_agent: None,
+            ip: None,
+            signals: None,
+            click_id: None,
+            folded: false,
+        };
+        Batch { id: id.into(), clicks: vec![click], corrections: Vec::new() }
+    }
+
+    /// Batch ids on disk, taken out of the journal as a replay would.
+    fn on_disk(journal: &Journal) -> Vec<String> {
+        let mut ids = Vec::new();
+        for segment in journal.take_segments().unwrap() {
+            ids.extend(Journal::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
+            journal.remove(&segment).unwrap();
+        }
+        ids
+    }
+
+    async fn until_written(spill: &Spill) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spill.waiting() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(spill.waiting(), 0, "written within 10 s");
+    }
+
+    /// A group is written when it is full, when its oldest hit is `linger` old, or when intake is
+    /// done — in the order the batches were handed over — and not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_are_written_when_full_due_or_closing_in_order() {
+        let dir = std::env::temp_dir().join(format!("linkhit-spill-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = Arc::new(Journal::open(&dir, 1 << 20).unwrap());
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let writer = tokio::spawn(writer.run());
+        let now = chrono::Utc::now();
+
+        // A fresh batch lingers: its group is neither full nor due.
+        spill.send(batch("b0", now)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(spill.waiting(), 1, "a fresh batch waits for its group");
+        assert!(journal.is_empty());
+
+        // Fifteen more fill the group: all sixteen go to disk together, in order.
+        for i in 1..GROUP {
+            spill.send(batch(&format!("b{i}"), now)).await;
+        }
+        until_written(&spill).await;
+        let expected: Vec<String> = (0..GROUP).map(|i| format!("b{i}")).collect();
+        assert_eq!(on_disk(&journal), expected);
+
+        // A batch whose oldest hit is already `linger` old (sealed by the flush interval) is written at once.
+        spill.send(batch("old", now - chrono::Duration::hours(2))).await;
+        until_written(&spill).await;
+        assert_eq!(on_disk(&journal), ["old"]);
+
+        // Intake done: what lingers is written before the writer ends.
+        spill.send(batch("last", now)).await;
+        drop(spill);
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        assert_eq!(on_disk(&journal), ["last"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A group the journal refuses whole (it would not fit) is tried a batch at a time: every batch
+    /// that fits is kept, only the rest is dropped (counted in `linkhit_hits_dropped_total`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_too_big_for_the_journal_keeps_what_fits() {
+        let dir = std::env::temp_dir().join(format!("linkhit-spill-full-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let one = {
+            let mut line = serde_json::to_vec(&crate::click::journal::EntryRef {
+                batch: &batch("b00", chrono::Utc::now()),
+                attempted_at: None,
+            })
+            .unwrap();
+            line.push(b'\n');
+            line.len() as u64
+        };
+        // Room for three batches of this size, not four.
+        let journal = Arc::new(Journal::open(&dir, one * 3 + one / 2).unwrap());
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let writer = tokio::spawn(writer.run());
+        for i in 0..5 {
+            spill.send(batch(&format!("b{i:02}"), chrono::Utc::now())).await;
+        }
+        drop(spill);
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        assert_eq!(on_disk(&journal), ["b00", "b01", "b02"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
