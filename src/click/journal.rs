@@ -157,9 +157,22 @@ impl Journal {
     pub fn append(&self, entries: &[EntryRef<'_>]) -> Result<(), JournalError> {
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.batch.clicks.len() * 256 + 64).sum());
         for entry in entries {
-            serde_json::to_writer(&mut buf, entry).map_err(std::io::Error::other)?;
-            buf.push(b'\n');
+            Self::encode(entry, &mut buf)?;
         }
+        self.append_encoded(&buf, entries.iter().map(|e| e.batch.clicks.len()).sum())
+    }
+
+    /// An entry as the journal's line, appended to `buf` (for [`Self::append_encoded`]): a writer can
+    /// encode batches as they come and write them together.
+    pub fn encode(entry: &EntryRef<'_>, buf: &mut Vec<u8>) -> Result<(), JournalError> {
+        serde_json::to_writer(&mut *buf, entry).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+        Ok(())
+    }
+
+    /// Appends whole lines made by [`Self::encode`] (`hits` hits in all) to the active segment and
+    /// syncs it to disk. All or nothing.
+    pub fn append_encoded(&self, buf: &[u8], hits: usize) -> Result<(), JournalError> {
         let mut state = self.lock();
         if state.bytes + buf.len() as u64 > self.max_bytes {
             return Err(JournalError::Full { limit: self.max_bytes });
@@ -174,7 +187,7 @@ impl Journal {
             state.active = Some((path, file, 0));
         }
         let (_, file, len) = state.active.as_mut().expect("just opened");
-        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        let written = file.write_all(buf).and_then(|()| file.sync_data());
         if let Err(err) = written {
             // Cut a partial write back so the next append starts on a line of its own; a segment that
             // cannot even be cut back is closed (a new one is tried next time).
@@ -186,7 +199,6 @@ impl Journal {
         *len += buf.len() as u64;
         state.bytes += buf.len() as u64;
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
-        let hits: usize = entries.iter().map(|e| e.batch.clicks.len()).sum();
         metrics::counter!("linkhit_journal_spilled_total").increment(hits as u64);
         Ok(())
     }
