@@ -2,7 +2,11 @@
 //! (a private `redis-server` started on a free port). Reports hits per second via criterion's
 //! throughput.
 //!
-//! Run: `cargo bench --bench pipeline` (needs `redis-server` on PATH).
+//! Also the journal's line for a batch (`journal_line`): written the way `Journal::encode` writes it
+//! and the way earlier versions did (the records' own serialization), and read back, both forms.
+//!
+//! Run: `cargo bench --bench pipeline` (needs `redis-server` on PATH); `cargo bench --bench pipeline --
+//! journal_line` for the journal alone.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use linkhit::click::journal::{Entry, EntryRef, Journal};
 use linkhit::model::LinkKind;
 use linkhit::model::{Batch, Class, ClickRecord};
 use linkhit::store::SharedStore;
@@ -100,9 +105,68 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// A batch as intake seals it on a preview flood: 250 bot hits on distinct links, sharing the texts
+/// intake shares (workspace and broadcast from the cached link, reason, method and user agent from the
+/// verdict, the client address from the last hit's).
+fn flood_batch() -> Batch {
+    let workspace: Arc<str> = "ws_bench".into();
+    let broadcast: Arc<str> = "b1".into();
+    let reason: Arc<str> = "preview:facebook".into();
+    let method: Arc<str> = "GET".into();
+    let ua: Arc<str> = "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)".into();
+    let ip: Arc<str> = "203.0.113.0".into();
+    let clicks = (0..250)
+        .map(|i| ClickRecord {
+            code: format!("Xc{i:06}").into(),
+            workspace_id: Arc::clone(&workspace),
+            broadcast_id: Some(Arc::clone(&broadcast)),
+            recipient: None,
+            kind: LinkKind::Redirect,
+            at: Utc::now(),
+            class: Class::Bot,
+            reason: Arc::clone(&reason),
+            method: Arc::clone(&method),
+            user_agent: Some(Arc::clone(&ua)),
+            ip: Some(Arc::clone(&ip)),
+            signals: None,
+            click_id: None,
+            folded: false,
+        })
+        .collect();
+    Batch { id: "0123456789abcdef0123456789abcdef-42".into(), clicks, corrections: Vec::new() }
+}
+
+fn journal_line(c: &mut Criterion) {
+    let batch = flood_batch();
+    let mut line = Vec::new();
+    Journal::encode(&EntryRef { batch: &batch, attempted_at: None }, &mut line).unwrap();
+    let records_line = serde_json::to_vec(&Entry { batch: batch.clone(), attempted_at: None }).unwrap();
+    let mut group = c.benchmark_group("journal_line");
+    group.throughput(Throughput::Elements(batch.clicks.len() as u64));
+    let mut buf = Vec::with_capacity(line.len() * 2);
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            Journal::encode(&EntryRef { batch: &batch, attempted_at: None }, &mut buf).unwrap();
+            buf.len()
+        })
+    });
+    group.bench_function("encode_records", |b| {
+        b.iter(|| {
+            buf.clear();
+            serde_json::to_writer(&mut buf, &EntryRef { batch: &batch, attempted_at: None }).unwrap();
+            buf.len()
+        })
+    });
+    group.bench_function("read", |b| b.iter(|| serde_json::from_slice::<Entry>(&line).unwrap()));
+    group.bench_function("read_records", |b| b.iter(|| serde_json::from_slice::<Entry>(&records_line).unwrap()));
+    group.finish();
+    println!("journal_line bytes per batch: encode {}, records {}", line.len(), records_line.len());
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = bench
+    targets = bench, journal_line
 }
 criterion_main!(benches);

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Batch, ClickRecord};
+use crate::model::{Batch, ClickRecord, Correction, EscapedTexts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -66,6 +66,32 @@ pub struct EntryRef<'a> {
     pub batch: &'a Batch,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempted_at: Option<DateTime<Utc>>,
+}
+
+/// An [`Entry`] as [`Journal::encode`] writes it: the same fields, the clicks as
+/// [`ClickRecord::journal_ref`] writes them.
+#[derive(Serialize)]
+struct EntryLine<'a> {
+    batch: BatchLine<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct BatchLine<'a> {
+    id: &'a str,
+    clicks: ClicksLine<'a>,
+    #[serde(skip_serializing_if = "<[Correction]>::is_empty")]
+    corrections: &'a [Correction],
+}
+
+/// A batch's clicks with the texts they share, escaped once.
+struct ClicksLine<'a>(&'a [ClickRecord], &'a EscapedTexts);
+
+impl Serialize for ClicksLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| c.journal_ref(self.1)))
+    }
 }
 
 /// A segment as read for replay.
@@ -165,7 +191,19 @@ impl Journal {
     /// An entry as the journal's line, appended to `buf` (for [`Self::append_encoded`]): a writer can
     /// encode batches as they come and write them together.
     pub fn encode(entry: &EntryRef<'_>, buf: &mut Vec<u8>) -> Result<(), JournalError> {
-        serde_json::to_writer(&mut *buf, entry).map_err(std::io::Error::other)?;
+        let mut texts = EscapedTexts::default();
+        for click in &entry.batch.clicks {
+            click.learn_journal_texts(&mut texts);
+        }
+        let line = EntryLine {
+            batch: BatchLine {
+                id: &entry.batch.id,
+                clicks: ClicksLine(&entry.batch.clicks, &texts),
+                corrections: &entry.batch.corrections,
+            },
+            attempted_at: entry.attempted_at,
+        };
+        serde_json::to_writer(&mut *buf, &line).map_err(std::io::Error::other)?;
         buf.push(b'\n');
         Ok(())
     }
@@ -379,6 +417,43 @@ mod tests {
 
     fn ids(segment: &Segment) -> Vec<&str> {
         segment.entries.iter().map(|e| e.batch.id.as_str()).collect()
+    }
+
+    /// A journal line reads back as the very batch it was made of: texts that need escaping, shared
+    /// between hits or not, the time to the nanosecond, corrections and the attempt time. Lines of
+    /// earlier versions (the time as RFC 3339 text) still read.
+    #[test]
+    fn a_line_reads_back_as_its_batch_and_old_lines_still_read() {
+        let ua: std::sync::Arc<str> = r#"Odd "agent" \ with	tab, é and 🙂"#.into();
+        let at = DateTime::from_timestamp_nanos(1_795_946_400_123_456_789);
+        let mut clicks: Vec<ClickRecord> = (0..3).map(|i| click(&format!("c{i}"))).collect();
+        for c in &mut clicks {
+            c.user_agent = Some(std::sync::Arc::clone(&ua));
+            c.at = at;
+        }
+        clicks[1].broadcast_id = Some("b\"1".into());
+        clicks[1].recipient = Some("+1555".into());
+        clicks[1].signals = Some("sweep:3_recipients".into());
+        clicks[1].click_id = Some("ck_\u{7}".into());
+        clicks[2].folded = true;
+        clicks[2].user_agent = None;
+        let batch = Batch {
+            id: "run-7".into(),
+            clicks,
+            corrections: vec![Correction { click: click("c0"), event_id: "run-6:0".into() }],
+        };
+        let attempted_at = Some(DateTime::from_timestamp_millis(1_795_946_400_000).unwrap());
+        let mut line = Vec::new();
+        Journal::encode(&EntryRef { batch: &batch, attempted_at }, &mut line).unwrap();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.contains(r#""at":1795946400123456789"#), "the time as nanoseconds: {text}");
+        let back: Entry = serde_json::from_str(text).unwrap();
+        assert_eq!(back, Entry { batch: batch.clone(), attempted_at });
+        // As earlier versions wrote it: the records' own serialization.
+        let old = serde_json::to_string(&Entry { batch: batch.clone(), attempted_at: None }).unwrap();
+        assert!(old.contains(r#""at":"2026-11-29T"#), "{old}");
+        assert_eq!(serde_json::from_str::<Entry>(&old).unwrap().batch, batch);
     }
 
     #[test]

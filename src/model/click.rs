@@ -48,6 +48,9 @@ pub struct ClickRecord {
     pub recipient: Option<Arc<str>>,
     #[serde(default)]
     pub kind: LinkKind,
+    /// Written as RFC 3339 text; read as that or as epoch nanoseconds (the journal's lines,
+    /// [`ClickRecord::journal_ref`]).
+    #[serde(deserialize_with = "nanos_or_text")]
     pub at: DateTime<Utc>,
     pub class: Class,
     pub reason: Arc<str>,
@@ -106,6 +109,47 @@ impl ClickRecord {
         serde_json::to_writer(out, &recent).expect("a recent click always serializes");
     }
 
+    /// Shows `texts` the record's shared texts, for [`Self::journal_ref`].
+    pub fn learn_journal_texts(&self, texts: &mut EscapedTexts) {
+        texts.learn(&self.workspace_id);
+        if let Some(broadcast) = &self.broadcast_id {
+            texts.learn(broadcast);
+        }
+        texts.learn(&self.reason);
+        texts.learn(&self.method);
+        if let Some(ua) = &self.user_agent {
+            texts.learn(ua);
+        }
+    }
+
+    /// The record as the journal writes it: the fields of its `Serialize`, with the texts a batch's
+    /// hits share (workspace, broadcast, reason, method, user agent) escaped once per batch in `texts`
+    /// (shown them by [`Self::learn_journal_texts`]) and the time as epoch nanoseconds, not RFC 3339
+    /// text. Escaping and calendar formatting were most of the work of journaling a hit
+    /// (docs/PERFORMANCE.md, session 13). Reads back as the same record.
+    pub fn journal_ref<'a>(&'a self, texts: &'a EscapedTexts) -> impl Serialize + 'a {
+        JournalClickRef {
+            code: &self.code,
+            workspace_id: texts.get(&self.workspace_id),
+            broadcast_id: self.broadcast_id.as_ref().map(|b| texts.get(b)),
+            recipient: self.recipient.as_deref(),
+            kind: self.kind,
+            at: match self.at.timestamp_nanos_opt() {
+                Some(nanos) => At::Nanos(nanos),
+                // Outside 1677–2262: as text.
+                None => At::Text(self.at),
+            },
+            class: self.class,
+            reason: texts.get(&self.reason),
+            method: texts.get(&self.method),
+            user_agent: self.user_agent.as_ref().map(|ua| texts.get(ua)),
+            ip: self.ip.as_deref(),
+            signals: self.signals.as_deref(),
+            click_id: self.click_id.as_deref(),
+            folded: self.folded,
+        }
+    }
+
     pub fn to_recent(&self) -> RecentClick {
         RecentClick {
             at: self.at,
@@ -154,6 +198,66 @@ fn millis_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc
             DateTime::from_timestamp_millis(ms).ok_or_else(|| serde::de::Error::custom("time out of range"))
         }
     }
+}
+
+/// A time as the journal writes it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum At {
+    Nanos(i64),
+    Text(DateTime<Utc>),
+}
+
+/// [`ClickRecord`] as the journal writes it ([`ClickRecord::journal_ref`]): the same field names.
+#[derive(Serialize)]
+struct JournalClickRef<'a> {
+    code: &'a str,
+    workspace_id: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broadcast_id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipient: Option<&'a str>,
+    kind: LinkKind,
+    at: At,
+    class: Class,
+    reason: &'a RawValue,
+    method: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signals: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    folded: bool,
+}
+
+/// A record's `at`: RFC 3339 text (its `Serialize`, and journals of earlier versions) or epoch
+/// nanoseconds (the journal's lines). A visitor, not an untagged enum: that would buffer the value.
+fn nanos_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 time or epoch nanoseconds")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, nanos: i64) -> Result<Self::Value, E> {
+            Ok(DateTime::from_timestamp_nanos(nanos))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, nanos: u64) -> Result<Self::Value, E> {
+            i64::try_from(nanos).map(DateTime::from_timestamp_nanos).map_err(|_| E::custom("time out of range"))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 #[derive(Serialize)]

@@ -273,12 +273,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("linkhit-spill-full-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let one = {
-            let mut line = serde_json::to_vec(&crate::click::journal::EntryRef {
-                batch: &batch("b00", chrono::Utc::now()),
-                attempted_at: None,
-            })
-            .unwrap();
-            line.push(b'\n');
+            let mut line = Vec::new();
+            let b = batch("b00", chrono::Utc::now());
+            Journal::encode(&EntryRef { batch: &b, attempted_at: None }, &mut line).unwrap();
             line.len() as u64
         };
         // Room for three batches of this size, not four.
