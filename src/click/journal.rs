@@ -113,6 +113,8 @@ const LEGACY_BATCH: usize = 1000;
 pub struct Journal {
     dir: PathBuf,
     max_bytes: u64,
+    /// Hits kept in memory as the segments' mirrors, at most ([`MIRROR_HITS`]).
+    mirror_limit: usize,
     state: Mutex<State>,
     seq: AtomicU64,
     /// Held for the life of the journal: one process per directory.
@@ -124,6 +126,20 @@ struct State {
     active: Option<(PathBuf, File, u64)>,
     /// Bytes in all segments of the directory.
     bytes: u64,
+    /// The entries this process appended to each of its segments, in the segment's order, so that a
+    /// replay need not parse back what it wrote ([`Journal::read_segment`]). `None`: the segment is
+    /// not wholly mirrored (the bound below was reached), so it is read from disk.
+    mirrors: HashMap<PathBuf, Option<Vec<Entry>>>,
+    /// Hits in `mirrors`, at most `Journal::mirror_limit`.
+    mirrored_hits: usize,
+}
+
+/// Hits the journal keeps in memory besides on disk (~30 MB; two seconds of a saturated instance).
+/// Beyond it, segments are parsed back from disk: slower, never different.
+const MIRROR_HITS: usize = 131_072;
+
+fn hits(entries: &[Entry]) -> usize {
+    entries.iter().map(|e| e.batch.clicks.len()).sum()
 }
 
 impl Journal {
@@ -161,7 +177,8 @@ impl Journal {
         let journal = Self {
             dir,
             max_bytes,
-            state: Mutex::new(State { active: None, bytes: 0 }),
+            mirror_limit: MIRROR_HITS,
+            state: Mutex::new(State { active: None, bytes: 0, mirrors: HashMap::new(), mirrored_hits: 0 }),
             seq: AtomicU64::new(0),
             _lock: lock,
         };
@@ -179,13 +196,35 @@ impl Journal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends entries to the active segment and syncs it to disk. All or nothing.
+    /// Appends entries to the active segment and syncs it to disk. All or nothing. The segment is
+    /// then read back from disk, not from memory ([`Self::append_owned`] keeps the entries).
     pub fn append(&self, entries: &[EntryRef<'_>]) -> Result<(), JournalError> {
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.batch.clicks.len() * 256 + 64).sum());
         for entry in entries {
             Self::encode(entry, &mut buf)?;
         }
-        self.append_encoded(&buf, entries.iter().map(|e| e.batch.clicks.len()).sum())
+        let mut state = self.lock();
+        let path = self.write(&mut state, &buf, entries.iter().map(|e| e.batch.clicks.len()).sum())?;
+        if let Some(mirror) = state.mirrors.get_mut(&path)
+            && let Some(kept) = mirror.take()
+        {
+            state.mirrored_hits -= hits(&kept);
+        }
+        Ok(())
+    }
+
+    /// [`Self::append`], keeping the entries as the segment's mirror. Refused entries come back with
+    /// the reason.
+    pub fn append_owned(&self, entries: Vec<Entry>) -> Result<(), (JournalError, Vec<Entry>)> {
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.batch.clicks.len() * 256 + 64).sum());
+        for entry in &entries {
+            if let Err(err) =
+                Self::encode(&EntryRef { batch: &entry.batch, attempted_at: entry.attempted_at }, &mut buf)
+            {
+                return Err((err, entries));
+            }
+        }
+        self.append_encoded(&buf, entries)
     }
 
     /// An entry as the journal's line, appended to `buf` (for [`Self::append_encoded`]): a writer can
@@ -208,10 +247,36 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends whole lines made by [`Self::encode`] (`hits` hits in all) to the active segment and
-    /// syncs it to disk. All or nothing.
-    pub fn append_encoded(&self, buf: &[u8], hits: usize) -> Result<(), JournalError> {
-        let mut state = self.lock();
+    /// Appends the lines [`Self::encode`] made of `entries` (in their order) to the active segment and
+    /// syncs it to disk, keeping the entries as the segment's mirror (up to [`MIRROR_HITS`]), so that
+    /// its replay in this process need not parse them back. All or nothing: refused entries come back
+    /// with the reason.
+    pub fn append_encoded(&self, buf: &[u8], entries: Vec<Entry>) -> Result<(), (JournalError, Vec<Entry>)> {
+        let mut guard = self.lock();
+        let hits = hits(&entries);
+        let path = match self.write(&mut guard, buf, hits) {
+            Ok(path) => path,
+            Err(err) => return Err((err, entries)),
+        };
+        let state = &mut *guard;
+        if let Some(mirror) = state.mirrors.get_mut(&path)
+            && let Some(kept) = mirror
+        {
+            if state.mirrored_hits + hits <= self.mirror_limit {
+                kept.extend(entries);
+                state.mirrored_hits += hits;
+            } else {
+                // Over the bound: this segment is read from disk.
+                state.mirrored_hits -= self::hits(kept);
+                *mirror = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes whole lines (`hits` hits) to the active segment, opening one if needed, and syncs it;
+    /// the segment's path. All or nothing.
+    fn write(&self, state: &mut State, buf: &[u8], hits: usize) -> Result<PathBuf, JournalError> {
         if state.bytes + buf.len() as u64 > self.max_bytes {
             return Err(JournalError::Full { limit: self.max_bytes });
         }
@@ -222,9 +287,12 @@ impl Journal {
                 self.seq.fetch_add(1, Ordering::Relaxed)
             ));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            // Mirrored until an append says otherwise.
+            state.mirrors.insert(path.clone(), Some(Vec::new()));
             state.active = Some((path, file, 0));
         }
-        let (_, file, len) = state.active.as_mut().expect("just opened");
+        let (path, file, len) = state.active.as_mut().expect("just opened");
+        let path = path.clone();
         let written = file.write_all(buf).and_then(|()| file.sync_data());
         if let Err(err) = written {
             // Cut a partial write back so the next append starts on a line of its own; a segment that
@@ -238,7 +306,7 @@ impl Journal {
         state.bytes += buf.len() as u64;
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
         metrics::counter!("linkhit_journal_spilled_total").increment(hits as u64);
-        Ok(())
+        Ok(path)
     }
 
     /// Whether any segment waits for replay.
@@ -272,8 +340,31 @@ impl Journal {
         PathBuf::from(name)
     }
 
-    /// Reads a segment and its replay state. Unparsable lines (a torn write of a crashed process) are
-    /// skipped and counted.
+    /// Reads a segment of this journal and its replay state: what this process wrote to it from memory
+    /// (its mirror, handed over once), anything else from disk ([`Self::read`]).
+    pub fn read_segment(&self, path: &Path) -> Result<Segment, JournalError> {
+        let mirrored = {
+            let mut state = self.lock();
+            match state.mirrors.remove(path) {
+                Some(Some(entries)) => {
+                    state.mirrored_hits -= hits(&entries);
+                    Some(entries)
+                }
+                _ => None,
+            }
+        };
+        match mirrored {
+            Some(entries) => {
+                let mut segment = Segment { entries, ..Segment::default() };
+                Self::read_state(path, &mut segment)?;
+                Ok(segment)
+            }
+            None => Self::read(path),
+        }
+    }
+
+    /// Reads a segment and its replay state from disk. Unparsable lines (a torn write of a crashed
+    /// process) are skipped and counted.
     pub fn read(path: &Path) -> Result<Segment, JournalError> {
         let legacy = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("clicks-"));
         let mut segment = Segment::default();
@@ -305,6 +396,12 @@ impl Journal {
                     .push(Entry { batch: Batch { id, clicks, corrections: Vec::new() }, attempted_at: None });
             }
         }
+        Self::read_state(path, &mut segment)?;
+        Ok(segment)
+    }
+
+    /// Reads a segment's replay state (its `A` and `D` markers) into `segment`.
+    fn read_state(path: &Path, segment: &mut Segment) -> Result<(), JournalError> {
         let state = Self::state_path(path);
         if state.exists() {
             // Only whole lines: a group of markers cut short by a crash ends in a line that could parse
@@ -327,7 +424,7 @@ impl Journal {
                 }
             }
         }
-        Ok(segment)
+        Ok(())
     }
 
     /// Records, durably, that replay is about to try to count `batch_ids` of `segment` (one write and
@@ -371,6 +468,9 @@ impl Journal {
         fs::remove_file(path)?;
         let _ = fs::remove_file(Self::state_path(path));
         let mut state = self.lock();
+        if let Some(Some(entries)) = state.mirrors.remove(path) {
+            state.mirrored_hits -= hits(&entries);
+        }
         state.bytes = state.bytes.saturating_sub(len);
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
         Ok(())
@@ -454,6 +554,53 @@ mod tests {
         let old = serde_json::to_string(&Entry { batch: batch.clone(), attempted_at: None }).unwrap();
         assert!(old.contains(r#""at":"2026-11-29T"#), "{old}");
         assert_eq!(serde_json::from_str::<Entry>(&old).unwrap().batch, batch);
+    }
+
+    fn owned(b: Batch) -> Entry {
+        Entry { batch: b, attempted_at: None }
+    }
+
+    /// A segment this process wrote is replayed from memory: what it appended, in order, with the
+    /// segment's markers — even when the file was since damaged, which shows where it came from. Handed
+    /// over once; a segment with a borrowed append, or over the mirror's bound, is read from disk.
+    #[test]
+    fn segments_written_here_are_read_from_memory_within_the_bound() {
+        let dir = temp_dir("mirror");
+        let mut journal = Journal::open(&dir, 1 << 20).unwrap();
+        journal.mirror_limit = 4;
+        journal.append_owned(vec![owned(batch("b1", &["a", "b"]))]).unwrap();
+        journal.append_owned(vec![owned(batch("b2", &["c"])), owned(batch("b3", &["d"]))]).unwrap();
+        let segments = journal.take_segments().unwrap();
+        assert_eq!(segments.len(), 1);
+        let on_disk = Journal::read(&segments[0]).unwrap();
+        assert_eq!(ids(&on_disk), ["b1", "b2", "b3"]);
+        journal.mark_done(&segments[0], &["b1".to_owned()]).unwrap();
+        fs::write(&segments[0], b"").unwrap();
+        let mirrored = journal.read_segment(&segments[0]).unwrap();
+        assert_eq!(mirrored.entries, on_disk.entries, "the same entries, from memory");
+        assert!(mirrored.done.contains("b1") && !mirrored.done.contains("b2"), "with the segment's markers");
+        assert!(journal.read_segment(&segments[0]).unwrap().entries.is_empty(), "handed over once, then disk");
+        journal.remove(&segments[0]).unwrap();
+        assert_eq!(journal.lock().mirrored_hits, 0);
+
+        // A borrowed append: the segment is read from disk.
+        journal.append_owned(vec![owned(batch("b4", &["e"]))]).unwrap();
+        journal.append(&[entry(&batch("b5", &["f"]))]).unwrap();
+        let segment = journal.take_segments().unwrap().remove(0);
+        fs::write(&segment, b"").unwrap();
+        assert!(journal.read_segment(&segment).unwrap().entries.is_empty(), "read from disk");
+        journal.remove(&segment).unwrap();
+
+        // Past the bound (4 hits): the segment is read from disk, and memory is given back.
+        journal.append_owned(vec![owned(batch("b6", &["a", "b", "c"]))]).unwrap();
+        journal.append_owned(vec![owned(batch("b7", &["d", "e"]))]).unwrap();
+        assert_eq!(journal.lock().mirrored_hits, 0);
+        let segment = journal.take_segments().unwrap().remove(0);
+        assert_eq!(ids(&journal.read_segment(&segment).unwrap()), ["b6", "b7"]);
+        fs::write(&segment, b"").unwrap();
+        assert!(journal.read_segment(&segment).unwrap().entries.is_empty(), "read from disk");
+        journal.remove(&segment).unwrap();
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -287,13 +287,13 @@ impl Committer {
     /// `LINKHIT_COMMIT_GUARD_TTL` − 1 h of the mark.
     async fn replay_segment(&mut self, journal: &Arc<Journal>, segment: PathBuf) -> bool {
         let path = segment.clone();
-        let content = match tokio::task::spawn_blocking(move || Journal::read(&path)).await {
-            Ok(Ok(content)) => content,
-            Ok(Err(err)) => {
+        let content = match blocking(journal, move |j| j.read_segment(&path)).await {
+            Some(Ok(content)) => content,
+            Some(Err(err)) => {
                 tracing::error!(segment = %segment.display(), error = %err, "cannot read journal segment");
                 return false;
             }
-            Err(_) => return false,
+            None => return false,
         };
         let pending: Vec<&Entry> = content.entries.iter().filter(|e| !content.done.contains(&e.batch.id)).collect();
         tracing::info!(segment = %segment.display(), batches = pending.len(), "replaying journal segment");

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::classify::{Classifier, Rules};
 use super::emit::EventSink;
-use super::journal::{EntryRef, Journal};
+use super::journal::{Entry, Journal};
 use super::network::Networks;
 use super::sweep::{SweepRule, Sweeps};
 use super::verdict::Timing;
@@ -320,17 +320,19 @@ async fn journal(journal: Option<&Arc<Journal>>, batches: Vec<Pending>) -> Resul
     };
     let journal = Arc::clone(journal);
     let written = tokio::task::spawn_blocking(move || {
-        let entries: Vec<EntryRef<'_>> =
-            batches.iter().map(|(batch, attempted_at)| EntryRef { batch, attempted_at: *attempted_at }).collect();
-        let result = journal.append(&entries).map_err(|e| e.to_string());
-        (batches, result)
+        let entries = batches.into_iter().map(|(batch, attempted_at)| Entry { batch, attempted_at }).collect();
+        journal.append_owned(entries).map_err(|(err, refused)| (pending(refused), err.to_string()))
     })
     .await;
     match written {
-        Ok((_, Ok(()))) => Ok(()),
-        Ok((batches, Err(why))) => Err((batches, why)),
+        Ok(result) => result,
         Err(err) => Err((Vec::new(), format!("the journal writer failed: {err}"))),
     }
+}
+
+/// Journal entries back as batches on their way to the journal.
+fn pending(entries: Vec<Entry>) -> Vec<Pending> {
+    entries.into_iter().map(|e| (e.batch, e.attempted_at)).collect()
 }
 
 /// Drops batches that were never attempted (so they are certainly not counted) with a metric and a log
