@@ -116,6 +116,9 @@ pub struct Journal {
     /// Hits kept in memory as the segments' mirrors, at most ([`MIRROR_HITS`]).
     mirror_limit: usize,
     state: Mutex<State>,
+    /// `State::bytes`, readable without the lock ([`Self::is_empty`]): the lock is held through a
+    /// write and its sync, and the click thread asks whether the journal is empty every second.
+    bytes: AtomicU64,
     seq: AtomicU64,
     /// Held for the life of the journal: one process per directory.
     _lock: File,
@@ -138,7 +141,8 @@ struct State {
 /// Beyond it, segments are parsed back from disk: slower, never different.
 const MIRROR_HITS: usize = 131_072;
 
-fn hits(entries: &[Entry]) -> usize {
+/// Hits in journal entries (their clicks; a batch's few corrections are not counted).
+pub fn hits(entries: &[Entry]) -> usize {
     entries.iter().map(|e| e.batch.clicks.len()).sum()
 }
 
@@ -179,11 +183,13 @@ impl Journal {
             max_bytes,
             mirror_limit: MIRROR_HITS,
             state: Mutex::new(State { active: None, bytes: 0, mirrors: HashMap::new(), mirrored_hits: 0 }),
+            bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             _lock: lock,
         };
         let bytes = journal.segments()?.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
         journal.lock().bytes = bytes;
+        journal.bytes.store(bytes, Ordering::Release);
         metrics::gauge!("linkhit_journal_bytes").set(bytes as f64);
         Ok(journal)
     }
@@ -281,12 +287,7 @@ impl Journal {
             return Err(JournalError::Full { limit: self.max_bytes });
         }
         if state.active.is_none() {
-            let path = self.dir.join(format!(
-                "batches-{}-{:06}.jsonl",
-                Utc::now().timestamp_millis(),
-                self.seq.fetch_add(1, Ordering::Relaxed)
-            ));
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let (path, file) = self.new_segment()?;
             // Mirrored until an append says otherwise.
             state.mirrors.insert(path.clone(), Some(Vec::new()));
             state.active = Some((path, file, 0));
@@ -304,14 +305,32 @@ impl Journal {
         }
         *len += buf.len() as u64;
         state.bytes += buf.len() as u64;
+        self.bytes.store(state.bytes, Ordering::Release);
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
         metrics::counter!("linkhit_journal_spilled_total").increment(hits as u64);
         Ok(path)
     }
 
+    /// Creates a segment of a name no file has: a clock stepped back after a restart could name an
+    /// earlier run's segment, whose batches this process's mirror does not hold.
+    fn new_segment(&self) -> Result<(PathBuf, File), JournalError> {
+        loop {
+            let path = self.dir.join(format!(
+                "batches-{}-{:06}.jsonl",
+                Utc::now().timestamp_millis(),
+                self.seq.fetch_add(1, Ordering::Relaxed)
+            ));
+            match OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(file) => return Ok((path, file)),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
     /// Whether any segment waits for replay.
     pub fn is_empty(&self) -> bool {
-        self.lock().bytes == 0
+        self.bytes.load(Ordering::Acquire) == 0
     }
 
     /// Closes the active segment and returns every segment, oldest first, for replay.
@@ -472,6 +491,7 @@ impl Journal {
             state.mirrored_hits -= hits(&entries);
         }
         state.bytes = state.bytes.saturating_sub(len);
+        self.bytes.store(state.bytes, Ordering::Release);
         metrics::gauge!("linkhit_journal_bytes").set(state.bytes as f64);
         Ok(())
     }

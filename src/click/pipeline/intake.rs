@@ -270,7 +270,7 @@ pub(super) async fn run(mut me: Intake, writer: Writer) {
         // before the deadline.
         let corrections = std::mem::take(&mut me.corrections);
         let sealed = me.ids.seal(batch, corrections);
-        if !me.health.ok() {
+        if !me.health.ok() || me.behind(&sealed) {
             me.to_journal(sealed).await;
         } else if let Err(mpsc::error::SendError(sealed)) = me.commit_tx.send(sealed).await {
             me.to_journal(sealed).await;
@@ -292,9 +292,7 @@ impl Intake {
         // memory for longer than a flush interval: journal it. A batch that corrects earlier hits must
         // not be counted before them: while the journal holds batches (the store may be healthy again
         // with the last replay's batches still waiting for the next probe), it queues behind them.
-        let behind = !batch.corrections.is_empty()
-            && (self.spill.waiting() > 0 || self.journal.as_ref().is_some_and(|j| !j.is_empty()));
-        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) || behind {
+        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) || self.behind(&batch) {
             self.to_journal(batch).await;
             return;
         }
@@ -304,6 +302,13 @@ impl Intake {
                 self.to_journal(batch).await;
             }
         }
+    }
+
+    /// Whether `batch` corrects hits that may still be on their way to the journal or in it: it must
+    /// then queue behind them.
+    fn behind(&self, batch: &Batch) -> bool {
+        !batch.corrections.is_empty()
+            && (self.spill.waiting() > 0 || self.journal.as_ref().is_some_and(|j| !j.is_empty()))
     }
 
     /// Journals a batch nobody tried to count (in the spill writer's next group); it is dropped

@@ -8,8 +8,9 @@
 //!   store *unhealthy*: the batch is journaled as attempted (in doubt: only the store's guard knows
 //!   whether it counted) and every new batch is journaled at once, until a replay of what the journal
 //!   held succeeds with every commit within a flush interval. So at most one flush interval of hits is
-//!   ever held only in memory. A batch carrying corrections is journaled while the journal holds
-//!   anything, so that it is never counted before the hits it corrects.
+//!   ever held only in memory. A batch carrying corrections is journaled while the journal (or the
+//!   spill writer) holds anything, so that it is never counted before the hits it corrects.
+//! - [`spill`] is intake's way to the journal: batches written in groups, one sync per group.
 //!
 //! Shutdown is bounded by a deadline: what the store does not take before it is journaled, and the
 //! next start counts it exactly once.

@@ -11,7 +11,8 @@
 //! once. So what a crash may lose stays within the flush interval that bounded it before.
 //!
 //! Bound and overflow: at most [`QUEUE`] batches wait for the writer (more than a group, so a lingering
-//! writer never makes intake wait). When that many wait (a disk slower than the traffic), intake waits
+//! writer never makes intake wait), and [`GROUP`] more are in the group being written: 80 batches in
+//! all, ~6 MB at the default batch. When that many wait (a disk slower than the traffic), intake waits
 //! for room, as it waited for each write before; the capture channel in front of it has its own bound
 //! and drop policy.
 //!
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::click::journal::{Entry, EntryRef, Journal};
+use crate::click::journal::{Entry, EntryRef, Journal, JournalError, hits};
 use crate::model::Batch;
 
 /// Batches waiting for the writer, at most (~5 MB of records at the default batch of 250).
@@ -111,15 +112,22 @@ impl Writer {
         while let Some(first) = self.rx.recv().await {
             let due = due(&first, self.linger);
             let mut group = Group { lines: std::mem::take(&mut lines), ..Group::default() };
-            group.add(first);
+            if !group.add(first) {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
             while group.entries.len() < GROUP {
                 match tokio::time::timeout_at(due, self.rx.recv()).await {
-                    Ok(Some(batch)) => group.add(batch),
+                    Ok(Some(batch)) => {
+                        if !group.add(batch) {
+                            self.waiting.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
                     // Due, or intake is done (shutdown): write what there is.
                     Ok(None) | Err(_) => break,
                 }
             }
             let n = group.entries.len();
+            let hits = hits(&group.entries);
             metrics::histogram!("linkhit_journal_group_batches").record(n as f64);
             let journal = Arc::clone(&journal);
             match tokio::task::spawn_blocking(move || group.write(&journal)).await {
@@ -129,7 +137,8 @@ impl Writer {
                     lines = kept;
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, batches = n, "the journal writer failed; the group's hits are lost");
+                    metrics::counter!("linkhit_hits_dropped_total", "stage" => "journal").increment(hits as u64);
+                    tracing::error!(error = %err, batches = n, hits, "the journal writer failed; the group's hits are lost");
                 }
             }
             self.waiting.fetch_sub(n, Ordering::AcqRel);
@@ -152,28 +161,32 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, batch: Batch) {
+    /// Encodes a batch into the group; `false` if it could not be encoded (dropped with the metric).
+    fn add(&mut self, batch: Batch) -> bool {
         let start = self.lines.len();
         match Journal::encode(&EntryRef { batch: &batch, attempted_at: None }, &mut self.lines) {
             Ok(()) => {
                 self.entries.push(Entry { batch, attempted_at: None });
                 self.ranges.push(start..self.lines.len());
+                true
             }
             Err(err) => {
                 self.lines.truncate(start);
                 super::drop_unattempted(&[(batch, None)], &err.to_string());
+                false
             }
         }
     }
 
     /// Appends the group with one write and one sync. Appends are all or nothing: a group refused
-    /// whole (a journal nearly full, a failed write) is tried one batch at a time, so that every batch
-    /// that fits is kept; what is refused is dropped with a metric. Gives the lines' buffer back, to
-    /// be used again.
+    /// whole because it would not fit is tried one batch at a time, so that every batch that fits is
+    /// kept; what is refused is dropped with a metric. A failed write is not tried again: its lines
+    /// are cut back, but if even that failed they may be on disk, and a second copy would be counted
+    /// twice. Gives the lines' buffer back, to be used again.
     fn write(self, journal: &Journal) -> Vec<u8> {
         let Group { lines, entries, ranges } = self;
         if let Err((err, refused)) = journal.append_encoded(&lines, entries) {
-            if refused.len() == 1 {
+            if refused.len() == 1 || !matches!(err, JournalError::Full { .. }) {
                 super::drop_unattempted(&super::pending(refused), &err.to_string());
             } else {
                 for (entry, range) in refused.into_iter().zip(ranges) {
