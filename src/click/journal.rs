@@ -260,22 +260,23 @@ impl Journal {
     pub fn append_encoded(&self, buf: &[u8], entries: Vec<Entry>) -> Result<(), (JournalError, Vec<Entry>)> {
         let mut guard = self.lock();
         let hits = hits(&entries);
-        let path = match self.write(&mut guard, buf, hits) {
+        let state = &mut *guard;
+        if state.mirrored_hits + hits > self.mirror_limit
+            && let Some((active, _, _)) = &state.active
+            && state.mirrors.get(active).is_some_and(Option::is_some)
+        {
+            // Over the bound: the mirrored segment is closed whole (its copy stays good), and the
+            // next one, unmirrored, is read from disk. Dropping the copy instead would free up to the
+            // whole bound at once, under this lock.
+            state.active = None;
+        }
+        let path = match self.write(state, buf, hits) {
             Ok(path) => path,
             Err(err) => return Err((err, entries)),
         };
-        let state = &mut *guard;
-        if let Some(mirror) = state.mirrors.get_mut(&path)
-            && let Some(kept) = mirror
-        {
-            if state.mirrored_hits + hits <= self.mirror_limit {
-                kept.extend(entries);
-                state.mirrored_hits += hits;
-            } else {
-                // Over the bound: this segment is read from disk.
-                state.mirrored_hits -= self::hits(kept);
-                *mirror = None;
-            }
+        if let Some(Some(kept)) = state.mirrors.get_mut(&path) {
+            kept.extend(entries);
+            state.mirrored_hits += hits;
         }
         Ok(())
     }
@@ -288,8 +289,9 @@ impl Journal {
         }
         if state.active.is_none() {
             let (path, file) = self.new_segment()?;
-            // Mirrored until an append says otherwise.
-            state.mirrors.insert(path.clone(), Some(Vec::new()));
+            // Mirrored if its first append fits in the bound, until an append says otherwise.
+            let mirrored = state.mirrored_hits + hits <= self.mirror_limit;
+            state.mirrors.insert(path.clone(), mirrored.then(Vec::new));
             state.active = Some((path, file, 0));
         }
         let (path, file, len) = state.active.as_mut().expect("just opened");
@@ -611,15 +613,23 @@ mod tests {
         assert!(journal.read_segment(&segment).unwrap().entries.is_empty(), "read from disk");
         journal.remove(&segment).unwrap();
 
-        // Past the bound (4 hits): the segment is read from disk, and memory is given back.
+        // Past the bound (4 hits): the mirrored segment is closed whole, and what follows goes to a
+        // segment read from disk.
         journal.append_owned(vec![owned(batch("b6", &["a", "b", "c"]))]).unwrap();
         journal.append_owned(vec![owned(batch("b7", &["d", "e"]))]).unwrap();
+        journal.append_owned(vec![owned(batch("b8", &["f"]))]).unwrap();
+        assert_eq!(journal.lock().mirrored_hits, 3);
+        let segments = journal.take_segments().unwrap();
+        assert_eq!(segments.len(), 2);
+        for segment in &segments {
+            fs::write(segment, b"").unwrap();
+        }
+        assert_eq!(ids(&journal.read_segment(&segments[0]).unwrap()), ["b6"], "from memory");
+        assert!(journal.read_segment(&segments[1]).unwrap().entries.is_empty(), "read from disk");
         assert_eq!(journal.lock().mirrored_hits, 0);
-        let segment = journal.take_segments().unwrap().remove(0);
-        assert_eq!(ids(&journal.read_segment(&segment).unwrap()), ["b6", "b7"]);
-        fs::write(&segment, b"").unwrap();
-        assert!(journal.read_segment(&segment).unwrap().entries.is_empty(), "read from disk");
-        journal.remove(&segment).unwrap();
+        for segment in &segments {
+            journal.remove(segment).unwrap();
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 
