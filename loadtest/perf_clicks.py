@@ -54,7 +54,8 @@ def main():
         procs.append(proc)
         codes = os.path.join(tmp, "codes.txt")
         tail.create_links(port, args.links, codes)
-        tail.wrk(port, codes, 6, 64)  # every code cached, the pipeline warm
+        tail.warm(port, codes)  # every code cached
+        tail.wrk(port, codes, 6, 64)  # the pipeline warm
         load = threading.Thread(target=tail.wrk, args=(port, codes, args.seconds + 6, 64))
         load.start()
         time.sleep(2)

@@ -48,6 +48,7 @@ def main():
         procs.append(proc)
         codes = os.path.join(tmp, "codes.txt")
         tail.create_links(port, args.links, codes)
+        tail.warm(port, codes)
         tail.wrk(port, codes, args.warm, 64, args.wrk_cpu)
         time.sleep(1)
         cli = ["redis-cli", "-p", str(rport)]

@@ -61,6 +61,7 @@ def start(name, binary, env, args, tmp):
         out = subprocess.run([sys.executable, os.path.join(ROOT, "loadtest", "create_links.py"), "--base",
                               f"http://127.0.0.1:{port}", "--admin-token", tail.ADMIN, "--links", str(args.links),
                               "--out", codes], check=True, capture_output=True, text=True).stdout
+        tail.warm(port, codes, args.connections)
         tail.wrk(port, codes, 4, args.connections)
     except BaseException:
         proc.terminate()

@@ -296,7 +296,9 @@ impl Journal {
         }
         let (path, file, len) = state.active.as_mut().expect("just opened");
         let path = path.clone();
+        let started = std::time::Instant::now();
         let written = file.write_all(buf).and_then(|()| file.sync_data());
+        metrics::histogram!("linkhit_journal_write_seconds").record(started.elapsed().as_secs_f64());
         if let Err(err) = written {
             // Cut a partial write back so the next append starts on a line of its own; a segment that
             // cannot even be cut back is closed (a new one is tried next time).
