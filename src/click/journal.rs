@@ -485,6 +485,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Test helper: the batch ids on disk, oldest first, taken out of the journal as a replay would
+    /// (read from the files, never from the mirror).
+    #[cfg(test)]
+    pub(crate) fn take_ids_from_disk(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for segment in self.take_segments().unwrap() {
+            ids.extend(Self::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
+            self.remove(&segment).unwrap();
+        }
+        ids
+    }
+
     /// Deletes a replayed segment and its state.
     pub fn remove(&self, path: &Path) -> Result<(), JournalError> {
         let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);

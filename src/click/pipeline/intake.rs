@@ -473,16 +473,6 @@ mod tests {
         }
     }
 
-    /// The batch ids the journal held, oldest first, taken out of it as a replay would.
-    fn replay(journal: &Journal) -> Vec<String> {
-        let mut ids = Vec::new();
-        for segment in journal.take_segments().unwrap() {
-            ids.extend(Journal::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
-            journal.remove(&segment).unwrap();
-        }
-        ids
-    }
-
     /// A batch that withdraws a hit must not reach the store before the hit: with the store healthy
     /// again but the last replay's batches still journaled, it queues behind them in the journal. (A
     /// withdrawal counted first finds no event to withdraw, and the bot's click is delivered when its
@@ -511,7 +501,7 @@ mod tests {
         intake.hand_off(vec![click("CCCC")]).await;
         assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the journaled hit");
         written(&intake).await;
-        let order = replay(&journal);
+        let order = journal.take_ids_from_disk();
         assert_eq!(order.len(), 2, "{order:?}");
         assert_eq!(order[0], held_id, "the corrected hit's batch first");
         assert!(journal.is_empty());
@@ -532,7 +522,7 @@ mod tests {
         intake.hand_off(vec![click("FFFF")]).await;
         assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the hit being written");
         written(&intake).await;
-        let order = replay(&journal);
+        let order = journal.take_ids_from_disk();
         assert_eq!(order.len(), 2, "{order:?}");
         assert_eq!(order[0], on_its_way_id, "the corrected hit's batch first");
         let _ = std::fs::remove_dir_all(&dir);

@@ -225,16 +225,6 @@ mod tests {
         Batch { id: id.into(), clicks: vec![click], corrections: Vec::new() }
     }
 
-    /// Batch ids on disk, taken out of the journal as a replay would.
-    fn on_disk(journal: &Journal) -> Vec<String> {
-        let mut ids = Vec::new();
-        for segment in journal.take_segments().unwrap() {
-            ids.extend(Journal::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
-            journal.remove(&segment).unwrap();
-        }
-        ids
-    }
-
     async fn until_written(spill: &Spill) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while spill.waiting() > 0 && Instant::now() < deadline {
@@ -266,18 +256,18 @@ mod tests {
         }
         until_written(&spill).await;
         let expected: Vec<String> = (0..GROUP).map(|i| format!("b{i}")).collect();
-        assert_eq!(on_disk(&journal), expected);
+        assert_eq!(journal.take_ids_from_disk(), expected);
 
         // A batch whose oldest hit is already `linger` old (sealed by the flush interval) is written at once.
         spill.send(batch("old", now - chrono::Duration::hours(2))).await;
         until_written(&spill).await;
-        assert_eq!(on_disk(&journal), ["old"]);
+        assert_eq!(journal.take_ids_from_disk(), ["old"]);
 
         // Intake done: what lingers is written before the writer ends.
         spill.send(batch("last", now)).await;
         drop(spill);
         tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
-        assert_eq!(on_disk(&journal), ["last"]);
+        assert_eq!(journal.take_ids_from_disk(), ["last"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -302,7 +292,7 @@ mod tests {
         }
         drop(spill);
         tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
-        assert_eq!(on_disk(&journal), ["b00", "b01", "b02"]);
+        assert_eq!(journal.take_ids_from_disk(), ["b00", "b01", "b02"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
