@@ -127,6 +127,11 @@ impl Writer {
                 }
             }
             let n = group.entries.len();
+            if n == 0 {
+                // Nothing could be encoded (each dropped with the metric): no write, no empty segment.
+                lines = group.lines;
+                continue;
+            }
             let hits = hits(&group.entries);
             metrics::histogram!("linkhit_journal_group_batches").record(n as f64);
             let journal = Arc::clone(&journal);
