@@ -60,6 +60,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("linkhit_journal_bytes", Kind::Gauge, "Bytes of the click journal on disk."),
     (
+        "linkhit_journal_group_batches",
+        Kind::Histogram,
+        "Batches per journal write of intake's spill writer (one write and one sync per group).",
+    ),
+    ("linkhit_journal_write_seconds", Kind::Histogram, "Duration of one journal write and its sync."),
+    (
         "linkhit_store_healthy",
         Kind::Gauge,
         "1 when the store takes counting commits, 0 while batches go to the journal.",
