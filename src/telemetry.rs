@@ -117,6 +117,18 @@ pub fn prometheus() -> PrometheusHandle {
                         metrics_exporter_prometheus::Matcher::Full("linkhit_click_batch_size".into()),
                         &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("linkhit_journal_write_seconds".into()),
+                        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("linkhit_journal_group_batches".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 12.0, 16.0],
+                    )
                 });
             let recorder = match builder {
                 Ok(builder) => builder.build_recorder(),
