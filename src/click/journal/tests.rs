@@ -3,7 +3,8 @@
 use super::*;
 use crate::model::{Class, LinkKind};
 
-fn click(code: &str) -> ClickRecord {
+/// A human hit on `code` (shared by the click pipeline's tests).
+pub(crate) fn click(code: &str) -> ClickRecord {
     ClickRecord {
         code: code.into(),
         workspace_id: "ws".into(),

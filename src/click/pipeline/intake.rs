@@ -398,25 +398,13 @@ mod tests {
     use crate::click::network::Networks;
     use crate::click::sweep::SweepRule;
     use crate::click::verdict::Timing;
-    use crate::model::LinkKind;
     use std::sync::atomic::{AtomicBool, AtomicI64};
 
     fn click(code: &str) -> ClickRecord {
         ClickRecord {
-            code: code.into(),
-            workspace_id: "ws".into(),
             broadcast_id: Some("b1".into()),
             recipient: Some("+15550001".into()),
-            kind: LinkKind::Redirect,
-            at: chrono::Utc::now(),
-            class: Class::Human,
-            reason: "browser:Safari".into(),
-            method: "GET".into(),
-            user_agent: Some("UA".into()),
-            ip: Some("203.0.113.0".into()),
-            signals: None,
-            click_id: None,
-            folded: false,
+            ..crate::click::journal::tests::click(code)
         }
     }
 

@@ -208,25 +208,10 @@ impl Group {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Class, ClickRecord, LinkKind};
+    use crate::model::ClickRecord;
 
     fn batch(id: &str, at: chrono::DateTime<chrono::Utc>) -> Batch {
-        let click = ClickRecord {
-            code: "AAAA".into(),
-            workspace_id: "ws".into(),
-            broadcast_id: None,
-            recipient: None,
-            kind: LinkKind::Redirect,
-            at,
-            class: Class::Bot,
-            reason: "preview:facebook".into(),
-            method: "GET".into(),
-            user_agent: None,
-            ip: None,
-            signals: None,
-            click_id: None,
-            folded: false,
-        };
+        let click = ClickRecord { at, ..crate::click::journal::tests::click("AAAA") };
         Batch { id: id.into(), clicks: vec![click], corrections: Vec::new() }
     }
 
