@@ -36,6 +36,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Hits whose verdict flipped from human to bot during the hold window.",
     ),
     (
+        "linkhit_corrections_unordered_total",
+        Kind::Counter,
+        "Verdict corrections journaled while the committer still held batches, past the bound on waiting ones.",
+    ),
+    (
         "linkhit_batches_deduplicated_total",
         Kind::Counter,
         "Batches the store had counted before (a retry or replay counted nothing twice).",

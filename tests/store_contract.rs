@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use linkhit::code::CodePolicy;
-use linkhit::model::{Batch, Class, ClickRecord, Link, LinkKind};
+use linkhit::model::{Batch, Class, ClickRecord, Correction, Link, LinkKind};
 use linkhit::store::memory::MemoryStore;
 use linkhit::store::redis::RedisStore;
 use linkhit::store::{Invalidation, SharedStore, insert_unique};
@@ -176,4 +176,38 @@ async fn folded_repeats_on_both_stores() {
     let redis = common::RedisServer::start();
     let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "f", Duration::from_secs(1)).unwrap());
     folded_repeats_count_once_whatever_the_settings(store).await;
+}
+
+/// A batch may carry corrections and no hits (they waited in intake for the committer, and no hit came
+/// since): it moves the corrected human hit to the bots like any correction, and counted again (a
+/// replay through its guard) it changes nothing.
+async fn a_batch_of_corrections_alone_moves_its_hits(store: SharedStore) {
+    assert_eq!(store.insert_links(&[link("corr1", "https://example.com/a")]).await.unwrap(), vec![true]);
+    let human = ClickRecord {
+        broadcast_id: Some("b".into()),
+        recipient: Some("+12025550100".into()),
+        ..hit("corr1", Class::Human, false)
+    };
+    let counted = Batch { id: "corr-batch-1".into(), clicks: vec![human.clone()], corrections: Vec::new() };
+    store.record_batch(&counted, 10).await.unwrap();
+    let stats = store.broadcast_stats("ws_test", "b").await.unwrap().unwrap();
+    assert_eq!((stats.hits, stats.human_hits, stats.unique_clicks), (1, 1, 1));
+    let flipped = ClickRecord { class: Class::Bot, reason: "sweep".into(), ..human };
+    let corrections = vec![Correction { click: flipped, event_id: "corr-batch-1:0".into() }];
+    let alone = Batch { id: "corr-batch-2".into(), clicks: Vec::new(), corrections };
+    for _ in 0..2 {
+        assert!(store.record_batch(&alone, 10).await.unwrap().is_empty(), "no hits, no tallies");
+        let s = store.link_stats("corr1").await.unwrap();
+        assert_eq!((s.hits, s.human_hits, s.bot_hits), (1, 0, 1));
+        let stats = store.broadcast_stats("ws_test", "b").await.unwrap().unwrap();
+        assert_eq!((stats.hits, stats.human_hits, stats.bot_hits, stats.unique_clicks), (1, 0, 1, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_corrections_alone_on_both_stores() {
+    a_batch_of_corrections_alone_moves_its_hits(Arc::new(MemoryStore::default())).await;
+    let redis = common::RedisServer::start();
+    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "c", Duration::from_secs(1)).unwrap());
+    a_batch_of_corrections_alone_moves_its_hits(store).await;
 }

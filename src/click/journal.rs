@@ -485,16 +485,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Test helper: the batch ids on disk, oldest first, taken out of the journal as a replay would
-    /// (read from the files, never from the mirror).
+    /// Test helper: the entries on disk, oldest first, taken out of the journal as a replay would (read
+    /// from the files, never from the mirror).
     #[cfg(test)]
-    pub(crate) fn take_ids_from_disk(&self) -> Vec<String> {
-        let mut ids = Vec::new();
+    pub(crate) fn take_from_disk(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
         for segment in self.take_segments().unwrap() {
-            ids.extend(Self::read(&segment).unwrap().entries.into_iter().map(|e| e.batch.id));
+            entries.extend(Self::read(&segment).unwrap().entries);
             self.remove(&segment).unwrap();
         }
-        ids
+        entries
+    }
+
+    /// Test helper: the batch ids of [`Self::take_from_disk`].
+    #[cfg(test)]
+    pub(crate) fn take_ids_from_disk(&self) -> Vec<String> {
+        self.take_from_disk().into_iter().map(|e| e.batch.id).collect()
     }
 
     /// Deletes a replayed segment and its state.

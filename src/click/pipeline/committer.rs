@@ -63,6 +63,7 @@ impl Committer {
                     Some(batch) => {
                         self.health.busy(true);
                         self.commit(batch).await;
+                        self.health.done(self.in_doubt.len());
                         self.health.busy(false);
                     }
                     None => break,
@@ -75,8 +76,10 @@ impl Committer {
                         // must not wait in memory that long.
                         while let Ok(batch) = batches.try_recv() {
                             self.commit(batch).await;
+                            self.health.done(self.in_doubt.len());
                         }
                         self.replay().await;
+                        self.health.in_doubt(self.in_doubt.len());
                         self.health.busy(false);
                     }
                 }
@@ -252,8 +255,12 @@ impl Committer {
 
     /// [`Self::replay`]'s work: `true` when everything it found is counted.
     async fn replay_all(&mut self) -> bool {
-        for batch in std::mem::take(&mut self.in_doubt) {
+        let mut in_doubt = std::mem::take(&mut self.in_doubt).into_iter();
+        while let Some(batch) = in_doubt.next() {
             if !self.commit_attempted(batch).await {
+                // The store failed again: the rest stay in doubt, untried (dropping them here could
+                // lose hits the store never counted).
+                self.in_doubt.extend(in_doubt);
                 return false;
             }
         }

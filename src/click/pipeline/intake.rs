@@ -259,21 +259,30 @@ pub(super) async fn run(mut me: Intake, writer: Writer) {
         if stopping {
             break;
         }
-        if !batch.is_empty() && last_flush.elapsed() >= settings.flush_interval {
+        // Corrections that waited for the committer go once it holds nothing, with or without hits.
+        let waited = !me.corrections.is_empty() && me.health.holding() == 0;
+        if (!batch.is_empty() || waited) && last_flush.elapsed() >= settings.flush_interval {
             let next = me.spare.take(settings.batch_size);
             me.hand_off(std::mem::replace(&mut batch, next)).await;
             last_flush = tokio::time::Instant::now();
         }
     }
-    if !batch.is_empty() {
-        // Shutting down: waiting for room is fine now; the committer journals what it cannot count
-        // before the deadline.
+    if !batch.is_empty() || !me.corrections.is_empty() {
+        // Shutting down: waiting is fine now. Corrections wait until the committer is done with what it
+        // was handed (it counts or journals each before the deadline), then go like any batch's.
+        while !me.corrections.is_empty() && me.health.handed() > 0 && !me.commit_tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let corrections = std::mem::take(&mut me.corrections);
-        let sealed = me.ids.seal(batch, corrections);
-        if !me.health.ok() || me.behind(&sealed) {
+        if !me.health.ok() || me.behind(&corrections) {
+            let sealed = me.ids.seal(batch, corrections);
             me.to_journal(sealed).await;
-        } else if let Err(mpsc::error::SendError(sealed)) = me.commit_tx.send(sealed).await {
-            me.to_journal(sealed).await;
+        } else {
+            me.health.hand(true);
+            if let Err(mpsc::error::SendError(sealed)) = me.commit_tx.send(me.ids.seal(batch, corrections)).await {
+                me.health.hand(false);
+                me.to_journal(sealed).await;
+            }
         }
     }
     // The writer ends once everything handed to it is on disk.
@@ -284,31 +293,71 @@ pub(super) async fn run(mut me: Intake, writer: Writer) {
 impl Intake {
     /// Gives a batch to the committer, or journals it when the store is unhealthy, the committer is
     /// stuck or its queue is full, or the batch corrects hits that may still be in the journal.
+    ///
+    /// Corrections are never counted before the hits they correct, wherever those are:
+    /// - in the journal or on their way to it: the batch carrying them queues behind them there
+    ///   ([`Self::behind`]);
+    /// - with the committer (queued, being counted, in doubt), when this batch goes to the journal: the
+    ///   committer journals its batches once the store fails them, which would put them behind their
+    ///   corrections. The corrections wait here and ride a later batch, once the committer holds
+    ///   nothing ([`MAX_WAITING_CORRECTIONS`] at most).
     async fn hand_off(&mut self, clicks: Vec<ClickRecord>) {
-        metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
-        let corrections = std::mem::take(&mut self.corrections);
-        let batch = self.ids.seal(clicks, corrections);
+        let mut corrections = std::mem::take(&mut self.corrections);
         // The committer stuck on one batch (a hung store, a slow sink) would leave this one only in
-        // memory for longer than a flush interval: journal it. A batch that corrects earlier hits must
-        // not be counted before them: while the journal holds batches (the store may be healthy again
-        // with the last replay's batches still waiting for the next probe), it queues behind them.
-        if !self.health.ok() || self.health.stuck(self.settings.flush_interval) || self.behind(&batch) {
-            self.to_journal(batch).await;
+        // memory for longer than a flush interval: journal it.
+        let direct = self.health.ok() && !self.health.stuck(self.settings.flush_interval) && !self.behind(&corrections);
+        if !direct {
+            corrections = self.wait_for_committer(corrections);
+        }
+        if clicks.is_empty() && corrections.is_empty() {
+            self.spare.give(clicks);
             return;
         }
-        match self.commit_tx.try_send(batch) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch)) => {
-                self.to_journal(batch).await;
+        metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
+        let mut batch = self.ids.seal(clicks, corrections);
+        if direct {
+            self.health.hand(true);
+            match self.commit_tx.try_send(batch) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(refused) | mpsc::error::TrySendError::Closed(refused)) => {
+                    self.health.hand(false);
+                    batch = refused;
+                    let corrections = std::mem::take(&mut batch.corrections);
+                    batch.corrections = self.wait_for_committer(corrections);
+                }
             }
         }
+        self.to_journal(batch).await;
     }
 
-    /// Whether `batch` corrects hits that may still be on their way to the journal or in it: it must
-    /// then queue behind them.
-    fn behind(&self, batch: &Batch) -> bool {
-        !batch.corrections.is_empty()
-            && (self.spill.waiting() > 0 || self.journal.as_ref().is_some_and(|j| !j.is_empty()))
+    /// The corrections a batch on its way to the journal may carry: all of them, unless the committer
+    /// holds batches whose hits they may correct — then none, and they wait in `self.corrections` for a
+    /// later batch. Past [`MAX_WAITING_CORRECTIONS`] they go anyway, counted as unordered: a committer
+    /// held up that long is failing, and it journals what it holds within its own timeouts.
+    fn wait_for_committer(&mut self, corrections: Vec<Correction>) -> Vec<Correction> {
+        if corrections.is_empty() || self.health.holding() == 0 {
+            return corrections;
+        }
+        let waiting = self.corrections.len() + corrections.len();
+        if waiting > MAX_WAITING_CORRECTIONS {
+            metrics::counter!("linkhit_corrections_unordered_total").increment(corrections.len() as u64);
+            tracing::warn!(
+                waiting,
+                "too many verdict corrections waiting for the committer: these go to the journal now and may be counted before the hits they correct"
+            );
+            return corrections;
+        }
+        // Ahead of any that arrived since: corrections keep their order.
+        let mut waiting = corrections;
+        waiting.append(&mut self.corrections);
+        self.corrections = waiting;
+        Vec::new()
+    }
+
+    /// Whether `corrections` correct hits that may still be on their way to the journal or in it: their
+    /// batch must then queue behind them.
+    fn behind(&self, corrections: &[Correction]) -> bool {
+        !corrections.is_empty() && (self.spill.waiting() > 0 || self.journal.as_ref().is_some_and(|j| !j.is_empty()))
     }
 
     /// Journals a batch nobody tried to count (in the spill writer's next group); it is dropped
@@ -325,6 +374,10 @@ async fn nudged(handover: Option<&Handover>) {
         None => std::future::pending().await,
     }
 }
+
+/// Verdict corrections kept waiting for the committer (~250 bytes each: ~16 MB); see
+/// [`Intake::wait_for_committer`].
+const MAX_WAITING_CORRECTIONS: usize = 65_536;
 
 /// Hits classified between two yields of the intake task.
 const DRAIN_CHUNK: usize = 32;
@@ -392,154 +445,4 @@ impl HitTally {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::click::classify::Rules;
-    use crate::click::network::Networks;
-    use crate::click::sweep::SweepRule;
-    use crate::click::verdict::Timing;
-    use std::sync::atomic::{AtomicBool, AtomicI64};
-
-    fn click(code: &str) -> ClickRecord {
-        ClickRecord {
-            broadcast_id: Some("b1".into()),
-            recipient: Some("+15550001".into()),
-            ..crate::click::journal::tests::click(code)
-        }
-    }
-
-    /// An intake over a real journal in `dir`, with a healthy store and an idle committer, and the
-    /// committer's end of its queue.
-    fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
-        let _ = std::fs::remove_dir_all(dir);
-        let journal = Arc::new(Journal::open(dir, 1 << 20).unwrap());
-        let (_tx, rx) = mpsc::channel(8);
-        let (commit_tx, commit_rx) = mpsc::channel(8);
-        let settings = Settings {
-            capture_capacity: 8,
-            batch_size: 250,
-            flush_interval: Duration::from_millis(100),
-            commit_queue: 8,
-            recent_clicks: 100,
-            recent_fold: Duration::ZERO,
-            keep_full_ip: false,
-            trusted_proxies: Vec::new(),
-            classifier_memo: 16,
-            guard_ttl: Duration::from_secs(3_600),
-            networks: Arc::new(Networks::default()),
-            timing: Timing::default(),
-            sweep: SweepRule::default(),
-            sweep_capacity: 16,
-            hold: Duration::from_secs(10),
-            own_thread: false,
-        };
-        let (spill, writer) = super::super::spill::channel(Some(Arc::clone(&journal)), Duration::from_millis(5));
-        tokio::spawn(writer.run());
-        let intake = Intake {
-            spill,
-            rx,
-            commit_tx,
-            classifier: Classifier::new(Arc::new(Rules::builtin()), 16),
-            journal: Some(journal),
-            settings: Arc::new(settings),
-            health: Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0))),
-            ids: BatchIds::new(),
-            stop: CancellationToken::new(),
-            sweeps: Sweeps::new(SweepRule::default(), 16),
-            corrections: Vec::new(),
-            handover: None,
-            spare: Arc::new(super::super::Spare::default()),
-            last_ip: None,
-        };
-        (intake, commit_rx)
-    }
-
-    /// Waits until the spill writer has written what intake handed it.
-    async fn written(intake: &Intake) {
-        while intake.spill.waiting() > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    /// A batch that withdraws a hit must not reach the store before the hit: with the store healthy
-    /// again but the last replay's batches still journaled, it queues behind them in the journal. (A
-    /// withdrawal counted first finds no event to withdraw, and the bot's click is delivered when its
-    /// batch is replayed.) Batches without corrections, and any batch once the journal is empty, go
-    /// straight to the committer.
-    #[tokio::test]
-    async fn a_batch_with_corrections_queues_behind_journaled_batches() {
-        let dir = std::env::temp_dir().join(format!("linkhit-intake-test-{}", std::process::id()));
-        let (mut intake, mut commit_rx) = intake(&dir);
-        let journal = Arc::clone(intake.journal.as_ref().unwrap());
-
-        // The hit a sweep will flip, journaled while the store was failing.
-        let held = intake.ids.seal(vec![click("AAAA")], Vec::new());
-        let held_id = held.id.clone();
-        intake.to_journal(held).await;
-        written(&intake).await;
-        assert!(!journal.is_empty());
-
-        // Healthy again, the journal not yet replayed: a plain batch goes to the committer...
-        intake.hand_off(vec![click("BBBB")]).await;
-        let direct = commit_rx.try_recv().expect("a batch without corrections is committed directly");
-        assert!(direct.corrections.is_empty());
-
-        // ... a batch correcting the journaled hit goes behind it.
-        intake.corrections.push(Correction { click: click("AAAA"), event_id: format!("{held_id}:0") });
-        intake.hand_off(vec![click("CCCC")]).await;
-        assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the journaled hit");
-        written(&intake).await;
-        let order = journal.take_ids_from_disk();
-        assert_eq!(order.len(), 2, "{order:?}");
-        assert_eq!(order[0], held_id, "the corrected hit's batch first");
-        assert!(journal.is_empty());
-
-        // Journal empty (replayed): corrections go straight to the committer.
-        intake.corrections.push(Correction { click: click("CCCC"), event_id: "x:0".into() });
-        intake.hand_off(vec![click("DDDD")]).await;
-        let direct = commit_rx.try_recv().expect("with nothing journaled, corrections are committed directly");
-        assert_eq!(direct.corrections.len(), 1);
-
-        // The corrected hit still on its way to the journal: handed to the spill writer, which has not
-        // run yet (this runtime has one thread), so the journal itself is empty. The correction waits too.
-        let on_its_way = intake.ids.seal(vec![click("EEEE")], Vec::new());
-        let on_its_way_id = on_its_way.id.clone();
-        intake.to_journal(on_its_way).await;
-        assert!(journal.is_empty() && intake.spill.waiting() == 1);
-        intake.corrections.push(Correction { click: click("EEEE"), event_id: format!("{on_its_way_id}:0") });
-        intake.hand_off(vec![click("FFFF")]).await;
-        assert!(commit_rx.try_recv().is_err(), "the correcting batch must not overtake the hit being written");
-        written(&intake).await;
-        let order = journal.take_ids_from_disk();
-        assert_eq!(order.len(), 2, "{order:?}");
-        assert_eq!(order[0], on_its_way_id, "the corrected hit's batch first");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_hit_tally_is_bounded_and_counts_every_hit() {
-        let mut tally = HitTally::default();
-        let shared: Arc<str> = Arc::from("preview:facebook");
-        for _ in 0..1_000 {
-            tally.add(Class::Bot, &shared);
-            // A reason made per hit (a new allocation each time): bounded by early publishing.
-            tally.add(Class::Bot, &Arc::from("network:hosting:aws"));
-            assert!(tally.0.len() <= MAX_TALLIED_REASONS);
-        }
-        let held: u64 = tally.0.values().map(|(_, n)| n).sum();
-        assert!(held > 0 && held < 2_000, "some hits were published early, the rest are held");
-    }
-
-    #[test]
-    fn the_stretch_between_yields_grows_with_the_backlog() {
-        assert_eq!(stretch(0), DRAIN_CHUNK);
-        assert_eq!(stretch(4_096), DRAIN_CHUNK, "keeping up: short stretches");
-        assert_eq!(stretch(16_384), 128);
-        assert_eq!(stretch(65_536), 512, "a full default channel: ~1.5 ms of work, never a burst");
-        let mut last = 0;
-        for backlog in (0..=65_536).step_by(1_024) {
-            assert!(stretch(backlog) >= last, "monotonic at {backlog}");
-            last = stretch(backlog);
-        }
-    }
-}
+mod tests;

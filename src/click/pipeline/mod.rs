@@ -19,7 +19,7 @@ mod committer;
 mod intake;
 mod spill;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,30 +71,49 @@ pub struct Settings {
 }
 
 /// Whether the store takes commits; shared by intake (which journals while it does not) and the
-/// committer (which decides).
+/// committer (which decides). Also what the committer holds, for intake's ordering of corrections.
 #[derive(Debug)]
-pub(crate) struct Health(AtomicBool, AtomicI64);
+pub(crate) struct Health {
+    ok: AtomicBool,
+    /// When the committer began its current piece of work (ms since the epoch), or 0.
+    busy_since: AtomicI64,
+    /// Batches handed to the committer that it has neither counted nor journaled yet.
+    handed: AtomicUsize,
+    /// Attempted batches the committer keeps in memory (the journal refused them), as of its last step.
+    in_doubt: AtomicUsize,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ok: AtomicBool::new(true),
+            busy_since: AtomicI64::new(0),
+            handed: AtomicUsize::new(0),
+            in_doubt: AtomicUsize::new(0),
+        }
+    }
+}
 
 impl Health {
     pub(crate) fn ok(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ok.load(Ordering::Acquire)
     }
 
     /// The committer starts (`true`) or ends (`false`) a piece of work on the store or the sink.
     pub(crate) fn busy(&self, busy: bool) {
         let now = if busy { chrono::Utc::now().timestamp_millis().max(1) } else { 0 };
-        self.1.store(now, Ordering::Release);
+        self.busy_since.store(now, Ordering::Release);
     }
 
     /// Whether the committer has been busy with one piece of work for longer than `limit`: a batch
     /// handed to it now would wait in memory for longer than a flush interval, so intake journals it.
     pub(crate) fn stuck(&self, limit: Duration) -> bool {
-        let since = self.1.load(Ordering::Acquire);
+        let since = self.busy_since.load(Ordering::Acquire);
         since != 0 && chrono::Utc::now().timestamp_millis() - since > limit.as_millis() as i64
     }
 
     pub(crate) fn set(&self, ok: bool) {
-        if self.0.swap(ok, Ordering::AcqRel) != ok {
+        if self.ok.swap(ok, Ordering::AcqRel) != ok {
             metrics::gauge!("linkhit_store_healthy").set(if ok { 1.0 } else { 0.0 });
             if ok {
                 tracing::info!("the store takes commits again; new batches are counted directly");
@@ -102,6 +121,39 @@ impl Health {
                 tracing::warn!("the store is failing or slow; new batches go to the journal until it recovers");
             }
         }
+    }
+
+    /// Intake hands the committer a batch (or takes the handing back: `false`, the queue refused it).
+    pub(crate) fn hand(&self, handed: bool) {
+        if handed {
+            self.handed.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.handed.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The committer is done with a handed batch — counted it, journaled it, or kept it in doubt
+    /// (`in_doubt`: how many batches it now keeps so).
+    pub(crate) fn done(&self, in_doubt: usize) {
+        self.in_doubt.store(in_doubt, Ordering::Release);
+        self.handed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The committer's batches in doubt after a replay.
+    pub(crate) fn in_doubt(&self, in_doubt: usize) {
+        self.in_doubt.store(in_doubt, Ordering::Release);
+    }
+
+    /// Batches the committer holds that are neither counted nor in the journal: handed ones it has not
+    /// finished, and ones in doubt. A correction of their hits that went to the journal now could land
+    /// ahead of them there (they are journaled once the store fails them).
+    pub(crate) fn holding(&self) -> usize {
+        self.handed.load(Ordering::Acquire) + self.in_doubt.load(Ordering::Acquire)
+    }
+
+    /// Batches handed to the committer it has not finished.
+    pub(crate) fn handed(&self) -> usize {
+        self.handed.load(Ordering::Acquire)
     }
 }
 
@@ -240,7 +292,7 @@ impl Pipeline {
         let stop = CancellationToken::new();
         let deadline = Arc::new(OnceLock::new());
         let settings = Arc::new(settings);
-        let health = Arc::new(Health(AtomicBool::new(true), AtomicI64::new(0)));
+        let health = Arc::new(Health::default());
         metrics::gauge!("linkhit_store_healthy").set(1.0);
         let own_thread = settings.own_thread;
         let spare = Arc::new(Spare::default());
