@@ -485,6 +485,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Test helper: appends go to `file` (`/dev/full`: a disk that fails every write, and cannot even
+    /// cut one back) until a failure closes it.
+    #[cfg(test)]
+    pub(crate) fn write_to(&self, file: File) {
+        self.lock().active = Some((self.dir.join("failing.jsonl"), file, 0));
+    }
+
     /// Test helper: the entries on disk, oldest first, taken out of the journal as a replay would (read
     /// from the files, never from the mirror).
     #[cfg(test)]

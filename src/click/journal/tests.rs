@@ -133,6 +133,40 @@ fn segments_written_here_are_read_from_memory_within_the_bound() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// A clock stepped back after a restart names a new segment like one an earlier run left: the new
+/// segment never goes into that file. (Appended to it, the file would hold the earlier run's batches
+/// and this one's, and the replay — reading this process's segments from memory — would skip the
+/// earlier ones.) The names this process is about to choose, for the next two seconds, are taken by
+/// such files; every earlier batch is still read, and the new one once.
+#[test]
+fn a_new_segment_never_opens_an_earlier_runs_file() {
+    let scratch = temp_dir("collide-earlier");
+    let earlier = Journal::open(&scratch, 1 << 20).unwrap();
+    earlier.append(&[entry(&batch("earlier", &["a"]))]).unwrap();
+    let content = fs::read(&earlier.take_segments().unwrap()[0]).unwrap();
+    drop(earlier);
+    let dir = temp_dir("collide");
+    fs::create_dir_all(&dir).unwrap();
+    let now = Utc::now().timestamp_millis();
+    for ms in now..now + 2_000 {
+        fs::write(dir.join(format!("batches-{ms}-000000.jsonl")), &content).unwrap();
+    }
+    let journal = Journal::open(&dir, 1 << 30).unwrap();
+    journal.append_owned(vec![owned(batch("new", &["b"]))]).unwrap();
+    let segments = journal.take_segments().unwrap();
+    assert_eq!(segments.len(), 2_001, "a segment of its own");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for segment in &segments {
+        for e in journal.read_segment(segment).unwrap().entries {
+            *seen.entry(e.batch.id).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.get("earlier"), Some(&2_000), "every earlier run's batch");
+    assert_eq!(seen.get("new"), Some(&1));
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn append_take_read_mark_remove() {
     let dir = temp_dir("basic");

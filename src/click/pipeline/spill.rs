@@ -261,6 +261,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A disk that fails a write (ENOSPC, and the partial write cannot be cut back): the group is
+    /// dropped (counted in `linkhit_hits_dropped_total`) and not written again — its lines may be on
+    /// disk, and a second copy would be counted twice — and the writer goes on: the next group goes to
+    /// a new segment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_is_not_written_again_and_the_writer_goes_on() {
+        let dir = std::env::temp_dir().join(format!("linkhit-spill-fail-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = Arc::new(Journal::open(&dir, 1 << 20).unwrap());
+        journal.write_to(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let writer = tokio::spawn(writer.run());
+        let old = chrono::Utc::now() - chrono::Duration::hours(2);
+        spill.send(batch("failed", old)).await;
+        until_written(&spill).await;
+        spill.send(batch("next", old)).await;
+        until_written(&spill).await;
+        drop(spill);
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        assert_eq!(journal.take_ids_from_disk(), ["next"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A group the journal refuses whole (it would not fit) is tried a batch at a time: every batch
     /// that fits is kept, only the rest is dropped (counted in `linkhit_hits_dropped_total`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
