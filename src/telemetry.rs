@@ -36,9 +36,9 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Hits whose verdict flipped from human to bot during the hold window.",
     ),
     (
-        "linkhit_corrections_unordered_total",
+        "linkhit_corrections_inexact_total",
         Kind::Counter,
-        "Verdict corrections journaled while the committer still held batches, past the bound on waiting ones.",
+        "Verdict corrections that may not move their hit as they should: dropped with their batch, or journaled out of order.",
     ),
     (
         "linkhit_batches_deduplicated_total",

@@ -32,7 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,10 @@ pub struct Journal {
     /// write and its sync, and the click thread asks whether the journal is empty every second.
     bytes: AtomicU64,
     seq: AtomicU64,
+    /// The time in the last segment's name (ms since the epoch): names never go back in time.
+    last_ms: AtomicI64,
+    /// The wall clock (ms since the epoch), for segment names; a test steps it back.
+    clock: fn() -> i64,
     /// Held for the life of the journal: one process per directory.
     _lock: File,
 }
@@ -185,6 +189,8 @@ impl Journal {
             state: Mutex::new(State { active: None, bytes: 0, mirrors: HashMap::new(), mirrored_hits: 0 }),
             bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            last_ms: AtomicI64::new(0),
+            clock: || Utc::now().timestamp_millis(),
             _lock: lock,
         };
         let bytes = journal.segments()?.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
@@ -316,14 +322,15 @@ impl Journal {
     }
 
     /// Creates a segment of a name no file has: a clock stepped back after a restart could name an
-    /// earlier run's segment, whose batches this process's mirror does not hold.
+    /// earlier run's segment, whose batches this process's mirror does not hold. Names sort in the
+    /// order this process made them (replay goes by name) even when the clock steps back while it
+    /// runs: the time in a name is always past the last one's.
     fn new_segment(&self) -> Result<(PathBuf, File), JournalError> {
         loop {
-            let path = self.dir.join(format!(
-                "batches-{}-{:06}.jsonl",
-                Utc::now().timestamp_millis(),
-                self.seq.fetch_add(1, Ordering::Relaxed)
-            ));
+            let now = (self.clock)();
+            let last = self.last_ms.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now.max(last + 1)));
+            let ms = now.max(last.unwrap_or_default() + 1);
+            let path = self.dir.join(format!("batches-{ms}-{:06}.jsonl", self.seq.fetch_add(1, Ordering::Relaxed)));
             match OpenOptions::new().create_new(true).append(true).open(&path) {
                 Ok(file) => return Ok((path, file)),
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,

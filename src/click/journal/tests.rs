@@ -167,6 +167,26 @@ fn a_new_segment_never_opens_an_earlier_runs_file() {
     let _ = fs::remove_dir_all(&scratch);
 }
 
+/// The clock steps back an hour while the process runs (NTP): the next segment still sorts after the
+/// last one, so the replay goes in the order the batches were written.
+#[test]
+fn segments_sort_in_the_order_written_when_the_clock_steps_back() {
+    let dir = temp_dir("clock");
+    let mut journal = Journal::open(&dir, 1 << 20).unwrap();
+    journal.clock = || Utc::now().timestamp_millis() + 3_600_000;
+    for id in ["first", "second", "third"] {
+        journal.append_owned(vec![owned(batch(id, &["a"]))]).unwrap();
+        journal.lock().active = None; // each in a segment of its own
+        journal.clock = || Utc::now().timestamp_millis(); // stepped back an hour
+    }
+    let segments = journal.take_segments().unwrap();
+    assert_eq!(segments.len(), 3);
+    let order: Vec<String> =
+        segments.iter().flat_map(|s| journal.read_segment(s).unwrap().entries).map(|e| e.batch.id).collect();
+    assert_eq!(order, ["first", "second", "third"]);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn append_take_read_mark_remove() {
     let dir = temp_dir("basic");

@@ -4,7 +4,8 @@
 //! A batch is *finished* when it is counted and its events are accepted by the sink; only then is it
 //! released (the store forgets its guard). Until then it is in memory for at most one flush interval,
 //! or in the journal, or — when even the journal refuses an attempted batch — in `in_doubt`, retried
-//! through the store's guard (never dropped: it may have counted).
+//! through the store's guard (it may have counted, so it is dropped, with `linkhit_hits_in_doubt_total`,
+//! only past [`MAX_IN_DOUBT`] batches or at shutdown).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -44,6 +45,8 @@ pub(super) struct Committer {
     pub deadline: Arc<OnceLock<Instant>>,
     /// Attempted, unfinished batches the journal could not take.
     pub in_doubt: Vec<Batch>,
+    /// Hits dropped uncounted: their corrections are discarded.
+    pub dropped: Arc<super::Dropped>,
     /// Where finished batches' buffers go back to intake.
     pub spare: Arc<super::Spare>,
     /// The longest the store took to answer a commit of the replay under way.
@@ -127,7 +130,11 @@ impl Committer {
 
     /// Counts a fresh batch, or journals it: at once when the store is unhealthy, as attempted (in
     /// doubt) when the commit fails or is slow.
-    async fn commit(&mut self, batch: Batch) {
+    async fn commit(&mut self, mut batch: Batch) {
+        // Corrections of hits dropped since the batch was sealed (the journal refused theirs).
+        if self.dropped.strip(&mut batch.corrections) > 0 && batch.clicks.is_empty() && batch.corrections.is_empty() {
+            return;
+        }
         if !self.health.ok() || self.past_deadline() {
             self.journal_batches(vec![(batch, None)]).await;
             return;
@@ -197,7 +204,7 @@ impl Committer {
     async fn journal_batches(&mut self, batches: Vec<Pending>) {
         if let Err((refused, why)) = super::journal(self.journal.as_ref(), batches).await {
             let (attempted, fresh): (Vec<Pending>, Vec<Pending>) = refused.into_iter().partition(|(_, a)| a.is_some());
-            super::drop_unattempted(&fresh, &why);
+            super::drop_unattempted(&fresh, &why, &self.dropped);
             for (batch, _) in attempted {
                 if self.in_doubt.len() >= MAX_IN_DOUBT {
                     metrics::counter!("linkhit_hits_in_doubt_total").increment(batch.clicks.len() as u64);

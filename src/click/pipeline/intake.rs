@@ -267,34 +267,53 @@ pub(super) async fn run(mut me: Intake, writer: Writer) {
             last_flush = tokio::time::Instant::now();
         }
     }
-    if !batch.is_empty() || !me.corrections.is_empty() {
-        // Shutting down: waiting is fine now. Corrections wait until the committer is done with what it
-        // was handed (it counts or journals each before the deadline), then go like any batch's.
-        while !me.corrections.is_empty() && me.health.handed() > 0 && !me.commit_tx.is_closed() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let corrections = std::mem::take(&mut me.corrections);
-        if !me.health.ok() || me.behind(&corrections) {
-            let sealed = me.ids.seal(batch, corrections);
-            me.to_journal(sealed).await;
-        } else {
-            me.health.hand(true);
-            if let Err(mpsc::error::SendError(sealed)) = me.commit_tx.send(me.ids.seal(batch, corrections)).await {
-                me.health.hand(false);
-                me.to_journal(sealed).await;
-            }
-        }
-    }
+    me.last_batch(batch).await;
     // The writer ends once everything handed to it is on disk.
     drop(me);
     let _ = writer.await;
 }
 
 impl Intake {
+    /// Shutting down: hands on what is left, waiting for room if need be. Corrections first wait until
+    /// the committer is done with what it was handed (it counts or journals each before the deadline).
+    async fn last_batch(&mut self, batch: Vec<ClickRecord>) {
+        while !self.corrections.is_empty() && self.health.handed() > 0 && !self.commit_tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut corrections = std::mem::take(&mut self.corrections);
+        self.spill.dropped.strip(&mut corrections);
+        if batch.is_empty() && corrections.is_empty() {
+            return;
+        }
+        let in_doubt = self.health.holding().saturating_sub(self.health.handed());
+        if !corrections.is_empty() && in_doubt > 0 {
+            // Batches in doubt (the store failed them, the journal refused them) get their last try
+            // only after this: what of them is journaled then lands behind these corrections.
+            metrics::counter!("linkhit_corrections_inexact_total", "why" => "out_of_order")
+                .increment(corrections.len() as u64);
+            tracing::warn!(
+                corrections = corrections.len(),
+                in_doubt,
+                "stopping with batches in doubt: verdict corrections are journaled before them and may be counted first"
+            );
+        }
+        let sealed = self.ids.seal(batch, corrections);
+        if !self.health.ok() || self.behind(&sealed.corrections) {
+            self.to_journal(sealed).await;
+            return;
+        }
+        self.health.hand(true);
+        if let Err(mpsc::error::SendError(sealed)) = self.commit_tx.send(sealed).await {
+            self.health.hand(false);
+            self.to_journal(sealed).await;
+        }
+    }
+
     /// Gives a batch to the committer, or journals it when the store is unhealthy, the committer is
     /// stuck or its queue is full, or the batch corrects hits that may still be in the journal.
     ///
-    /// Corrections are never counted before the hits they correct, wherever those are:
+    /// Corrections of hits dropped uncounted are discarded ([`super::Dropped`]). The others are never
+    /// counted before the hits they correct, wherever those are:
     /// - in the journal or on their way to it: the batch carrying them queues behind them there
     ///   ([`Self::behind`]);
     /// - with the committer (queued, being counted, in doubt), when this batch goes to the journal: the
@@ -303,6 +322,7 @@ impl Intake {
     ///   nothing ([`MAX_WAITING_CORRECTIONS`] at most).
     async fn hand_off(&mut self, clicks: Vec<ClickRecord>) {
         let mut corrections = std::mem::take(&mut self.corrections);
+        self.spill.dropped.strip(&mut corrections);
         // The committer stuck on one batch (a hung store, a slow sink) would leave this one only in
         // memory for longer than a flush interval: journal it.
         let direct = self.health.ok() && !self.health.stuck(self.settings.flush_interval) && !self.behind(&corrections);
@@ -313,7 +333,9 @@ impl Intake {
             self.spare.give(clicks);
             return;
         }
-        metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
+        if !clicks.is_empty() {
+            metrics::histogram!("linkhit_click_batch_size").record(clicks.len() as f64);
+        }
         let mut batch = self.ids.seal(clicks, corrections);
         if direct {
             self.health.hand(true);
@@ -332,22 +354,23 @@ impl Intake {
 
     /// The corrections a batch on its way to the journal may carry: all of them, unless the committer
     /// holds batches whose hits they may correct — then none, and they wait in `self.corrections` for a
-    /// later batch. Past [`MAX_WAITING_CORRECTIONS`] they go anyway, counted as unordered: a committer
+    /// later batch. Past [`MAX_WAITING_CORRECTIONS`] they go anyway, counted as out of order: a committer
     /// held up that long is failing, and it journals what it holds within its own timeouts.
     fn wait_for_committer(&mut self, corrections: Vec<Correction>) -> Vec<Correction> {
         if corrections.is_empty() || self.health.holding() == 0 {
             return corrections;
         }
+        // Every waiting correction is in `corrections` (the caller took them all).
         let waiting = self.corrections.len() + corrections.len();
         if waiting > MAX_WAITING_CORRECTIONS {
-            metrics::counter!("linkhit_corrections_unordered_total").increment(corrections.len() as u64);
+            metrics::counter!("linkhit_corrections_inexact_total", "why" => "out_of_order")
+                .increment(corrections.len() as u64);
             tracing::warn!(
                 waiting,
                 "too many verdict corrections waiting for the committer: these go to the journal now and may be counted before the hits they correct"
             );
             return corrections;
         }
-        // Ahead of any that arrived since: corrections keep their order.
         let mut waiting = corrections;
         waiting.append(&mut self.corrections);
         self.corrections = waiting;

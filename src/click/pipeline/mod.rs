@@ -19,6 +19,7 @@ mod committer;
 mod intake;
 mod spill;
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -154,6 +155,62 @@ impl Health {
     /// Batches handed to the committer it has not finished.
     pub(crate) fn handed(&self) -> usize {
         self.handed.load(Ordering::Acquire)
+    }
+}
+
+/// Human hits of batches dropped without being counted (the journal refused them), by event id: a
+/// verdict correction of one has nothing to move — counted, it would take a human hit and a unique
+/// click from the counts that this hit never added — and is discarded wherever it is still on its way
+/// (waiting in intake, queued for the committer, in the spill writer's group). The newest
+/// [`DROPPED_HITS`] are kept: corrections come within the hold window.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped(std::sync::Mutex<(HashSet<String>, VecDeque<String>)>);
+
+/// Dropped hits [`Dropped`] remembers (~100 bytes each).
+const DROPPED_HITS: usize = 65_536;
+
+impl Dropped {
+    fn note(&self, batch: &Batch) {
+        let mut ids: Vec<String> = (batch.clicks.iter().enumerate())
+            .filter(|(_, c)| c.is_human())
+            .map(|(i, _)| super::emit::event_id(&batch.id, i))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (set, order) = &mut *guard;
+        if ids.len() > DROPPED_HITS {
+            ids.drain(..ids.len() - DROPPED_HITS);
+        }
+        for id in ids {
+            if set.insert(id.clone()) {
+                order.push_back(id);
+            }
+        }
+        while order.len() > DROPPED_HITS {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+    }
+
+    /// Removes the corrections of dropped hits from `corrections`; how many it removed.
+    pub(crate) fn strip(&self, corrections: &mut Vec<Correction>) -> usize {
+        if corrections.is_empty() {
+            return 0;
+        }
+        let guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.0.is_empty() {
+            return 0;
+        }
+        let before = corrections.len();
+        corrections.retain(|c| !guard.0.contains(&c.event_id));
+        let stripped = before - corrections.len();
+        if stripped > 0 {
+            tracing::info!(stripped, "discarding verdict corrections of hits that were dropped uncounted");
+        }
+        stripped
     }
 }
 
@@ -297,7 +354,9 @@ impl Pipeline {
         let own_thread = settings.own_thread;
         let spare = Arc::new(Spare::default());
         let handover = own_thread.then(|| Arc::new(Handover::default()));
-        let (spill, writer) = spill::channel(journal.clone(), spill::linger(settings.flush_interval));
+        let dropped = Arc::new(Dropped::default());
+        let (spill, writer) =
+            spill::channel(journal.clone(), spill::linger(settings.flush_interval), Arc::clone(&dropped));
         let intake = intake::run(
             intake::Intake {
                 spill,
@@ -326,6 +385,7 @@ impl Pipeline {
             stop: stop.clone(),
             deadline: Arc::clone(&deadline),
             in_doubt: Vec::new(),
+            dropped,
             spare,
             slowest: Duration::ZERO,
         }
@@ -389,14 +449,23 @@ fn pending(entries: Vec<Entry>) -> Vec<Pending> {
 }
 
 /// Drops batches that were never attempted (so they are certainly not counted) with a metric and a log
-/// line: `counted == answered − dropped` stays exact.
-fn drop_unattempted(batches: &[Pending], why: &str) {
-    let hits: usize = batches.iter().map(|(b, _)| b.clicks.len()).sum();
-    if hits == 0 {
-        return;
+/// line: `counted == answered − dropped` stays exact. Their human hits are noted in `dropped`, so that
+/// later corrections of them are discarded. The verdict corrections they carry are lost: their hits
+/// stay counted as human (`linkhit_corrections_inexact_total{why="dropped"}`).
+fn drop_unattempted(batches: &[Pending], why: &str, dropped: &Dropped) {
+    for (batch, _) in batches {
+        dropped.note(batch);
     }
-    metrics::counter!("linkhit_hits_dropped_total", "stage" => "journal").increment(hits as u64);
-    tracing::error!(hits, reason = %why, "dropping captured hits: the store does not take them and the journal cannot hold them");
+    let hits: usize = batches.iter().map(|(b, _)| b.clicks.len()).sum();
+    let corrections: usize = batches.iter().map(|(b, _)| b.corrections.len()).sum();
+    if hits > 0 {
+        metrics::counter!("linkhit_hits_dropped_total", "stage" => "journal").increment(hits as u64);
+        tracing::error!(hits, reason = %why, "dropping captured hits: the store does not take them and the journal cannot hold them");
+    }
+    if corrections > 0 {
+        metrics::counter!("linkhit_corrections_inexact_total", "why" => "dropped").increment(corrections as u64);
+        tracing::error!(corrections, reason = %why, "dropping verdict corrections: their hits stay counted as human");
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::Dropped;
 use crate::click::journal::{Entry, EntryRef, Journal, JournalError, hits};
 use crate::model::Batch;
 
@@ -49,6 +50,8 @@ pub(super) fn linger(flush_interval: Duration) -> Duration {
 pub(super) struct Spill {
     tx: mpsc::Sender<Batch>,
     waiting: Arc<AtomicUsize>,
+    /// Hits dropped uncounted (by the writer, the committer): their corrections are discarded.
+    pub(super) dropped: Arc<Dropped>,
 }
 
 /// The writer's end: run it as a task; it ends once the [`Spill`] is dropped and everything handed to
@@ -58,13 +61,16 @@ pub(super) struct Writer {
     journal: Option<Arc<Journal>>,
     waiting: Arc<AtomicUsize>,
     linger: Duration,
+    dropped: Arc<Dropped>,
 }
 
 /// A spill and its writer, appending to `journal` in groups whose oldest hit is at most `linger` old.
-pub(super) fn channel(journal: Option<Arc<Journal>>, linger: Duration) -> (Spill, Writer) {
+/// Hits dropped on the way are noted in `dropped`.
+pub(super) fn channel(journal: Option<Arc<Journal>>, linger: Duration, dropped: Arc<Dropped>) -> (Spill, Writer) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let waiting = Arc::new(AtomicUsize::new(0));
-    (Spill { tx, waiting: Arc::clone(&waiting) }, Writer { rx, journal, waiting, linger })
+    let spill = Spill { tx, waiting: Arc::clone(&waiting), dropped: Arc::clone(&dropped) };
+    (spill, Writer { rx, journal, waiting, linger, dropped })
 }
 
 /// When a group starting with `batch` is due: once its oldest hit is `linger` old.
@@ -86,7 +92,7 @@ impl Spill {
         if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
             // The writer ends only after intake: not reached, but never silent.
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            super::drop_unattempted(&[(batch, None)], "the journal writer stopped");
+            super::drop_unattempted(&[(batch, None)], "the journal writer stopped", &self.dropped);
         }
     }
 
@@ -101,7 +107,7 @@ impl Writer {
         let Some(journal) = self.journal.take() else {
             // No journal: nothing can be kept.
             while let Some(batch) = self.rx.recv().await {
-                super::drop_unattempted(&[(batch, None)], "no journal configured");
+                super::drop_unattempted(&[(batch, None)], "no journal configured", &self.dropped);
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
             }
             return;
@@ -112,13 +118,13 @@ impl Writer {
         while let Some(first) = self.rx.recv().await {
             let due = due(&first, self.linger);
             let mut group = Group { lines: std::mem::take(&mut lines), ..Group::default() };
-            if !group.add(first) {
+            if !group.add(first, &self.dropped) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
             }
             while group.entries.len() < GROUP {
                 match tokio::time::timeout_at(due, self.rx.recv()).await {
                     Ok(Some(batch)) => {
-                        if !group.add(batch) {
+                        if !group.add(batch, &self.dropped) {
                             self.waiting.fetch_sub(1, Ordering::AcqRel);
                         }
                     }
@@ -135,7 +141,8 @@ impl Writer {
             let hits = hits(&group.entries);
             metrics::histogram!("linkhit_journal_group_batches").record(n as f64);
             let journal = Arc::clone(&journal);
-            match tokio::task::spawn_blocking(move || group.write(&journal)).await {
+            let dropped = Arc::clone(&self.dropped);
+            match tokio::task::spawn_blocking(move || group.write(&journal, &dropped)).await {
                 Ok(mut kept) => {
                     kept.clear();
                     kept.shrink_to(KEPT_BYTES);
@@ -167,7 +174,7 @@ struct Group {
 
 impl Group {
     /// Encodes a batch into the group; `false` if it could not be encoded (dropped with the metric).
-    fn add(&mut self, batch: Batch) -> bool {
+    fn add(&mut self, batch: Batch, dropped: &Dropped) -> bool {
         let start = self.lines.len();
         match Journal::encode(&EntryRef { batch: &batch, attempted_at: None }, &mut self.lines) {
             Ok(()) => {
@@ -177,7 +184,7 @@ impl Group {
             }
             Err(err) => {
                 self.lines.truncate(start);
-                super::drop_unattempted(&[(batch, None)], &err.to_string());
+                super::drop_unattempted(&[(batch, None)], &err.to_string(), dropped);
                 false
             }
         }
@@ -188,27 +195,67 @@ impl Group {
     /// kept; what is refused is dropped with a metric. A failed write is not tried again: its lines
     /// are cut back, but if even that failed they may be on disk, and a second copy would be counted
     /// twice. Gives the lines' buffer back, to be used again.
-    fn write(self, journal: &Journal) -> Vec<u8> {
+    fn write(mut self, journal: &Journal, dropped: &Dropped) -> Vec<u8> {
+        self.strip(dropped);
         let Group { lines, entries, ranges } = self;
         if let Err((err, refused)) = journal.append_encoded(&lines, entries) {
             if refused.len() == 1 || !matches!(err, JournalError::Full { .. }) {
-                super::drop_unattempted(&super::pending(refused), &err.to_string());
+                super::drop_unattempted(&super::pending(refused), &err.to_string(), dropped);
             } else {
                 for (entry, range) in refused.into_iter().zip(ranges) {
-                    if let Err((err, refused)) = journal.append_encoded(&lines[range], vec![entry]) {
-                        super::drop_unattempted(&super::pending(refused), &err.to_string());
+                    // A batch dropped just before may have hits this one corrects.
+                    let mut one = Group::default();
+                    one.entries.push(entry);
+                    one.ranges.push(0..range.len());
+                    one.lines.extend_from_slice(&lines[range]);
+                    one.strip(dropped);
+                    if one.entries.is_empty() {
+                        continue;
+                    }
+                    if let Err((err, refused)) = journal.append_encoded(&one.lines, one.entries) {
+                        super::drop_unattempted(&super::pending(refused), &err.to_string(), dropped);
                     }
                 }
             }
         }
         lines
     }
+
+    /// Takes out the corrections of hits dropped since the batches were encoded ([`Dropped`]; rare:
+    /// the journal refused a batch just before), encoding again the batches that had any, and leaving
+    /// out a batch left with nothing.
+    fn strip(&mut self, dropped: &Dropped) {
+        let mut stripped = false;
+        for entry in &mut self.entries {
+            stripped |= dropped.strip(&mut entry.batch.corrections) > 0;
+        }
+        if !stripped {
+            return;
+        }
+        let entries = std::mem::take(&mut self.entries);
+        self.lines.clear();
+        self.ranges.clear();
+        for entry in entries {
+            if entry.batch.clicks.is_empty() && entry.batch.corrections.is_empty() {
+                continue;
+            }
+            let start = self.lines.len();
+            // It was encoded before, with more in it: this cannot fail.
+            if Journal::encode(&EntryRef { batch: &entry.batch, attempted_at: None }, &mut self.lines).is_ok() {
+                self.ranges.push(start..self.lines.len());
+                self.entries.push(entry);
+            } else {
+                self.lines.truncate(start);
+                super::drop_unattempted(&[(entry.batch, None)], "cannot encode", dropped);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ClickRecord;
+    use crate::model::{ClickRecord, Correction};
 
     fn batch(id: &str, at: chrono::DateTime<chrono::Utc>) -> Batch {
         let click = ClickRecord { at, ..crate::click::journal::tests::click("AAAA") };
@@ -230,7 +277,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("linkhit-spill-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let journal = Arc::new(Journal::open(&dir, 1 << 20).unwrap());
-        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600), Arc::default());
         let writer = tokio::spawn(writer.run());
         let now = chrono::Utc::now();
 
@@ -271,7 +318,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let journal = Arc::new(Journal::open(&dir, 1 << 20).unwrap());
         journal.write_to(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
-        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600), Arc::default());
         let writer = tokio::spawn(writer.run());
         let old = chrono::Utc::now() - chrono::Duration::hours(2);
         spill.send(batch("failed", old)).await;
@@ -282,6 +329,49 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
         assert_eq!(journal.take_ids_from_disk(), ["next"]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A big batch the journal refuses is dropped; a small one after it, which fits, is kept without its
+    /// correction of a hit of the dropped one (nothing to move: that hit was never counted) — whether
+    /// it was in the same group (refused whole, then tried a batch at a time) or in the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_kept_after_a_dropped_one_loses_its_corrections_of_it() {
+        for same_group in [true, false] {
+            let dir =
+                std::env::temp_dir().join(format!("linkhit-spill-dropped-test-{same_group}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            // Fresh hits linger (written together when the writer closes); old ones are written at once.
+            let at = if same_group { chrono::Utc::now() } else { chrono::Utc::now() - chrono::Duration::hours(2) };
+            let mut big = batch("big", at);
+            big.clicks = vec![big.clicks[0].clone(); 20];
+            let mut small = batch("small", at);
+            small.corrections = vec![
+                Correction { click: big.clicks[7].clone(), event_id: crate::click::emit::event_id("big", 7) },
+                Correction { click: big.clicks[0].clone(), event_id: "elsewhere:0".into() },
+            ];
+            let size = |b: &Batch| {
+                let mut line = Vec::new();
+                Journal::encode(&EntryRef { batch: b, attempted_at: None }, &mut line).unwrap();
+                line.len() as u64
+            };
+            let journal = Arc::new(Journal::open(&dir, size(&small) + 16).unwrap());
+            assert!(size(&big) > size(&small) + 16);
+            let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600), Arc::default());
+            let writer = tokio::spawn(writer.run());
+            spill.send(big).await;
+            if !same_group {
+                until_written(&spill).await;
+            }
+            spill.send(small).await;
+            drop(spill);
+            tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+            let kept = journal.take_from_disk();
+            assert_eq!(kept.len(), 1, "same group: {same_group}");
+            assert_eq!(kept[0].batch.id, "small");
+            let corrections: Vec<&str> = kept[0].batch.corrections.iter().map(|c| c.event_id.as_str()).collect();
+            assert_eq!(corrections, ["elsewhere:0"], "same group: {same_group}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// A group the journal refuses whole (it would not fit) is tried a batch at a time: every batch
@@ -298,7 +388,7 @@ mod tests {
         };
         // Room for three batches of this size, not four.
         let journal = Arc::new(Journal::open(&dir, one * 3 + one / 2).unwrap());
-        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600));
+        let (spill, writer) = channel(Some(Arc::clone(&journal)), Duration::from_secs(3_600), Arc::default());
         let writer = tokio::spawn(writer.run());
         for i in 0..5 {
             spill.send(batch(&format!("b{i:02}"), chrono::Utc::now())).await;

@@ -40,7 +40,8 @@ fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
         hold: Duration::from_secs(10),
         own_thread: false,
     };
-    let (spill, writer) = super::super::spill::channel(Some(Arc::clone(&journal)), Duration::from_millis(5));
+    let (spill, writer) =
+        super::super::spill::channel(Some(Arc::clone(&journal)), Duration::from_millis(5), Arc::default());
     tokio::spawn(writer.run());
     let intake = Intake {
         spill,
@@ -222,4 +223,30 @@ async fn corrections_wait_for_the_batches_the_committer_holds() {
         assert_eq!(entries.iter().map(|e| e.batch.clicks.len()).sum::<usize>(), hits, "{fault:?}: every hit");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A hit dropped uncounted (the journal refused its batch) has nothing for a correction to move: a
+/// correction of it is discarded before it is sealed into a batch; others go on.
+#[tokio::test]
+async fn corrections_of_dropped_hits_are_discarded() {
+    let dir = std::env::temp_dir().join(format!("linkhit-intake-dropped-test-{}", std::process::id()));
+    let (mut intake, mut commit_rx) = intake(&dir);
+    // A journal with room for nothing: the batch handed to it is dropped.
+    let full = Arc::new(Journal::open(dir.join("full"), 1).unwrap());
+    let (spill, writer) =
+        super::super::spill::channel(Some(full), Duration::from_millis(5), Arc::clone(&intake.spill.dropped));
+    tokio::spawn(writer.run());
+    intake.spill = spill;
+    let lost = intake.ids.seal(vec![click("AAAA"), click("BBBB")], Vec::new());
+    let lost_id = lost.id.clone();
+    intake.to_journal(lost).await;
+    written(&intake).await;
+
+    intake.corrections.push(Correction { click: click("BBBB"), event_id: crate::click::emit::event_id(&lost_id, 1) });
+    intake.corrections.push(Correction { click: click("XXXX"), event_id: "counted:0".into() });
+    intake.hand_off(vec![click("CCCC")]).await;
+    let batch = commit_rx.try_recv().expect("committed directly");
+    let kept: Vec<&str> = batch.corrections.iter().map(|c| c.event_id.as_str()).collect();
+    assert_eq!(kept, ["counted:0"], "the dropped hit's correction is discarded, the other kept");
+    let _ = std::fs::remove_dir_all(&dir);
 }
