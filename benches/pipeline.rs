@@ -67,6 +67,7 @@ fn batch() -> Vec<ClickRecord> {
             signals: None,
             click_id: None,
             folded: false,
+            bot_slot: None,
         })
         .collect()
 }
@@ -131,6 +132,7 @@ fn flood_batch() -> Batch {
             signals: None,
             click_id: None,
             folded: false,
+            bot_slot: None,
         })
         .collect();
     Batch { id: "0123456789abcdef0123456789abcdef-42".into(), clicks, corrections: Vec::new() }

@@ -148,6 +148,7 @@ fn record(code: &str, workspace: &str, class: Class) -> ClickRecord {
         signals: None,
         click_id: None,
         folded: false,
+        bot_slot: None,
     }
 }
 

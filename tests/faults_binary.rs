@@ -163,6 +163,7 @@ async fn kill_9_during_a_journal_replay_counts_each_batch_once() {
         signals: None,
         click_id: None,
         folded: false,
+        bot_slot: None,
     };
     let batches: Vec<Batch> = (0..1500)
         .map(|n| Batch {

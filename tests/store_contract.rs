@@ -136,6 +136,7 @@ fn hit(code: &str, class: Class, folded: bool) -> ClickRecord {
         signals: None,
         click_id: None,
         folded,
+        bot_slot: None,
     }
 }
 
@@ -210,4 +211,60 @@ async fn a_batch_of_corrections_alone_on_both_stores() {
     let redis = common::RedisServer::start();
     let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "c", Duration::from_secs(1)).unwrap());
     a_batch_of_corrections_alone_moves_its_hits(store).await;
+}
+
+/// A flood's bot repeats are counted wherever the store keeps a link's bot hits — on a single Redis
+/// node, in the link's bot slot (given at creation), one `BITFIELD` per batch — and read back exactly:
+/// alone and in runs, mixed with hits recorded before the link had a slot (an earlier build's
+/// journal), in the answer a later human hit's tally gives, and unchanged by a replay.
+async fn bot_repeats_count_exactly_wherever_they_are_kept(store: SharedStore, slotted: bool) {
+    let codes = ["slotA001", "slotB001", "slotC001"];
+    let links: Vec<Link> = codes.iter().map(|c| link(c, "https://example.com/s")).collect();
+    assert_eq!(store.insert_links(&links).await.unwrap(), vec![true; 3]);
+    let mut slots = Vec::new();
+    for code in codes {
+        slots.push(store.get_link(code).await.unwrap().unwrap().bot_slot);
+    }
+    if slotted {
+        let s: Vec<u32> = slots.iter().map(|s| s.expect("a link created on a single node has a bot slot")).collect();
+        assert!(s[1] == s[0] + 1 && s[2] == s[1] + 1, "consecutive: {s:?}");
+    } else {
+        assert_eq!(slots, [None, None, None]);
+    }
+    let repeat = |i: usize| ClickRecord { bot_slot: slots[i], ..hit(codes[i], Class::Bot, true) };
+    // A: one repeat; B: three; C: two, and one from before the link had a slot.
+    let clicks = vec![
+        repeat(0),
+        repeat(1),
+        repeat(1),
+        repeat(1),
+        repeat(2),
+        repeat(2),
+        ClickRecord { bot_slot: None, ..repeat(2) },
+    ];
+    let flood = Batch { id: "slot-batch-1".into(), clicks, corrections: Vec::new() };
+    let first = store.record_batch(&flood, 10).await.unwrap();
+    assert_eq!(store.record_batch(&flood, 10).await.unwrap(), first, "replayed: the same answer");
+    for (code, bots) in [(codes[0], 1), (codes[1], 3), (codes[2], 3)] {
+        let s = store.link_stats(code).await.unwrap();
+        assert_eq!((s.hits, s.human_hits, s.bot_hits), (bots, 0, bots), "{code}");
+        assert!(store.recent_clicks(code, 10).await.unwrap().is_empty(), "repeats are not listed");
+    }
+    // A human hit on C: its tally counts C's bot hits, in the slot and out of it.
+    let human = ClickRecord { bot_slot: slots[2], ..hit(codes[2], Class::Human, false) };
+    let later = Batch { id: "slot-batch-2".into(), clicks: vec![repeat(2), human], corrections: Vec::new() };
+    let tallies = store.record_batch(&later, 10).await.unwrap();
+    assert_eq!((tallies[1].human_hits, tallies[1].hits), (1, 5), "3 bots before, 1 in the batch, 1 human");
+    let s = store.link_stats(codes[2]).await.unwrap();
+    assert_eq!((s.hits, s.human_hits, s.bot_hits), (5, 1, 4));
+}
+
+#[tokio::test]
+async fn bot_repeats_count_exactly_on_both_stores() {
+    bot_repeats_count_exactly_wherever_they_are_kept(Arc::new(MemoryStore::default()), false).await;
+    let redis = common::RedisServer::start();
+    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "s", Duration::from_secs(1)).unwrap());
+    bot_repeats_count_exactly_wherever_they_are_kept(store, true).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("s:bslots:*").query(&mut redis.conn()).unwrap();
+    assert_eq!(keys, ["s:bslots:{0}"], "the repeats went to the dense counters");
 }

@@ -99,6 +99,8 @@ impl Draft {
             message: self.message,
             subject: self.subject,
             content_urls: self.content_urls,
+            // Given by the store as it inserts the link.
+            bot_slot: None,
         }
     }
 

@@ -212,6 +212,7 @@ mod tests {
             signals: None,
             click_id: None,
             folded: false,
+            bot_slot: None,
         }
     }
 

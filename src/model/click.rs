@@ -70,6 +70,9 @@ pub struct ClickRecord {
     /// not listed in the link's recent clicks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub folded: bool,
+    /// The link's [`crate::model::Link::bot_slot`], as the link was cached when the hit came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_slot: Option<u32>,
 }
 
 impl ClickRecord {
@@ -147,6 +150,7 @@ impl ClickRecord {
             signals: self.signals.as_deref(),
             click_id: self.click_id.as_deref(),
             folded: self.folded,
+            bot_slot: self.bot_slot,
         }
     }
 
@@ -232,6 +236,8 @@ struct JournalClickRef<'a> {
     click_id: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     folded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bot_slot: Option<u32>,
 }
 
 /// A record's `at`: RFC 3339 text (its `Serialize`, and journals of earlier versions) or epoch
@@ -358,6 +364,7 @@ mod tests {
             signals: None,
             click_id: None,
             folded: false,
+            bot_slot: None,
         }
     }
 

@@ -70,6 +70,11 @@ pub struct Link {
     /// MMS media URLs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content_urls: Vec<String>,
+    /// The link's place (from 1) in the store's dense bot-hit counters, given by the store at creation
+    /// (Redis on a single node: `store::redis::keys`); a flood's bot repeats are counted there without a
+    /// key lookup per hit. `None`: the link's bot hits are counted in a key of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_slot: Option<u32>,
 }
 
 impl Link {

@@ -40,8 +40,9 @@ pub struct CachedLink {
     pub recipient: Option<Arc<str>>,
     /// Who the link's SMS went to, as the click pipeline's sweep tracker tells recipients apart: a
     /// process-local hash of the recipient (of the code for a link without one), computed here so that
-    /// a bot hit never touches the recipient's own allocation (docs/PERFORMANCE.md, session 10).
-    pub recipient_key: u64,
+    /// a bot hit never touches the recipient's own allocation (docs/PERFORMANCE.md, session 10). 32
+    /// bits: the tracker compares the few recipients of one client, and the entry has no room to spare.
+    pub recipient_key: u32,
     /// `Location` header value; `None` for an opt-out link without a target. Interned: the links of a
     /// broadcast share one value (and a thin `Arc` keeps the entry small).
     pub location: Option<Arc<HeaderValue>>,
@@ -52,6 +53,8 @@ pub struct CachedLink {
     expires: u32,
     sent: u32,
     delivered: u32,
+    /// [`Link::bot_slot`], 0 for none.
+    bot_slot: u32,
     pub disabled: bool,
     /// The link tracks conversions: its redirects add a click id to the target.
     pub track: bool,
@@ -66,9 +69,9 @@ pub struct CachedLink {
 }
 
 /// [`CachedLink::recipient_key`] of a recipient (or code).
-fn recipient_key(text: &str) -> u64 {
+fn recipient_key(text: &str) -> u32 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7402).hash_one(text)
+    foldhash::fast::FixedState::with_seed(0x6c69_6e6b_6869_7402).hash_one(text) as u32
 }
 
 /// A compact wall-clock time: seconds since 2020-01-01T00:00:00Z in a `u32` (until 2156); 0 is "none".
@@ -102,6 +105,11 @@ impl CachedLink {
     /// When the link's SMS was sent (unix seconds): `sent_at`, else the creation time.
     pub fn sent_unix(&self) -> Option<i64> {
         Compact::to_unix(self.sent)
+    }
+
+    /// The link's place in the store's dense bot-hit counters ([`Link::bot_slot`]).
+    pub fn bot_slot(&self) -> Option<u32> {
+        (self.bot_slot != 0).then_some(self.bot_slot)
     }
 
     /// When the platform reported the SMS delivered (unix seconds), if it did before the entry was
@@ -348,6 +356,7 @@ impl LinkCache {
             expires: link.expires_at.map_or(0, |at| Compact::from_unix(at.timestamp())),
             sent: Compact::from_unix_ms(link.sent().timestamp_millis()),
             delivered: link.delivered_at.map_or(0, |at| Compact::from_unix_ms(at.timestamp_millis())),
+            bot_slot: link.bot_slot.unwrap_or(0),
             disabled: link.state_at(chrono::Utc::now()) == LinkState::Disabled,
             track: link.track_conversions,
             fresh_until_ds,

@@ -20,6 +20,7 @@ pub(crate) fn click(code: &str) -> ClickRecord {
         signals: None,
         click_id: None,
         folded: false,
+        bot_slot: None,
     }
 }
 

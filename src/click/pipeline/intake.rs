@@ -91,6 +91,7 @@ impl Intake {
             signals: judged.signals.clone(),
             click_id: hit.click_id.clone(),
             folded: false,
+            bot_slot: link.bot_slot(),
         };
         // A client whose user agent is a bot's is the same bot on every hit (the tracker's client key
         // includes the agent; HEAD and prefetch only add reasons to be a bot): a sweep could flip none of
@@ -109,7 +110,7 @@ impl Intake {
                 ip,
                 user_agent: hash(user_agent.unwrap_or("")),
             };
-            let recipient = link.recipient_key;
+            let recipient = u64::from(link.recipient_key);
             let flippable = (record.class == Class::Human).then(|| Flippable {
                 seq: self.ids.current(),
                 index: batch.len(),
@@ -325,10 +326,13 @@ impl Intake {
         self.spill.dropped.strip(&mut corrections);
         // The committer stuck on one batch (a hung store, a slow sink) would leave this one only in
         // memory for longer than a flush interval: journal it.
-        let direct = self.health.ok() && !self.health.stuck(self.settings.flush_interval) && !self.behind(&corrections);
-        if !direct {
+        let healthy = self.health.ok() && !self.health.stuck(self.settings.flush_interval);
+        if !healthy || self.behind(&corrections) {
+            // The corrections' way is the journal: they wait if the committer holds batches, and then
+            // the hits need not follow them there.
             corrections = self.wait_for_committer(corrections);
         }
+        let direct = healthy && !self.behind(&corrections);
         if clicks.is_empty() && corrections.is_empty() {
             self.spare.give(clicks);
             return;

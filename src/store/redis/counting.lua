@@ -3,14 +3,14 @@
 -- formatted back with printf per call.
 -- Globals go through Redis's protected global table on every access: the script reads them once, as
 -- locals (on a flood's run of INCRs, 5.4 % of Redis's instructions; docs/PERFORMANCE.md, session 10).
-local call, KEYS, ARGV, tonumber, unpack = redis.call, KEYS, ARGV, tonumber, unpack
+local call, KEYS, ARGV, tonumber, unpack, min = redis.call, KEYS, ARGV, tonumber, unpack, math.min
 local stored = call('GET', KEYS[1])
 if stored then return {1, stored} end
 -- Pushes ARGV[s..e] (oldest first) onto a recent-clicks list, 100 per LPUSH, and caps it.
 local function push_recent(recent, s, e, cap)
   local len = 0
   while s <= e do
-    local t = math.min(s + 99, e)
+    local t = min(s + 99, e)
     len = call('LPUSH', recent, unpack(ARGV, s, t))
     s = t + 1
   end
@@ -67,8 +67,30 @@ while i <= n do
       end
       call('PEXPIRE', cids, '2592000000')
     end
+    local slots = tonumber(ARGV[at + 1 + 2 * m])
+    if human > 0 and slots > 0 then
+      -- The link's bot hits in its bot slot (see X).
+      bot_after = bot_after + call('BITFIELD', KEYS[slots], 'GET', 'i64', ARGV[at + 2 + 2 * m])[1]
+    end
     if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
-    i = at + 1 + 2 * m
+    i = at + 3 + 2 * m
+  elseif op == 'X' then
+    -- Bot hits of links with a bot slot: one BITFIELD of up to 250 increments, not a key per hit.
+    local slots = KEYS[tonumber(ARGV[i + 1])]
+    local m = tonumber(ARGV[i + 2])
+    local t, k = {}, 0
+    for j = i + 3, i + 2 + 2 * m, 2 do
+      t[k + 1] = 'INCRBY'; t[k + 2] = 'i64'; t[k + 3] = ARGV[j]; t[k + 4] = ARGV[j + 1]
+      k = k + 4
+    end
+    local s = 1
+    while s <= k do
+      local e = min(s + 999, k)
+      call('BITFIELD', slots, unpack(t, s, e))
+      s = e + 1
+    end
+    out[#out + 1] = 0
+    i = i + 3 + 2 * m
   elseif op == 'R' then
     local first = tonumber(ARGV[i + 1])
     -- INCR, not INCRBY 1: one argument less for Lua to hand over and Redis to parse, per hit.

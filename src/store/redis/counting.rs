@@ -27,6 +27,7 @@ use redis::cluster_routing::Slot;
 
 use super::RedisStore;
 use super::args::Args;
+use super::keys::Keys;
 use crate::counting;
 use crate::model::{Batch, Class, ClickRecord, ClickTally, EscapedTexts};
 use crate::redis_conn::hash_tag;
@@ -40,11 +41,15 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
 /// - `L` counters-key bots-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m
-///   (id class)×m — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last human click,
-///   the newest `k` recent clicks pushed (oldest first), the list capped, the verdicts of tracked hits
-///   (click ids; the first 1,000 of a link kept, for 30 days);
+///   (id class)×m slots-key #offset — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last
+///   human click, the newest `k` recent clicks pushed (oldest first), the list capped, the verdicts of
+///   tracked hits (click ids; the first 1,000 of a link kept, for 30 days); `slots-key` (0: none) and
+///   `#offset` name the link's bot slot, whose count its answer includes;
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
+/// - `X` slots-key m (#offset n)×m — unlisted bot hits (a flood's repeats) of `m` links with a bot slot
+///   in one `P:bslots` key (single node): one `BITFIELD INCRBY i64` per link, in one command for the
+///   lot, where `R` costs a keyspace lookup per hit; answers 0.
 /// - `b` bots-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
@@ -95,6 +100,8 @@ struct Call<'a> {
     answers: Vec<Answer<'a>>,
     /// Bots keys of links with one bot hit, unlisted: the call's `R` operation.
     run: Args,
+    /// Unlisted bot hits of links with a bot slot (single node): (slot, hits), the call's `X` operations.
+    slotted: Vec<(u32, usize)>,
 }
 
 impl Call<'_> {
@@ -136,6 +143,7 @@ fn call_for<'a>(
             args: Args::with_capacity(hits * ARG_BYTES_PER_HIT),
             answers: Vec::new(),
             run: Args::with_capacity(hits * KEY_BYTES_PER_HIT),
+            slotted: Vec::new(),
         });
         calls.len() - 1
     })
@@ -172,6 +180,13 @@ fn calls<'a>(
             // Which operation a link takes depends on the batch alone, never on settings: a batch's guard
             // keeps its answers by position, and a replay under other settings must line up with them.
             let repeats = members.iter().all(|&i| clicks[i].folded);
+            // A link's hits all carry its one slot (given at its creation, never changed).
+            let slot = clicks[members[0]].bot_slot.filter(|_| !cluster);
+            if let (true, Some(slot)) = (repeats, slot) {
+                // Counted in the dense counters, with the batch's other slotted repeats (`X`).
+                call.slotted.push((slot, members.len()));
+                continue;
+            }
             if repeats && members.len() == 1 {
                 // One bot repeat (`LINKHIT_RECENT_FOLD`), a flood's usual hit: one of the call's run.
                 call.run.push_parts(&store.keys.bots_parts(code));
@@ -218,6 +233,18 @@ fn calls<'a>(
         for c in tracked() {
             call.args.push(c.click_id.as_deref().unwrap_or_default().as_bytes());
             call.args.push(c.class.as_str().as_bytes());
+        }
+        // The link's bot slot, read into the answer (its bot hits there count too).
+        match clicks[members[0]].bot_slot.filter(|_| !cluster) {
+            Some(slot) => {
+                let (key, offset) = store.keys.bot_slots(slot);
+                call.key(key);
+                call.args.push_parts(&["#", itoa::Buffer::new().format(offset)]);
+            }
+            None => {
+                call.args.int(0);
+                call.args.int(0);
+            }
         }
         call.answers.push(Answer::Link(code));
     }
@@ -351,6 +378,19 @@ fn calls<'a>(
         call.answers.push(Answer::Nothing);
     }
     for call in &mut calls {
+        call.slotted.sort_unstable();
+        let slotted = std::mem::take(&mut call.slotted);
+        for shard in slotted.chunk_by(|a, b| Keys::bot_shard(a.0) == Keys::bot_shard(b.0)) {
+            let (key, _) = store.keys.bot_slots(shard[0].0);
+            call.args.push(b"X");
+            call.key(key);
+            call.args.int(shard.len());
+            for &(slot, hits) in shard {
+                call.args.push_parts(&["#", itoa::Buffer::new().format(store.keys.bot_slots(slot).1)]);
+                call.args.int(hits);
+            }
+            call.answers.push(Answer::Nothing);
+        }
         if !call.run.is_empty() {
             call.args.push(b"R");
             call.args.int(call.keys.len() + 2);

@@ -7,8 +7,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `human_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths); data from earlier builds also holds `bot_hits` (added to `P:bots`) and an equal `hits` field (ignored) |
-//! | `P:bots:{CODE}` | string | the link's bot hits (an integer: `INCRBY` on it is the cheapest exact counter Redis has, and a flood's every hit is one); hits = human + bot |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths), `bot_slot` (the link's bot slot, set at creation); data from earlier builds also holds `bot_hits` (added to `P:bots`) and an equal `hits` field (ignored) |
+//! | `P:bots:{CODE}` | string | the link's bot hits (an integer: `INCRBY` on it is the cheapest exact counter Redis has per key); hits = human + bot + the link's bot slot |
+//! | `P:bslots:{N}` | string | dense bot-hit counters (single node only): a signed 64-bit integer per bot slot (`BITFIELD … i64 #OFFSET`), slots `N·2²⁰ + OFFSET`. A link created on a single node gets a slot (`Link::bot_slot`, also field `bot_slot` of `P:cnt`); its unlisted bot repeats, a flood's hits, are counted there — one `BITFIELD` per batch instead of a key lookup per hit (docs/PERFORMANCE.md, session 14). 8 bytes per link, never freed |
+//! | `P:bslot-next` | string | the last bot slot given out (`INCRBY` by a batch of links) |
 //! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links` (redirect links), `opt_out_links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` (redirect links only), `conversions`, `cv:<CURRENCY>` |
 //! | `P:bcu:{WS:BROADCAST}` | set | recipients with at least one human hit (exact unique clicks) |
@@ -34,6 +36,9 @@
 //!
 //! The webhook outbox is `webhook::queue`'s business.
 
+/// Bot slots per `P:bslots` key: 2²⁰ (8 MB of counters each; a Redis string holds at most 512 MB).
+const BOT_SLOT_BITS: u32 = 20;
+
 /// Key names. The only place that knows them.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -53,6 +58,18 @@ impl Keys {
     /// The link's bot hits, a string of their own (see the table).
     pub fn bots(&self, code: &str) -> String {
         self.bots_parts(code).concat()
+    }
+    /// The dense bot-hit counters holding bot slot `slot`, and the slot's offset in them (see the table).
+    pub fn bot_slots(&self, slot: u32) -> (String, u32) {
+        (format!("{}:bslots:{{{}}}", self.prefix, Self::bot_shard(slot)), slot & ((1 << BOT_SLOT_BITS) - 1))
+    }
+    /// Which `P:bslots` key holds bot slot `slot`.
+    pub fn bot_shard(slot: u32) -> u32 {
+        slot >> BOT_SLOT_BITS
+    }
+    /// The last bot slot given out.
+    pub fn bot_slot_next(&self) -> String {
+        format!("{}:bslot-next", self.prefix)
     }
     /// [`Self::bots`] in pieces, for a caller writing it into a buffer of its own.
     pub fn bots_parts<'a>(&'a self, code: &'a str) -> [&'a str; 4] {
@@ -146,6 +163,8 @@ mod tests {
         assert_eq!(keys.link("abcDEF12"), "lh:link:{abcDEF12}");
         assert_eq!(keys.counters("abcDEF12"), "lh:cnt:{abcDEF12}");
         assert_eq!(keys.bots("abcDEF12"), "lh:bots:{abcDEF12}");
+        assert_eq!(keys.bot_slots(5), ("lh:bslots:{0}".to_owned(), 5));
+        assert_eq!(keys.bot_slots((3 << 20) + 7), ("lh:bslots:{3}".to_owned(), 7));
         assert_eq!(keys.broadcast("ws_1", "fall"), "lh:bc:{ws_1:fall}");
         assert_eq!(keys.invalidation_channel(), "lh:invalidate");
     }

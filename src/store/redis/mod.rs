@@ -170,16 +170,41 @@ impl RedisStore {
     }
 
     async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
-        let mut tagged = Vec::with_capacity(links.len());
-        for link in links {
-            let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let slots = self.bot_slots(links.len()).await?;
+        let mut tagged = Vec::with_capacity(links.len() * 2);
+        for (i, link) in links.iter().enumerate() {
+            let mut link = std::borrow::Cow::Borrowed(link);
+            if let Some(first) = slots {
+                let slot = first + i as u32;
+                link.to_mut().bot_slot = Some(slot);
+                // Before the link, in the same pipeline: a link that exists has its slot on record. If
+                // the code is taken, the fresh slot lands beside the other link's (never over it:
+                // `HSETNX`), and nothing is ever counted in it: it reads as 0.
+                let mut record = redis::cmd("HSETNX");
+                record.arg(self.keys.counters(&link.code)).arg("bot_slot").arg(slot);
+                tagged.push((link.code.clone(), record));
+            }
+            let json = serde_json::to_vec(&*link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(self.keys.link(&link.code)).arg(json).arg("NX");
             tagged.push((link.code.clone(), cmd));
         }
         // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
         let replies = self.spread(self.timeout * 20, tagged, &[]).await?;
-        Ok(replies.into_iter().map(|v| matches!(v, Value::Okay)).collect())
+        let step = if slots.is_some() { 2 } else { 1 };
+        Ok(replies.into_iter().skip(step - 1).step_by(step).map(|v| matches!(v, Value::Okay)).collect())
+    }
+
+    /// Reserves `n` consecutive bot slots; the first. `None` on a cluster (the flood's counters there
+    /// stay per link, in each link's slot) or once slots run past `u32`.
+    async fn bot_slots(&self, n: usize) -> Result<Option<u32>, StoreError> {
+        if self.pool.is_cluster() || n == 0 {
+            return Ok(None);
+        }
+        let key = self.keys.bot_slot_next();
+        let mut conn = self.conn().await?;
+        let last: u64 = self.bounded(self.timeout, async move { conn.incr(key, n as u64).await }).await?;
+        Ok(u32::try_from(last).ok().map(|last| last + 1 - n as u32))
     }
 }
 

@@ -23,7 +23,17 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
         .try_into()
         .map_err(|v: Vec<_>| StoreError::Corrupt(format!("{} replies for 2 commands", v.len())))?;
     let f: HashMap<String, i64> = redis::from_redis_value(hash).map_err(corrupt)?;
-    let bots: Option<i64> = redis::from_redis_value(bots).map_err(corrupt)?;
+    let mut bots: Option<i64> = redis::from_redis_value(bots).map_err(corrupt)?;
+    // A link with a bot slot (created on a single node) has its flood's bot hits there too.
+    if let Some(slot) = f.get("bot_slot").and_then(|&s| u32::try_from(s).ok()) {
+        let (key, offset) = store.keys.bot_slots(slot);
+        let mut get = redis::cmd("BITFIELD");
+        get.arg(&key).arg("GET").arg("i64").arg(format!("#{offset}"));
+        let replies = store.spread(store.timeout, vec![(hash_tag(&key).to_owned(), get)], &[]).await?;
+        let in_slot: Vec<i64> =
+            redis::from_redis_value(replies.into_iter().next().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
+        bots = Some(bots.unwrap_or(0).saturating_add(in_slot.first().copied().unwrap_or(0)));
+    }
     // Briefly negative while a correction is counted before the hit it corrects: read as 0.
     let get = |name: &str| f.get(name).copied().unwrap_or(0).max(0) as u64;
     // Bot hits are in their own key; earlier builds counted them in the hash: both add up.

@@ -250,3 +250,28 @@ async fn corrections_of_dropped_hits_are_discarded() {
     assert_eq!(kept, ["counted:0"], "the dropped hit's correction is discarded, the other kept");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The store healthy, the journal still holding batches (replayed at the next probe), the committer
+/// busy with a batch: corrections can go neither to the committer (they would overtake the journal)
+/// nor to the journal (they would overtake the committer's batch, should the store fail it). They
+/// wait; the hits still go to the committer — not, for want of their corrections, to the journal.
+#[tokio::test]
+async fn waiting_corrections_do_not_send_their_batch_to_the_journal() {
+    let dir = std::env::temp_dir().join(format!("linkhit-intake-both-test-{}", std::process::id()));
+    let (mut intake, mut commit_rx) = intake(&dir);
+    let journal = Arc::clone(intake.journal.as_ref().unwrap());
+    let earlier = intake.ids.seal(vec![click("AAAA")], Vec::new());
+    intake.to_journal(earlier).await;
+    written(&intake).await;
+    intake.hand_off(vec![click("BBBB")]).await;
+    assert_eq!(intake.health.holding(), 1);
+
+    intake.corrections.push(Correction { click: click("BBBB"), event_id: "held:0".into() });
+    intake.hand_off(vec![click("CCCC")]).await;
+    assert_eq!(intake.corrections.len(), 1, "the correction waits");
+    let _held = commit_rx.try_recv().unwrap();
+    let direct = commit_rx.try_recv().expect("the hits go to the committer");
+    assert!(direct.corrections.is_empty() && &*direct.clicks[0].code == "CCCC");
+    assert_eq!(journal.take_ids_from_disk().len(), 1, "nothing more journaled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
