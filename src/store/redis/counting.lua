@@ -77,11 +77,17 @@ while i <= n do
   elseif op == 'X' then
     -- Bot hits of links with a bot slot: one BITFIELD of up to 250 increments, not a key per hit.
     local slots = KEYS[tonumber(ARGV[i + 1])]
-    local m = tonumber(ARGV[i + 2])
     local t, k = {}, 0
-    for j = i + 3, i + 2 + 2 * m, 2 do
+    local j = i + 3
+    for _ = 1, tonumber(ARGV[i + 2]) do
+      t[k + 1] = 'INCRBY'; t[k + 2] = 'i64'; t[k + 3] = ARGV[j]; t[k + 4] = '1'
+      k, j = k + 4, j + 1
+    end
+    local p = tonumber(ARGV[j])
+    j = j + 1
+    for _ = 1, p do
       t[k + 1] = 'INCRBY'; t[k + 2] = 'i64'; t[k + 3] = ARGV[j]; t[k + 4] = ARGV[j + 1]
-      k = k + 4
+      k, j = k + 4, j + 2
     end
     local s = 1
     while s <= k do
@@ -90,7 +96,7 @@ while i <= n do
       s = e + 1
     end
     out[#out + 1] = 0
-    i = i + 3 + 2 * m
+    i = j
   elseif op == 'R' then
     local first = tonumber(ARGV[i + 1])
     -- INCR, not INCRBY 1: one argument less for Lua to hand over and Redis to parse, per hit.

@@ -47,9 +47,10 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 ///   `#offset` name the link's bot slot, whose count its answer includes;
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
-/// - `X` slots-key m (#offset n)×m — unlisted bot hits (a flood's repeats) of `m` links with a bot slot
-///   in one `P:bslots` key (single node): one `BITFIELD INCRBY i64` per link, in one command for the
-///   lot, where `R` costs a keyspace lookup per hit; answers 0.
+/// - `X` slots-key m #offset×m p (#offset n)×p — unlisted bot hits (a flood's repeats) of links with a
+///   bot slot in one `P:bslots` key (single node): `m` links with one hit, `p` with `n`; one
+///   `BITFIELD INCRBY i64` per link, in one command for the lot, where `R` costs a keyspace lookup per
+///   hit; answers 0.
 /// - `b` bots-key recent-key bots cap k json×k — a link with only bot hits in the batch and no
 ///   tracked click id (on SMS traffic, most of them: previews and scanners): the same as `L` with a
 ///   third of the arguments and no reads; answers 0.
@@ -143,7 +144,7 @@ fn call_for<'a>(
             args: Args::with_capacity(hits * ARG_BYTES_PER_HIT),
             answers: Vec::new(),
             run: Args::with_capacity(hits * KEY_BYTES_PER_HIT),
-            slotted: Vec::new(),
+            slotted: Vec::with_capacity(if cluster { 0 } else { hits }),
         });
         calls.len() - 1
     })
@@ -384,9 +385,15 @@ fn calls<'a>(
             let (key, _) = store.keys.bot_slots(shard[0].0);
             call.args.push(b"X");
             call.key(key);
-            call.args.int(shard.len());
-            for &(slot, hits) in shard {
-                call.args.push_parts(&["#", itoa::Buffer::new().format(store.keys.bot_slots(slot).1)]);
+            // Links with one hit (a flood's usual) by their offset alone; the others with their hits.
+            let ones = shard.iter().filter(|(_, hits)| *hits == 1).count();
+            call.args.int(ones);
+            for &(slot, _) in shard.iter().filter(|(_, hits)| *hits == 1) {
+                call.args.push_parts(&["#", itoa::Buffer::new().format(Keys::bot_offset(slot))]);
+            }
+            call.args.int(shard.len() - ones);
+            for &(slot, hits) in shard.iter().filter(|(_, hits)| *hits != 1) {
+                call.args.push_parts(&["#", itoa::Buffer::new().format(Keys::bot_offset(slot))]);
                 call.args.int(hits);
             }
             call.answers.push(Answer::Nothing);

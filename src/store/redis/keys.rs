@@ -61,11 +61,15 @@ impl Keys {
     }
     /// The dense bot-hit counters holding bot slot `slot`, and the slot's offset in them (see the table).
     pub fn bot_slots(&self, slot: u32) -> (String, u32) {
-        (format!("{}:bslots:{{{}}}", self.prefix, Self::bot_shard(slot)), slot & ((1 << BOT_SLOT_BITS) - 1))
+        (format!("{}:bslots:{{{}}}", self.prefix, Self::bot_shard(slot)), Self::bot_offset(slot))
     }
     /// Which `P:bslots` key holds bot slot `slot`.
     pub fn bot_shard(slot: u32) -> u32 {
         slot >> BOT_SLOT_BITS
+    }
+    /// Where in its `P:bslots` key bot slot `slot` is (in `i64`s).
+    pub fn bot_offset(slot: u32) -> u32 {
+        slot & ((1 << BOT_SLOT_BITS) - 1)
     }
     /// The last bot slot given out.
     pub fn bot_slot_next(&self) -> String {
