@@ -264,7 +264,32 @@ async fn bot_repeats_count_exactly_on_both_stores() {
     bot_repeats_count_exactly_wherever_they_are_kept(Arc::new(MemoryStore::default()), false).await;
     let redis = common::RedisServer::start();
     let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "s", Duration::from_secs(1)).unwrap());
-    bot_repeats_count_exactly_wherever_they_are_kept(store, true).await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("s:bslots:*").query(&mut redis.conn()).unwrap();
+    bot_repeats_count_exactly_wherever_they_are_kept(Arc::clone(&store), true).await;
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("s:bslots:*").query(&mut conn).unwrap();
     assert_eq!(keys, ["s:bslots:{0}"], "the repeats went to the dense counters");
+
+    // A code already taken: not inserted, and the other link keeps its slot.
+    let slot_of = |conn: &mut redis::Connection| -> Option<u32> {
+        redis::cmd("HGET").arg("s:bslot-of").arg("slotC001").query(conn).unwrap()
+    };
+    let before = slot_of(&mut conn);
+    assert!(before.is_some());
+    assert_eq!(store.insert_links(&[link("slotC001", "https://example.com/other")]).await.unwrap(), vec![false]);
+    assert_eq!(slot_of(&mut conn), before);
+
+    // A build without bot slots rewrites the link (a disable, a delivery report) and drops its slot from
+    // the JSON: its hits come without one and are counted in the link's key; the slot's count is still
+    // read, by the stats and by the next human hit's tally.
+    let json: String = redis::cmd("GET").arg("s:link:{slotC001}").query(&mut conn).unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("bot_slot");
+    let _: () = redis::cmd("SET").arg("s:link:{slotC001}").arg(old.to_string()).query(&mut conn).unwrap();
+    assert_eq!(store.get_link("slotC001").await.unwrap().unwrap().bot_slot, None);
+    let clicks = vec![hit("slotC001", Class::Bot, true), hit("slotC001", Class::Human, false)];
+    let batch = Batch { id: "slot-batch-3".into(), clicks, corrections: Vec::new() };
+    let tallies = store.record_batch(&batch, 10).await.unwrap();
+    assert_eq!((tallies[1].human_hits, tallies[1].hits), (2, 7), "2 humans, 2 bots in the slot, 3 in the key");
+    let s = store.link_stats("slotC001").await.unwrap();
+    assert_eq!((s.hits, s.human_hits, s.bot_hits), (7, 2, 5), "2 bots in the slot, 3 in the key");
 }

@@ -67,13 +67,19 @@ while i <= n do
       end
       call('PEXPIRE', cids, '2592000000')
     end
-    local slots = tonumber(ARGV[at + 1 + 2 * m])
-    if human > 0 and slots > 0 then
-      -- The link's bot hits in its bot slot (see X).
-      bot_after = bot_after + call('BITFIELD', KEYS[slots], 'GET', 'i64', ARGV[at + 2 + 2 * m])[1]
+    local slot_of = tonumber(ARGV[at + 1 + 2 * m])
+    local nxt = at + 2 + 2 * m
+    if slot_of > 0 then
+      local slot = human > 0 and tonumber(call('HGET', KEYS[slot_of], ARGV[nxt]))
+      if slot then
+        -- The link's bot hits in its bot slot (see X); 2^20 slots per key (keys::BOT_SLOT_BITS).
+        local slots = ARGV[nxt + 1] .. math.floor(slot / 1048576) .. '}'
+        bot_after = bot_after + call('BITFIELD', slots, 'GET', 'i64', '#' .. (slot % 1048576))[1]
+      end
+      nxt = nxt + 2
     end
     if human > 0 then out[#out + 1] = {after, bot_after} else out[#out + 1] = 0 end
-    i = at + 3 + 2 * m
+    i = nxt
   elseif op == 'X' then
     -- Bot hits of links with a bot slot: one BITFIELD of up to 250 increments, not a key per hit.
     local slots = KEYS[tonumber(ARGV[i + 1])]

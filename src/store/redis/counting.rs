@@ -41,10 +41,11 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// index. ARGV[1]: guard lifetime (ms); then the operations, each a type letter and its arguments:
 ///
 /// - `L` counters-key bots-key recent-key click-ids-key human bot first-ms last-ms cap k json×k m
-///   (id class)×m slots-key #offset — a link: counters (bot hits in `bots-key`, `INCRBY`), first and last
-///   human click, the newest `k` recent clicks pushed (oldest first), the list capped, the verdicts of
-///   tracked hits (click ids; the first 1,000 of a link kept, for 30 days); `slots-key` (0: none) and
-///   `#offset` name the link's bot slot, whose count its answer includes;
+///   (id class)×m slot-of-key [code slots-prefix] — a link: counters (bot hits in `bots-key`, `INCRBY`),
+///   first and last human click, the newest `k` recent clicks pushed (oldest first), the list capped,
+///   the verdicts of tracked hits (click ids; the first 1,000 of a link kept, for 30 days); on a single
+///   node `slot-of-key` (`P:bslot-of`; 0 on a cluster, without the next two) gives the link's bot
+///   slot, whose count its answer includes;
 ///   answers `{human hits, bot hits}` after the batch (0 when the batch has no human hit of it: not read,
 ///   not needed).
 /// - `X` slots-key m #offset×m p (#offset n)×p — unlisted bot hits (a flood's repeats) of links with a
@@ -235,17 +236,15 @@ fn calls<'a>(
             call.args.push(c.click_id.as_deref().unwrap_or_default().as_bytes());
             call.args.push(c.class.as_str().as_bytes());
         }
-        // The link's bot slot, read into the answer (its bot hits there count too).
-        match clicks[members[0]].bot_slot.filter(|_| !cluster) {
-            Some(slot) => {
-                let (key, offset) = store.keys.bot_slots(slot);
-                call.key(key);
-                call.args.push_parts(&["#", itoa::Buffer::new().format(offset)]);
-            }
-            None => {
-                call.args.int(0);
-                call.args.int(0);
-            }
+        // On a single node, where to find the link's bot slot, read into the answer (its bot hits there
+        // count too) — from `P:bslot-of`, not the hits: a build without slots may have rewritten the
+        // link without its slot since.
+        if cluster {
+            call.args.int(0);
+        } else {
+            call.key(store.keys.bot_slot_of());
+            call.args.push(code.as_bytes());
+            call.args.push(store.keys.bot_slots_prefix().as_bytes());
         }
         call.answers.push(Answer::Link(code));
     }

@@ -7,9 +7,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:link:{CODE}` | string | the link as JSON |
-//! | `P:cnt:{CODE}` | hash | `human_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths), `bot_slot` (the link's bot slot, set at creation); data from earlier builds also holds `bot_hits` (added to `P:bots`) and an equal `hits` field (ignored) |
+//! | `P:cnt:{CODE}` | hash | `human_hits`, `first_click_at`, `last_click_at` (unix ms), `conversions`, `cv:<CURRENCY>` (conversion value in millionths); data from earlier builds also holds `bot_hits` (added to `P:bots`) and an equal `hits` field (ignored) |
 //! | `P:bots:{CODE}` | string | the link's bot hits (an integer: `INCRBY` on it is the cheapest exact counter Redis has per key); hits = human + bot + the link's bot slot |
-//! | `P:bslots:{N}` | string | dense bot-hit counters (single node only): a signed 64-bit integer per bot slot (`BITFIELD … i64 #OFFSET`), slots `N·2²⁰ + OFFSET`. A link created on a single node gets a slot (`Link::bot_slot`, also field `bot_slot` of `P:cnt`); its unlisted bot repeats, a flood's hits, are counted there — one `BITFIELD` per batch instead of a key lookup per hit (docs/PERFORMANCE.md, session 14). 8 bytes per link, never freed |
+//! | `P:bslots:{N}` | string | dense bot-hit counters (single node only): a signed 64-bit integer per bot slot (`BITFIELD … i64 #OFFSET`), slots `N·2²⁰ + OFFSET`. A link created on a single node gets a slot (`Link::bot_slot`, and in `P:bslot-of`); its unlisted bot repeats, a flood's hits, are counted there — one `BITFIELD` per batch instead of a key lookup per hit (docs/PERFORMANCE.md, session 14). 8 bytes per link, never freed |
+//! | `P:bslot-of` | hash | code → bot slot, written with the link in one script (single node): what reads go by, whatever the link's JSON says (a build without bot slots rewriting it drops the field) |
 //! | `P:bslot-next` | string | the last bot slot given out (`INCRBY` by a batch of links) |
 //! | `P:clicks:{CODE}` | list | recent clicks as compact JSON (`ClickRecord::recent_json`), newest first, capped |
 //! | `P:bc:{WS:BROADCAST}` | hash | `links` (redirect links), `opt_out_links`, `hits`, `human_hits`, `bot_hits`, `unique_clicks` (redirect links only), `conversions`, `cv:<CURRENCY>` |
@@ -36,8 +37,9 @@
 //!
 //! The webhook outbox is `webhook::queue`'s business.
 
-/// Bot slots per `P:bslots` key: 2²⁰ (8 MB of counters each; a Redis string holds at most 512 MB).
-const BOT_SLOT_BITS: u32 = 20;
+/// Bot slots per `P:bslots` key: 2²⁰ (8 MB of counters each; a Redis string holds at most 512 MB). The
+/// counting script divides by 2²⁰ too.
+pub(super) const BOT_SLOT_BITS: u32 = 20;
 
 /// Key names. The only place that knows them.
 #[derive(Debug, Clone)]
@@ -74,6 +76,14 @@ impl Keys {
     /// The last bot slot given out.
     pub fn bot_slot_next(&self) -> String {
         format!("{}:bslot-next", self.prefix)
+    }
+    /// Code → bot slot.
+    pub fn bot_slot_of(&self) -> String {
+        format!("{}:bslot-of", self.prefix)
+    }
+    /// What [`Self::bot_slots`] keys start with (the counting script adds `N}`).
+    pub fn bot_slots_prefix(&self) -> String {
+        format!("{}:bslots:{{", self.prefix)
     }
     /// [`Self::bots`] in pieces, for a caller writing it into a buffer of its own.
     pub fn bots_parts<'a>(&'a self, code: &'a str) -> [&'a str; 4] {
@@ -169,6 +179,11 @@ mod tests {
         assert_eq!(keys.bots("abcDEF12"), "lh:bots:{abcDEF12}");
         assert_eq!(keys.bot_slots(5), ("lh:bslots:{0}".to_owned(), 5));
         assert_eq!(keys.bot_slots((3 << 20) + 7), ("lh:bslots:{3}".to_owned(), 7));
+        assert_eq!(format!("{}3}}", keys.bot_slots_prefix()), keys.bot_slots(3 << 20).0, "as the script builds it");
+        // The counting script finds a slot's key and offset by dividing by 2^20 itself.
+        let script = include_str!("counting.lua");
+        assert!(script.contains(&format!("slot / {}", 1u32 << BOT_SLOT_BITS)), "the script's shard size");
+        assert!(script.contains(&format!("slot % {}", 1u32 << BOT_SLOT_BITS)), "the script's shard size");
         assert_eq!(keys.broadcast("ws_1", "fall"), "lh:bc:{ws_1:fall}");
         assert_eq!(keys.invalidation_channel(), "lh:invalidate");
     }

@@ -45,6 +45,10 @@ use crate::redis_conn::{Conn, Pool, hash_tag};
 const INSERT_BATCH: usize = 2_000;
 /// Pipelines in flight at once during a bulk insert.
 const INSERT_CONCURRENCY: usize = 4;
+/// Inserts a link with a bot slot (single node): `SET NX` of its JSON (KEYS[1]) and, if that took,
+/// its slot in `P:bslot-of` (KEYS[2]). ARGV: JSON, slot, code. Answers 1 if inserted.
+const INSERT_SLOTTED: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then \
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[2]) return 1 end return 0";
 
 pub struct RedisStore {
     pool: std::sync::Arc<Pool>,
@@ -171,28 +175,32 @@ impl RedisStore {
 
     async fn insert_batch(&self, links: &[Link]) -> Result<Vec<bool>, StoreError> {
         let slots = self.bot_slots(links.len()).await?;
-        let mut tagged = Vec::with_capacity(links.len() * 2);
+        let mut tagged = Vec::with_capacity(links.len());
         for (i, link) in links.iter().enumerate() {
-            let mut link = std::borrow::Cow::Borrowed(link);
-            if let Some(first) = slots {
-                let slot = first + i as u32;
-                link.to_mut().bot_slot = Some(slot);
-                // Before the link, in the same pipeline: a link that exists has its slot on record. If
-                // the code is taken, the fresh slot lands beside the other link's (never over it:
-                // `HSETNX`), and nothing is ever counted in it: it reads as 0.
-                let mut record = redis::cmd("HSETNX");
-                record.arg(self.keys.counters(&link.code)).arg("bot_slot").arg(slot);
-                tagged.push((link.code.clone(), record));
-            }
-            let json = serde_json::to_vec(&*link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(self.keys.link(&link.code)).arg(json).arg("NX");
+            let cmd = match slots {
+                Some(first) => {
+                    // The link and its slot in one script: both or neither (plain `EVAL`: a script
+                    // reloaded and sent again would find its own link and report the code taken).
+                    let slot = first + i as u32;
+                    let link = Link { bot_slot: Some(slot), ..link.clone() };
+                    let json = serde_json::to_vec(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(INSERT_SLOTTED).arg(2).arg(self.keys.link(&link.code)).arg(self.keys.bot_slot_of());
+                    cmd.arg(json).arg(slot).arg(&link.code);
+                    cmd
+                }
+                None => {
+                    let json = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(self.keys.link(&link.code)).arg(json).arg("NX");
+                    cmd
+                }
+            };
             tagged.push((link.code.clone(), cmd));
         }
         // A batch carries a few hundred kilobytes: give it more than a single lookup gets.
         let replies = self.spread(self.timeout * 20, tagged, &[]).await?;
-        let step = if slots.is_some() { 2 } else { 1 };
-        Ok(replies.into_iter().skip(step - 1).step_by(step).map(|v| matches!(v, Value::Okay)).collect())
+        Ok(replies.into_iter().map(|v| matches!(v, Value::Okay | Value::Int(1))).collect())
     }
 
     /// Reserves `n` consecutive bot slots; the first. `None` on a cluster (the flood's counters there

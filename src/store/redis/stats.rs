@@ -15,17 +15,22 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
     hgetall.arg(store.keys.counters(code));
     let mut get_bots = redis::cmd("GET");
     get_bots.arg(store.keys.bots(code));
-    let tagged = vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots)];
+    // On a single node, the link's bot slot (links made on a cluster have none).
+    let mut get_slot = redis::cmd("HGET");
+    get_slot.arg(store.keys.bot_slot_of()).arg(code);
+    let mut tagged = vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots)];
+    if !store.pool.is_cluster() {
+        tagged.push((code.to_owned(), get_slot));
+    }
     let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
-    let [hash, bots]: [redis::Value; 2] = store
-        .spread(store.timeout, tagged, &[])
-        .await?
-        .try_into()
-        .map_err(|v: Vec<_>| StoreError::Corrupt(format!("{} replies for 2 commands", v.len())))?;
-    let f: HashMap<String, i64> = redis::from_redis_value(hash).map_err(corrupt)?;
-    let mut bots: Option<i64> = redis::from_redis_value(bots).map_err(corrupt)?;
-    // A link with a bot slot (created on a single node) has its flood's bot hits there too.
-    if let Some(slot) = f.get("bot_slot").and_then(|&s| u32::try_from(s).ok()) {
+    let mut replies = store.spread(store.timeout, tagged, &[]).await?.into_iter();
+    let mut next = || replies.next().ok_or_else(|| StoreError::Corrupt("a reply missing".into()));
+    let f: HashMap<String, i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
+    let mut bots: Option<i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
+    let slot: Option<u32> =
+        if store.pool.is_cluster() { None } else { redis::from_redis_value(next()?).map_err(corrupt)? };
+    // A link with a bot slot has its flood's bot hits there too.
+    if let Some(slot) = slot {
         let (key, offset) = store.keys.bot_slots(slot);
         let mut get = redis::cmd("BITFIELD");
         get.arg(&key).arg("GET").arg("i64").arg(format!("#{offset}"));
