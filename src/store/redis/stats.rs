@@ -15,20 +15,19 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
     hgetall.arg(store.keys.counters(code));
     let mut get_bots = redis::cmd("GET");
     get_bots.arg(store.keys.bots(code));
-    // On a single node, the link's bot slot (links made on a cluster have none).
+    // The link's bot slot, if it was made on a single node (read on a cluster too: data moved from a
+    // single node keeps its slots' counts).
     let mut get_slot = redis::cmd("HGET");
-    get_slot.arg(store.keys.bot_slot_of()).arg(code);
-    let mut tagged = vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots)];
-    if !store.pool.is_cluster() {
-        tagged.push((code.to_owned(), get_slot));
-    }
+    let slot_of = store.keys.bot_slot_of();
+    get_slot.arg(&slot_of).arg(code);
+    let tagged =
+        vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots), (hash_tag(&slot_of).to_owned(), get_slot)];
     let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
     let mut replies = store.spread(store.timeout, tagged, &[]).await?.into_iter();
     let mut next = || replies.next().ok_or_else(|| StoreError::Corrupt("a reply missing".into()));
     let f: HashMap<String, i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
     let mut bots: Option<i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
-    let slot: Option<u32> =
-        if store.pool.is_cluster() { None } else { redis::from_redis_value(next()?).map_err(corrupt)? };
+    let slot: Option<u32> = redis::from_redis_value(next()?).map_err(corrupt)?;
     // A link with a bot slot has its flood's bot hits there too.
     if let Some(slot) = slot {
         let (key, offset) = store.keys.bot_slots(slot);
