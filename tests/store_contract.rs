@@ -171,12 +171,19 @@ async fn folded_repeats_count_once_whatever_the_settings(store: SharedStore) {
     }
 }
 
+/// The embedded store, and a store (keys under `prefix`) over a private Redis the returned server keeps
+/// running: for a promise both must keep.
+fn both_stores(prefix: &str) -> (SharedStore, SharedStore, common::RedisServer) {
+    let redis = common::RedisServer::start();
+    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), prefix, Duration::from_secs(1)).unwrap());
+    (Arc::new(MemoryStore::default()), store, redis)
+}
+
 #[tokio::test]
 async fn folded_repeats_on_both_stores() {
-    folded_repeats_count_once_whatever_the_settings(Arc::new(MemoryStore::default())).await;
-    let redis = common::RedisServer::start();
-    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "f", Duration::from_secs(1)).unwrap());
-    folded_repeats_count_once_whatever_the_settings(store).await;
+    let (embedded, redis_store, _redis) = both_stores("f");
+    folded_repeats_count_once_whatever_the_settings(embedded).await;
+    folded_repeats_count_once_whatever_the_settings(redis_store).await;
 }
 
 /// A batch may carry corrections and no hits (they waited in intake for the committer, and no hit came
@@ -207,10 +214,9 @@ async fn a_batch_of_corrections_alone_moves_its_hits(store: SharedStore) {
 
 #[tokio::test]
 async fn a_batch_of_corrections_alone_on_both_stores() {
-    a_batch_of_corrections_alone_moves_its_hits(Arc::new(MemoryStore::default())).await;
-    let redis = common::RedisServer::start();
-    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "c", Duration::from_secs(1)).unwrap());
-    a_batch_of_corrections_alone_moves_its_hits(store).await;
+    let (embedded, redis_store, _redis) = both_stores("c");
+    a_batch_of_corrections_alone_moves_its_hits(embedded).await;
+    a_batch_of_corrections_alone_moves_its_hits(redis_store).await;
 }
 
 /// A flood's bot repeats are counted wherever the store keeps a link's bot hits — on a single Redis
@@ -261,9 +267,8 @@ async fn bot_repeats_count_exactly_wherever_they_are_kept(store: SharedStore, sl
 
 #[tokio::test]
 async fn bot_repeats_count_exactly_on_both_stores() {
-    bot_repeats_count_exactly_wherever_they_are_kept(Arc::new(MemoryStore::default()), false).await;
-    let redis = common::RedisServer::start();
-    let store: SharedStore = Arc::new(RedisStore::open(&redis.url(), "s", Duration::from_secs(1)).unwrap());
+    let (embedded, store, redis) = both_stores("s");
+    bot_repeats_count_exactly_wherever_they_are_kept(embedded, false).await;
     bot_repeats_count_exactly_wherever_they_are_kept(Arc::clone(&store), true).await;
     let mut conn = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("s:bslots:*").query(&mut conn).unwrap();

@@ -262,6 +262,12 @@ mod tests {
         Batch { id: id.into(), clicks: vec![click], corrections: Vec::new() }
     }
 
+    /// Closes the spill and waits for its writer to write what it was handed and end.
+    async fn close(spill: Spill, writer: tokio::task::JoinHandle<()>) {
+        drop(spill);
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+    }
+
     async fn until_written(spill: &Spill) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while spill.waiting() > 0 && Instant::now() < deadline {
@@ -302,8 +308,7 @@ mod tests {
 
         // Intake done: what lingers is written before the writer ends.
         spill.send(batch("last", now)).await;
-        drop(spill);
-        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        close(spill, writer).await;
         assert_eq!(journal.take_ids_from_disk(), ["last"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -325,8 +330,7 @@ mod tests {
         until_written(&spill).await;
         spill.send(batch("next", old)).await;
         until_written(&spill).await;
-        drop(spill);
-        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        close(spill, writer).await;
         assert_eq!(journal.take_ids_from_disk(), ["next"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -363,8 +367,7 @@ mod tests {
                 until_written(&spill).await;
             }
             spill.send(small).await;
-            drop(spill);
-            tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+            close(spill, writer).await;
             let kept = journal.take_from_disk();
             assert_eq!(kept.len(), 1, "same group: {same_group}");
             assert_eq!(kept[0].batch.id, "small");
@@ -393,8 +396,7 @@ mod tests {
         for i in 0..5 {
             spill.send(batch(&format!("b{i:02}"), chrono::Utc::now())).await;
         }
-        drop(spill);
-        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer ends").unwrap();
+        close(spill, writer).await;
         assert_eq!(journal.take_ids_from_disk(), ["b00", "b01", "b02"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
