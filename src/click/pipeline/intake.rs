@@ -350,6 +350,11 @@ impl Intake {
                     batch = refused;
                     let corrections = std::mem::take(&mut batch.corrections);
                     batch.corrections = self.wait_for_committer(corrections);
+                    if batch.clicks.is_empty() && batch.corrections.is_empty() {
+                        // A batch of corrections alone, and they wait: nothing left to journal.
+                        self.spare.give(batch.clicks);
+                        return;
+                    }
                 }
             }
         }
