@@ -136,8 +136,9 @@ impl Health {
     /// The committer is done with a handed batch — counted it, journaled it, or kept it in doubt
     /// (`in_doubt`: how many batches it now keeps so).
     pub(crate) fn done(&self, in_doubt: usize) {
-        self.in_doubt.store(in_doubt, Ordering::Release);
-        self.handed.fetch_sub(1, Ordering::AcqRel);
+        // In doubt first: `holding` never reads the batch as gone before it is counted there.
+        self.in_doubt(in_doubt);
+        self.hand(false);
     }
 
     /// The committer's batches in doubt after a replay.

@@ -170,6 +170,8 @@ fn calls<'a>(
     let mut by_slot = counting::Fast::default();
     let mut open = |calls: &mut Vec<Call<'a>>, tag: &str| call_for(calls, &mut by_slot, cluster, tag, clicks.len());
     let mut texts = EscapedTexts::default();
+    // Where `L` finds a link's bot slot (single node), named once per batch.
+    let slot_keys = (!cluster).then(|| (store.keys.bot_slot_of(), store.keys.bot_slots_prefix()));
     for (code, members) in &groups.links {
         let c = open(&mut calls, code);
         let call = &mut calls[c];
@@ -239,12 +241,13 @@ fn calls<'a>(
         // On a single node, where to find the link's bot slot, read into the answer (its bot hits there
         // count too) — from `P:bslot-of`, not the hits: a build without slots may have rewritten the
         // link without its slot since.
-        if cluster {
-            call.args.int(0);
-        } else {
-            call.key(store.keys.bot_slot_of());
-            call.args.push(code.as_bytes());
-            call.args.push(store.keys.bot_slots_prefix().as_bytes());
+        match &slot_keys {
+            None => call.args.int(0),
+            Some((slot_of, slots_prefix)) => {
+                call.key(slot_of.clone());
+                call.args.push(code.as_bytes());
+                call.args.push(slots_prefix.as_bytes());
+            }
         }
         call.answers.push(Answer::Link(code));
     }

@@ -23,11 +23,14 @@ pub(super) async fn link_stats(store: &RedisStore, code: &str) -> Result<LinkSta
     let tagged =
         vec![(code.to_owned(), hgetall), (code.to_owned(), get_bots), (hash_tag(&slot_of).to_owned(), get_slot)];
     let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
-    let mut replies = store.spread(store.timeout, tagged, &[]).await?.into_iter();
-    let mut next = || replies.next().ok_or_else(|| StoreError::Corrupt("a reply missing".into()));
-    let f: HashMap<String, i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
-    let mut bots: Option<i64> = redis::from_redis_value(next()?).map_err(corrupt)?;
-    let slot: Option<u32> = redis::from_redis_value(next()?).map_err(corrupt)?;
+    let [hash, bots, slot]: [redis::Value; 3] = store
+        .spread(store.timeout, tagged, &[])
+        .await?
+        .try_into()
+        .map_err(|v: Vec<_>| StoreError::Corrupt(format!("{} replies for 3 commands", v.len())))?;
+    let f: HashMap<String, i64> = redis::from_redis_value(hash).map_err(corrupt)?;
+    let mut bots: Option<i64> = redis::from_redis_value(bots).map_err(corrupt)?;
+    let slot: Option<u32> = redis::from_redis_value(slot).map_err(corrupt)?;
     // A link with a bot slot has its flood's bot hits there too.
     if let Some(slot) = slot {
         let (key, offset) = store.keys.bot_slots(slot);

@@ -15,11 +15,12 @@ fn click(code: &str) -> ClickRecord {
     }
 }
 
-/// An intake over a real journal in `dir`, with a healthy store and an idle committer, and the
-/// committer's end of its queue.
-fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
-    let _ = std::fs::remove_dir_all(dir);
-    let journal = Arc::new(Journal::open(dir, 1 << 20).unwrap());
+/// An intake over a real journal in a fresh directory named after `name`, with a healthy store and an
+/// idle committer; the committer's end of its queue, the journal, and the directory (to remove).
+fn intake(name: &str) -> (Intake, mpsc::Receiver<Batch>, Arc<Journal>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("linkhit-intake-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let journal = Arc::new(Journal::open(&dir, 1 << 20).unwrap());
     let (_tx, rx) = mpsc::channel(8);
     let (commit_tx, commit_rx) = mpsc::channel(8);
     let settings = Settings {
@@ -48,7 +49,7 @@ fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
         rx,
         commit_tx,
         classifier: Classifier::new(Arc::new(Rules::builtin()), 16),
-        journal: Some(journal),
+        journal: Some(Arc::clone(&journal)),
         settings: Arc::new(settings),
         health: Arc::new(Health::default()),
         ids: BatchIds::new(),
@@ -59,7 +60,7 @@ fn intake(dir: &std::path::Path) -> (Intake, mpsc::Receiver<Batch>) {
         spare: Arc::new(super::super::Spare::default()),
         last_ip: None,
     };
-    (intake, commit_rx)
+    (intake, commit_rx, journal, dir)
 }
 
 /// Waits until the spill writer has written what intake handed it.
@@ -76,9 +77,7 @@ async fn written(intake: &Intake) {
 /// straight to the committer.
 #[tokio::test]
 async fn a_batch_with_corrections_queues_behind_journaled_batches() {
-    let dir = std::env::temp_dir().join(format!("linkhit-intake-test-{}", std::process::id()));
-    let (mut intake, mut commit_rx) = intake(&dir);
-    let journal = Arc::clone(intake.journal.as_ref().unwrap());
+    let (mut intake, mut commit_rx, journal, dir) = intake("behind");
 
     // The hit a sweep will flip, journaled while the store was failing.
     let held = intake.ids.seal(vec![click("AAAA")], Vec::new());
@@ -171,9 +170,7 @@ enum Fault {
 #[tokio::test]
 async fn corrections_wait_for_the_batches_the_committer_holds() {
     for fault in [Fault::Unhealthy, Fault::Stuck, Fault::QueueFull] {
-        let dir = std::env::temp_dir().join(format!("linkhit-intake-test-{}-{fault:?}", std::process::id()));
-        let (mut intake, mut commit_rx) = intake(&dir);
-        let journal = Arc::clone(intake.journal.as_ref().unwrap());
+        let (mut intake, mut commit_rx, journal, dir) = intake(&format!("{fault:?}"));
 
         // The hit a sweep will flip, handed to the committer, which has not finished it.
         intake.hand_off(vec![click("AAAA")]).await;
@@ -229,8 +226,7 @@ async fn corrections_wait_for_the_batches_the_committer_holds() {
 /// correction of it is discarded before it is sealed into a batch; others go on.
 #[tokio::test]
 async fn corrections_of_dropped_hits_are_discarded() {
-    let dir = std::env::temp_dir().join(format!("linkhit-intake-dropped-test-{}", std::process::id()));
-    let (mut intake, mut commit_rx) = intake(&dir);
+    let (mut intake, mut commit_rx, _, dir) = intake("dropped");
     // A journal with room for nothing: the batch handed to it is dropped.
     let full = Arc::new(Journal::open(dir.join("full"), 1).unwrap());
     let (spill, writer) =
@@ -257,9 +253,7 @@ async fn corrections_of_dropped_hits_are_discarded() {
 /// wait; the hits still go to the committer — not, for want of their corrections, to the journal.
 #[tokio::test]
 async fn waiting_corrections_do_not_send_their_batch_to_the_journal() {
-    let dir = std::env::temp_dir().join(format!("linkhit-intake-both-test-{}", std::process::id()));
-    let (mut intake, mut commit_rx) = intake(&dir);
-    let journal = Arc::clone(intake.journal.as_ref().unwrap());
+    let (mut intake, mut commit_rx, journal, dir) = intake("both");
     let earlier = intake.ids.seal(vec![click("AAAA")], Vec::new());
     intake.to_journal(earlier).await;
     written(&intake).await;
